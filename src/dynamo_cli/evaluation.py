@@ -1,0 +1,61 @@
+"""Greedy accuracy, mean@n and unbiased pass@k over a list of problems, overall and per level."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+
+from dynamo_cli.config import EvalSettings
+from dynamo_cli.metrics import pass_at_k
+from dynamo_cli.rollout import generate
+
+
+@torch.no_grad()
+def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
+    """Sampling uses its own generator seeded with `seed`, so evaluating never disturbs training RNG."""
+    prompts = [task.prompt_text(p, tokenizer) for p in problems]
+    greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
+                      max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, generator=None,
+                      max_batch_size=settings.batch_size)
+    greedy_ok = [task.verify(text, problems[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts)]
+    n = settings.n_samples
+    correct = [0] * len(problems)
+    if n > 0:
+        generator = torch.Generator().manual_seed(seed)
+        sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
+                           max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
+                           generator=generator, max_batch_size=settings.batch_size)
+        for i, text in zip(sampled.prompt_index.tolist(), sampled.texts):
+            correct[i] += int(task.verify(text, problems[i]) > 0)
+    ks = sorted(k for k in settings.ks if k <= n)
+
+    def summarise(rows: list[int]) -> dict[str, float]:
+        stats: dict[str, float] = {"problems": len(rows), "greedy": sum(greedy_ok[i] for i in rows) / len(rows)}
+        if n > 0:
+            stats["mean@n"] = sum(correct[i] for i in rows) / (n * len(rows))
+            for k in ks:
+                stats[f"pass@{k}"] = sum(pass_at_k(n, correct[i], k) for i in rows) / len(rows)
+        return stats
+
+    by_level = defaultdict(list)
+    for i, p in enumerate(problems):
+        by_level[p.level].append(i)
+    return {
+        "n_samples": n,
+        "overall": summarise(list(range(len(problems)))),
+        "levels": {level: summarise(rows) for level, rows in sorted(by_level.items())},
+        "problems": [{"id": p.id, "level": p.level, "greedy": greedy_ok[i], "greedy_completion": greedy.texts[i],
+                      **({"correct": correct[i]} if n else {})} for i, p in enumerate(problems)],
+    }
+
+
+def eval_metrics(result: dict[str, Any], prefix: str = "eval") -> dict[str, float]:
+    """Flat, namespaced metrics for metrics.jsonl/W&B: eval/greedy_pass1, eval/mean@n, eval/pass@k, per level."""
+    out = {}
+    for scope, stats in [("", result["overall"]), *[(f"{lvl}/", s) for lvl, s in result["levels"].items()]]:
+        out[f"{prefix}/{scope}greedy_pass1"] = stats["greedy"]
+        for key, value in stats.items():
+            if key.startswith("pass@") or key == "mean@n":
+                out[f"{prefix}/{scope}{key}"] = value
+    return out

@@ -1,0 +1,203 @@
+"""Token-level advantage modulation (DynaMO Part 2, arXiv 2602.19208; docs/algorithm.md "Part 2").
+
+    A_final[i, t] = A[i, t] * beta_comp[i, t] * beta_stab[i, t]        (factors detached: no gradient)
+
+All tensors are (N, L): N sequences, L response positions, `mask` (bool) true on valid (non-padding) tokens.
+`scope_index` (N,) long puts each sequence in a normalisation scope: H_min, H_max and max |dH| are taken over
+the valid tokens of the sequence's scope -- zeros(N) = the whole batch passed in, arange(N) = per sequence,
+micro-batch ids = per micro-batch (the reference). Padding never enters a min, max or mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from dynamo_cli.advantages import masked_mean
+
+
+@dataclass
+class TokenShaping:
+    advantages: Tensor  # (N, L) modulated advantages, 0 on padding
+    loss_mask: Tensor  # (N, L) bool, tokens that enter the loss
+    metrics: dict[str, float] = field(default_factory=dict)  # mod/...
+    distributions: dict[str, Tensor] = field(default_factory=dict)  # 1-D valid-token values, for histograms
+
+
+def _fp32(t: Tensor | None) -> Tensor | None:
+    """Detached, at least float32 (bf16 entropies would quantise the min/max normalisations)."""
+    return None if t is None else t.detach().to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _scope_reduce(values: Tensor, mask: Tensor, scope_index: Tensor, reduce: str) -> Tensor:
+    """max ("amax") or min ("amin") of values over the valid tokens of each sequence's scope -> (N, 1)."""
+    fill = -torch.inf if reduce == "amax" else torch.inf
+    masked = torch.where(mask, values, torch.full_like(values, fill))  # (N, L)
+    per_seq = masked.amax(dim=1) if reduce == "amax" else masked.amin(dim=1)  # (N,)
+    num_scopes = int(scope_index.max()) + 1  # a CPU-GPU sync point, once per factor
+    per_scope = torch.full((num_scopes,), fill, dtype=values.dtype, device=values.device)
+    per_scope = per_scope.scatter_reduce(0, scope_index, per_seq, reduce)  # (S,)
+    return per_scope[scope_index].unsqueeze(1)  # (N, 1)
+
+
+def compensation_factor(
+    *, advantages: Tensor, entropy: Tensor, mask: Tensor, scope_index: Tensor, mu_max: float
+) -> Tensor:
+    """beta_comp = 1 + (mu_max - 1) (H_max - H) / (H_max - H_min) on A > 0 tokens, else 1. Returns (N, L).
+
+    Low-entropy (confident) correct tokens get the largest boost: their softmax gradient is smallest.
+    If H_max == H_min in a scope there is no relative confidence to use; the factor is 1 there.
+    """
+    h_max = _scope_reduce(entropy, mask, scope_index, "amax")  # (N, 1)
+    h_min = _scope_reduce(entropy, mask, scope_index, "amin")  # (N, 1)
+    spread = h_max - h_min
+    ok = mask & (spread > 0)  # (N, L); a scope without valid tokens has spread -inf
+    rel = torch.where(ok, (h_max - entropy) / torch.where(spread > 0, spread, 1.0), 0.0)  # (N, L) in [0, 1]
+    return torch.where(mask & (advantages > 0), 1 + (mu_max - 1) * rel, torch.ones_like(rel))
+
+
+def entropy_change(
+    *,
+    advantages: Tensor,
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    entropy: Tensor,
+    mask: Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> Tensor:
+    """First-order entropy change of this token's update: dH = -xi (pi Lambda - E_seq[pi Lambda]). (N, L).
+
+    Lambda = log pi + H, xi = I_clip r A, r = exp(log pi - log pi_old), I_clip = 1 where PPO-clip still
+    passes a gradient: (A > 0 and r <= 1 + eps_high) or (A < 0 and r >= 1 - eps_low). E_seq is the mean over
+    the valid tokens of the same sequence. 0 on padding.
+    """
+    logprobs = torch.where(mask, logprobs, 0.0)  # padding may hold garbage; keep exp() finite
+    ratio = torch.exp((logprobs - torch.where(mask, old_logprobs, 0.0)).clamp(-20.0, 20.0))  # (N, L) as the loss
+    live = ((advantages > 0) & (ratio <= 1 + eps_high)) | ((advantages < 0) & (ratio >= 1 - eps_low))
+    xi = live * ratio * advantages  # (N, L)
+    pi_lambda = logprobs.exp() * (logprobs + entropy)  # (N, L)
+    centred = pi_lambda - masked_mean(pi_lambda, mask, dim=1).unsqueeze(1)
+    return torch.where(mask, -xi * centred, 0.0)
+
+
+def stabilisation_factor(
+    *, delta_h: Tensor, mask: Tensor, scope_index: Tensor, lambda_min: float, gamma: float, tau: float
+) -> Tensor:
+    """beta_stab = lambda_min + (1 - lambda_min) / (1 + exp(gamma (x - tau))), x = |dH| / max|dH|. (N, L).
+
+    Damps only the tokens whose update would move entropy most (x near 1). max|dH| is over the valid tokens
+    of the scope; where it is 0 (no token moves entropy) x = 0, i.e. beta ~ 1. 1 on padding.
+    """
+    size = torch.where(mask, delta_h.abs(), 0.0)  # (N, L)
+    peak = _scope_reduce(size, mask, scope_index, "amax")  # (N, 1)
+    x = torch.where(mask & (peak > 0), size / torch.where(peak > 0, peak, 1.0), 0.0)
+    beta = lambda_min + (1 - lambda_min) * torch.sigmoid(-gamma * (x - tau))  # 1/(1+e^z) = sigmoid(-z)
+    return torch.where(mask, beta, torch.ones_like(beta))
+
+
+class NoModulator:
+    """Identity: advantages as given (0 on padding), every valid token in the loss."""
+
+    needs_policy_stats = False
+
+    def __call__(
+        self,
+        *,
+        advantages: Tensor,
+        mask: Tensor,
+        entropy: Tensor | None = None,
+        logprobs: Tensor | None = None,
+        old_logprobs: Tensor | None = None,
+        scope_index: Tensor | None = None,
+    ) -> TokenShaping:
+        mask = mask.bool()
+        return TokenShaping(advantages=torch.where(mask, advantages, 0.0).detach(), loss_mask=mask)
+
+
+class DynamoModulator:
+    """DynaMO: A * beta_comp * beta_stab. Defaults = the reference's "decay6" mode (algorithm.md).
+
+    `compensate` / `stabilise` switch each factor off (factor 1) for ablations. `advantages` is token-level
+    (N, L): the sequence advantage broadcast over its tokens. entropy / logprobs come from the *current*
+    policy at each position, old_logprobs from the policy that generated the rollouts.
+    """
+
+    def __init__(
+        self,
+        *,
+        compensate: bool = True,
+        stabilise: bool = True,
+        mu_max: float = 1.2,
+        lambda_min: float = 0.6,
+        gamma: float = 50.0,
+        tau: float = 0.99,
+        eps_low: float = 0.2,
+        eps_high: float = 0.28,
+    ):
+        if mu_max < 1:
+            raise ValueError(f"mu_max must be >= 1, got {mu_max}")
+        if not 0 <= lambda_min <= 1:
+            raise ValueError(f"lambda_min must be in [0, 1], got {lambda_min}")
+        if gamma <= 0:
+            raise ValueError(f"gamma must be > 0, got {gamma}")
+        if eps_low < 0 or eps_high < 0:
+            raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low}, {eps_high}")
+        self.compensate, self.stabilise = compensate, stabilise
+        self.mu_max, self.lambda_min, self.gamma, self.tau = mu_max, lambda_min, gamma, tau
+        self.eps_low, self.eps_high = eps_low, eps_high
+        self.needs_policy_stats = compensate or stabilise  # entropy / logprobs of the current policy
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        *,
+        advantages: Tensor,
+        mask: Tensor,
+        entropy: Tensor | None = None,
+        logprobs: Tensor | None = None,
+        old_logprobs: Tensor | None = None,
+        scope_index: Tensor | None = None,
+    ) -> TokenShaping:
+        mask = mask.bool()
+        advantages, entropy, logprobs, old_logprobs = map(_fp32, (advantages, entropy, logprobs, old_logprobs))
+        missing_logprobs = logprobs is None or old_logprobs is None
+        if (self.needs_policy_stats and entropy is None) or (self.stabilise and missing_logprobs):
+            raise ValueError("DynamoModulator needs entropy (and, to stabilise, logprobs and old_logprobs)")
+        if scope_index is None:
+            scope_index = torch.zeros(advantages.shape[0], dtype=torch.long, device=advantages.device)
+        ones = torch.ones_like(advantages)
+        beta_comp, beta_stab, delta_h = ones, ones, torch.zeros_like(advantages)
+        if self.compensate:
+            beta_comp = compensation_factor(
+                advantages=advantages, entropy=entropy, mask=mask, scope_index=scope_index, mu_max=self.mu_max
+            )
+        if self.stabilise:
+            delta_h = entropy_change(
+                advantages=advantages, logprobs=logprobs, old_logprobs=old_logprobs,
+                entropy=entropy, mask=mask, eps_low=self.eps_low, eps_high=self.eps_high,
+            )
+            beta_stab = stabilisation_factor(
+                delta_h=delta_h, mask=mask, scope_index=scope_index, lambda_min=self.lambda_min,
+                gamma=self.gamma, tau=self.tau,
+            )
+        final = torch.where(mask, advantages * beta_comp * beta_stab, 0.0)  # (N, L)
+
+        positive = mask & (advantages > 0)
+        abs_dh = delta_h.abs()  # 0 on padding
+        metrics = {  # factors are 1 and |dH| is 0 on padding, so plain min / max are over valid tokens
+            "mod/beta_comp_mean": masked_mean(beta_comp, mask),
+            "mod/beta_comp_pos_mean": torch.where(positive.any(), masked_mean(beta_comp, positive), 1.0),
+            "mod/beta_stab_mean": masked_mean(beta_stab, mask),
+            "mod/beta_stab_min": beta_stab.min(),
+            "mod/abs_delta_h_max": abs_dh.max(),
+            "mod/abs_delta_h_mean": masked_mean(abs_dh, mask),
+            "mod/boosted_frac": masked_mean((beta_comp > 1).float(), mask),
+            "mod/damped_frac": masked_mean((beta_stab < 0.99).float(), mask),
+        }
+        metrics = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # one device sync
+        return TokenShaping(
+            advantages=final, loss_mask=mask, metrics=metrics,
+            distributions={"beta_comp": beta_comp[mask], "beta_stab": beta_stab[mask], "abs_delta_h": abs_dh[mask]},
+        )

@@ -1,0 +1,40 @@
+"""Forward passes of the policy over completions: per-token log-probs and full-vocabulary entropies."""
+from __future__ import annotations
+
+import torch
+
+from dynamo_cli.losses import entropy_from_logits, logprobs_from_logits
+from dynamo_cli.rollout import position_ids_from_mask
+
+
+def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                           temperature: float, with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (N, Tc) of the completion tokens and, optionally, the entropy (N, Tc) of the full
+    next-token distribution at each completion position, both at the sampling temperature.
+
+    Differentiable: call under torch.no_grad() for old/reference log-probs.
+    """
+    completion_width = input_ids.shape[1] - prompt_width
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), logits_to_keep=completion_width + 1)
+    logits = out.logits[:, :-1].float() / temperature  # (N, Tc, V): position t predicts token t + 1
+    logprobs = logprobs_from_logits(logits, input_ids[:, prompt_width:])
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+@torch.no_grad()
+def batched_token_stats(model, *, input_ids, attention_mask, prompt_width: int, temperature: float,
+                        micro_batch_size: int, with_entropy: bool = True):
+    """`completion_token_stats` without gradients, in micro-batches (for old and reference log-probs)."""
+    was_training = model.training
+    model.eval()
+    logprobs, entropies = [], []
+    for start in range(0, input_ids.shape[0], micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        lp, ent = completion_token_stats(model, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                         prompt_width=prompt_width, temperature=temperature, with_entropy=with_entropy)
+        logprobs.append(lp)
+        entropies.append(ent)
+    model.train(was_training)
+    return torch.cat(logprobs), (torch.cat(entropies) if with_entropy else None)

@@ -1,0 +1,42 @@
+"""`dynamo eval`: greedy accuracy, mean@n and unbiased pass@k of a checkpoint, overall and per level."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from dynamo_cli.builders import build_task
+from dynamo_cli.config import EvalConfig
+from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.models import load_policy, resolve_device
+from dynamo_cli.tracking import Tracker, eval_table, make_console
+
+
+def run(cfg: EvalConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    console = make_console(cfg.logger)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_policy(cfg.model, resolve_device(cfg.device))
+    task = build_task(cfg.task)
+    problems = task.test_problems() if cfg.split == "test" else task.train_problems()
+    if cfg.eval.max_problems:
+        problems = problems[: cfg.eval.max_problems]
+    source = cfg.model.path or f"model={cfg.model.name} (no checkpoint: its initial weights)"
+    console.print(f"eval: {source} on {len(problems)} {cfg.task.name} {cfg.split} problems, "
+                  f"greedy + {cfg.eval.n_samples} samples each (T={cfg.eval.temperature}, top_p={cfg.eval.top_p})")
+    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="eval")
+    start = time.perf_counter()
+    result = evaluate(model, tokenizer, task, problems, settings=cfg.eval,
+                      max_new_tokens=cfg.eval.max_new_tokens or cfg.task.max_new_tokens, seed=cfg.seed)
+    result["model"] = source
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    metrics = eval_metrics(result)
+    tracker.log(metrics, step=0)
+    tracker.summary(metrics)
+    tracker.close()
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    console.print(eval_table(result, title=f"{cfg.task.name} {cfg.split}: {source}"))

@@ -1,0 +1,119 @@
+"""`dynamo sft`: supervised fine-tuning on the task's demonstrations, loss on completion tokens only."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from dynamo_cli import checkpoint
+from dynamo_cli.builders import build_task
+from dynamo_cli.config import SFTConfig
+from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.models import count_parameters, load_policy, resolve_device
+from dynamo_cli.optim import clip_gradients, make_optimizer
+from dynamo_cli.rollout import position_ids_from_mask
+from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console
+
+
+def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) per problem."""
+    prompts = tokenizer([task.prompt_text(p, tokenizer) for p in problems], add_special_tokens=False)["input_ids"]
+    completions = tokenizer([task.demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
+    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
+    """Left-padded (B, T) ids, attention mask and labels with -100 everywhere but completion tokens."""
+    width = max(len(p) + len(c) for p, c in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    for row, (p, c) in enumerate(examples):
+        seq = torch.tensor(p + c)
+        ids[row, width - len(seq):] = seq
+        mask[row, width - len(seq):] = 1
+        labels[row, width - len(c):] = torch.tensor(c)
+    return ids, mask, labels
+
+
+def completion_loss_sum(model, ids, mask, labels) -> torch.Tensor:
+    """Summed next-token cross-entropy over completion tokens (the caller divides by the batch's count)."""
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
+
+
+def run(cfg: SFTConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    console = make_console(cfg.logger)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_policy(cfg.model, device)
+    task = build_task(cfg.task)
+    train_problems, test_problems = task.train_problems(), task.test_problems()
+    if cfg.eval.max_problems:
+        test_problems = test_problems[: cfg.eval.max_problems]
+    examples = tokenize_demonstrations(task, train_problems, tokenizer)
+    total, trainable = count_parameters(model)
+    console.print(f"sft: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable) on "
+                  f"{len(examples)} {cfg.task.name} demonstrations, {cfg.trainer.steps} steps of {cfg.trainer.batch_size}")
+
+    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft")
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps)
+    order = torch.Generator().manual_seed(cfg.seed)
+    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    checkpoints = run_dir / "checkpoints"
+    tokens_seen, window_start, last_loss = 0, time.perf_counter(), float("nan")
+
+    def run_eval(step: int) -> dict:
+        result = evaluate(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed)
+        tracker.log(eval_metrics(result), step=step)
+        return result
+
+    model.train()
+    with StepProgress(console, total=cfg.trainer.steps, description="sft") as progress:
+        for step in range(1, cfg.trainer.steps + 1):
+            batch = torch.randint(len(examples), (cfg.trainer.batch_size,), generator=order).tolist()
+            micro = [batch[i:i + cfg.trainer.micro_batch_size] for i in range(0, len(batch), cfg.trainer.micro_batch_size)]
+            num_tokens = sum(len(examples[i][1]) for i in batch)
+            loss_total = 0.0
+            for rows in micro:
+                ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], tokenizer.pad_token_id))
+                loss = completion_loss_sum(model, ids, mask, labels) / num_tokens
+                loss.backward()
+                loss_total += loss.item()
+                tokens_seen += int(mask.sum())
+            grad_norm = clip_gradients(model, cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            last_loss = loss_total
+            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps:
+                elapsed = time.perf_counter() - window_start
+                metrics = {"train/loss": loss_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
+                           "train/tokens_per_s": tokens_seen / elapsed}
+                tracker.log(metrics, step=step)
+                tokens_seen, window_start = 0, time.perf_counter()
+                progress.update(step, f"loss {loss_total:.4f} {metrics['train/tokens_per_s']:.0f} tok/s", log_line=True)
+            else:
+                progress.update(step, f"loss {last_loss:.4f}", log_line=False)
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
+                result = run_eval(step)
+                console.print(f"step {step}: test greedy pass@1 {result['overall']['greedy']:.3f}")
+            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
+                checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=model, tokenizer=tokenizer,
+                                           trainer_state={"step": step, "optimizer": optimizer.state_dict(),
+                                                          "scheduler": scheduler.state_dict()})
+                checkpoint.prune(checkpoints, cfg.trainer.keep_last)
+
+    final = checkpoint.save_checkpoint(checkpoints / "final", model=model, tokenizer=tokenizer)
+    result = run_eval(cfg.trainer.steps)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    tracker.summary(eval_metrics(result))
+    tracker.close()
+    console.print(eval_table(result, title=f"test split after SFT ({len(test_problems)} problems)"))
+    console.print(f"final checkpoint: {final}")

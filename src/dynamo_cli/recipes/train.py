@@ -1,0 +1,353 @@
+"""`dynamo train`: RL from verifiable rewards with DynaMO allocation and modulation.
+
+One step, as in algorithm.md:
+    draw P prompts -> allocator: n_i per prompt, Σ n_i = B -> generate Σ n_i completions -> verify rewards
+    -> group advantages (groups of unequal size) -> old log-probs and entropies -> for each PPO epoch and
+    mini-batch: modulator -> PPO-clip loss -> optimiser step -> update the allocator's statistics -> log,
+    eval, checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from dynamo_cli import checkpoint
+from dynamo_cli.advantages import ADVANTAGE_ESTIMATORS, masked_mean
+from dynamo_cli.allocators import bernoulli_variance
+from dynamo_cli.builders import build_allocator, build_modulator, build_task
+from dynamo_cli.cli import DynamoError
+from dynamo_cli.config import AlgorithmConfig, TrainConfig
+from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss
+from dynamo_cli.models import count_parameters, load_policy, resolve_device
+from dynamo_cli.optim import clip_gradients, make_optimizer
+from dynamo_cli.policy import batched_token_stats, completion_token_stats
+from dynamo_cli.rollout import Rollouts, generate
+from dynamo_cli.tracking import BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles
+
+
+# ------------------------------------------------------------------------------------- data order
+def step_prompt_indices(step: int, *, num_problems: int, per_step: int, seed: int) -> list[int]:
+    """The training problems of `step` (1-based): consecutive slices of per-epoch permutations.
+
+    A pure function of (step, seed), so resuming needs no data-loader state.
+    """
+    first = (step - 1) * per_step
+    permutations: dict[int, torch.Tensor] = {}
+    indices = []
+    for position in range(first, first + per_step):
+        epoch, offset = divmod(position, num_problems)
+        if epoch not in permutations:
+            permutations[epoch] = torch.randperm(num_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        indices.append(int(permutations[epoch][offset]))
+    return indices
+
+
+# ------------------------------------------------------------------------------------- the batch
+@dataclass
+class StepBatch:
+    """Everything the policy update needs, one row per completion."""
+
+    input_ids: torch.Tensor  # (N, T)
+    attention_mask: torch.Tensor  # (N, T)
+    mask: torch.Tensor  # (N, Tc) bool: completion tokens in the loss
+    advantages: torch.Tensor  # (N,) sequence advantages
+    old_logprobs: torch.Tensor  # (N, Tc)
+    old_entropy: torch.Tensor  # (N, Tc)
+    ref_logprobs: Optional[torch.Tensor]  # (N, Tc) or None without a KL term
+    prompt_width: int
+
+    def select(self, rows: torch.Tensor) -> "StepBatch":
+        return StepBatch(**{f.name: (v[rows] if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                            for f in dataclasses.fields(self)})
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def score(task, problems, rollouts: Rollouts) -> torch.Tensor:
+    """(N,) rewards. Completion r is verified against *its own* prompt's problem, problems[prompt_index[r]]."""
+    return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts)],
+                        dtype=torch.float32)
+
+
+def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor:
+    """The normalisation group of each sequence for the modulator's min/max (algorithm.md: our choice)."""
+    if scope == "sequence":
+        return torch.arange(size)
+    if scope == "micro_batch":
+        return torch.arange(size) // micro_batch_size
+    return torch.zeros(size, dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------------- the update
+def policy_update(model, optimizer, scheduler, batch: StepBatch, *, modulator, algo: AlgorithmConfig,
+                  modulator_scope: str, temperature: float, grad_clip: float, generator: torch.Generator):
+    """PPO epochs × mini-batches × micro-batches. Returns (metrics, distributions of the modulation factors)."""
+    device = next(model.parameters()).device
+    token_advantages = batch.advantages[:, None] * batch.mask  # (N, Tc): the sequence advantage on every token
+    sums = {"loss": 0.0, "pg_loss": 0.0, "clip_frac": 0.0, "kl_ref": 0.0, "approx_kl": 0.0, "grad_norm": 0.0, "entropy_bonus": 0.0}
+    modulation_metrics: dict[str, float] = {}
+    distributions: dict[str, list[torch.Tensor]] = {}
+    updates, modulate_seconds = 0, 0.0
+    for epoch in range(algo.ppo_epochs):
+        order = torch.randperm(len(batch), generator=generator)
+        for mb_index, rows in enumerate(order.chunk(algo.mini_batches)):
+            mb = batch.select(rows)
+            num_tokens, num_seqs = int(mb.mask.sum()), len(mb)
+            t0 = time.perf_counter()
+            if modulator.needs_policy_stats and (epoch, mb_index) != (0, 0):
+                # the policy moved since the rollouts: entropy and log-probs of the *current* policy
+                logprobs_now, entropy_now = batched_token_stats(
+                    model, input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
+                    prompt_width=mb.prompt_width, temperature=temperature, micro_batch_size=algo.micro_batch_size)
+            else:  # first mini-batch of the first epoch: the current policy *is* the old one
+                logprobs_now, entropy_now = mb.old_logprobs.to(device), mb.old_entropy.to(device)
+            shaping = modulator(advantages=token_advantages[rows].to(device), mask=mb.mask.to(device),
+                                entropy=entropy_now, logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device),
+                                scope_index=scope_index(num_seqs, scope=modulator_scope, micro_batch_size=algo.micro_batch_size).to(device))
+            modulate_seconds += time.perf_counter() - t0
+            for key, value in shaping.metrics.items():
+                modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
+            for key, value in shaping.distributions.items():
+                distributions.setdefault(key, []).append(value.cpu())
+
+            for start in range(0, num_seqs, algo.micro_batch_size):
+                micro = slice(start, start + algo.micro_batch_size)
+                loss_mask = shaping.loss_mask[micro]
+                logprobs, entropy = completion_token_stats(
+                    model, input_ids=mb.input_ids[micro].to(device), attention_mask=mb.attention_mask[micro].to(device),
+                    prompt_width=mb.prompt_width, temperature=temperature, with_entropy=algo.entropy_coef > 0)
+                old = mb.old_logprobs[micro].to(device)
+                per_token, clipped = ppo_clip_loss(logprobs=logprobs, old_logprobs=old, advantages=shaping.advantages[micro],
+                                                   mask=loss_mask, eps_low=algo.eps_low, eps_high=algo.eps_high)
+                pg_loss = aggregate(per_token=per_token, mask=loss_mask, mode=algo.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs)
+                loss = pg_loss
+                if algo.kl_coef > 0:
+                    kl = aggregate(per_token=kl_k3(logprobs=logprobs, ref_logprobs=mb.ref_logprobs[micro].to(device)),
+                                   mask=loss_mask, mode=algo.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs)
+                    loss = loss + algo.kl_coef * kl
+                    sums["kl_ref"] += kl.item()
+                if algo.entropy_coef > 0:
+                    bonus = aggregate(per_token=entropy, mask=loss_mask, mode=algo.loss_agg, num_tokens=num_tokens, num_sequences=num_seqs)
+                    loss = loss - algo.entropy_coef * bonus
+                    sums["entropy_bonus"] += bonus.item()
+                loss.backward()
+                sums["loss"] += loss.item()
+                sums["pg_loss"] += pg_loss.item()
+                sums["clip_frac"] += float((clipped & loss_mask).sum()) / max(num_tokens, 1)
+                sums["approx_kl"] += float(((old - logprobs.detach()) * loss_mask).sum()) / max(num_tokens, 1)
+            sums["grad_norm"] += clip_gradients(model, grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            updates += 1
+    metrics = {f"train/{k}": v / updates for k, v in sums.items()}
+    metrics.update({k: v / updates for k, v in modulation_metrics.items()})
+    metrics["train/lr"] = scheduler.get_last_lr()[0]
+    metrics["time/modulate_s"] = modulate_seconds
+    return metrics, {k: torch.cat(v) for k, v in distributions.items()}
+
+
+# -------------------------------------------------------------------------------------- the run
+def run(cfg: TrainConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = run_dir / "checkpoints"
+    resume_from = find_resume_checkpoint(cfg.trainer.resume, checkpoints)
+    config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config_dict))
+    console = make_console(cfg.logger)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    model_cfg = dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model
+    model, tokenizer = load_policy(model_cfg, device)
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algorithm.kl_coef > 0 else None
+    task = build_task(cfg.task)
+    train_problems, test_problems = task.train_problems(), task.test_problems()
+    if cfg.eval.max_problems:
+        test_problems = test_problems[: cfg.eval.max_problems]
+    allocator, modulator = build_allocator(cfg), build_modulator(cfg)
+    estimate_advantages = ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage]
+    updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
+    optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
+    generator = torch.Generator().manual_seed(cfg.seed)  # every random draw of the run flows from here
+    P, max_new_tokens = cfg.trainer.prompts_per_step, cfg.rollout.max_new_tokens or cfg.task.max_new_tokens
+    eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+
+    totals = {"step": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0}
+    if resume_from:
+        state = checkpoint.load_trainer_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        allocator.load_state_dict(state["allocator"])
+        checkpoint.restore_rng(state["rng"], generator)
+        totals = state["totals"]
+        console.print(f"resumed from {resume_from} at step {totals['step']}")
+
+    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=config_dict, job_type="train",
+                      resume_step=totals["step"] if resume_from else None)
+    rollouts_file = (run_dir / "rollouts.jsonl") if cfg.trainer.dump_rollouts else None
+    if rollouts_file and resume_from:
+        truncate_jsonl(rollouts_file, max_step=totals["step"])
+    total, trainable = count_parameters(model)
+    console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
+                  f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage}, "
+                  f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps")
+
+    def run_eval(step: int) -> dict[str, Any]:
+        result = evaluate(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens, seed=cfg.seed)
+        tracker.log({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"],
+                     "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
+        return result
+
+    last_eval = None
+    if totals["step"] == 0:
+        first = run_eval(0)
+        console.print(f"before RL: test greedy pass@1 {first['overall']['greedy']:.3f}")
+
+    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view:
+        for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
+            step_start = time.perf_counter()
+            # 1. draw P prompts; the allocator splits the budget B = n·P among them
+            problems = [train_problems[i] for i in step_prompt_indices(step, num_problems=len(train_problems), per_step=P, seed=cfg.seed)]
+            prompt_ids = [p.id for p in problems]
+            t0 = time.perf_counter()
+            allocation = allocator.allocate(prompt_ids)
+            alloc_seconds = time.perf_counter() - t0
+
+            # 2. generate Σ n_i completions; row r answers problems[rollouts.prompt_index[r]]
+            t0 = time.perf_counter()
+            prompts = [task.prompt_text(p, tokenizer) for p in problems]
+            rollouts = generate(model, tokenizer, prompts, counts=allocation.counts, max_new_tokens=max_new_tokens,
+                                temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generator=generator,
+                                max_batch_size=cfg.rollout.max_batch_size)
+            generate_seconds = time.perf_counter() - t0
+            generated_tokens = int(rollouts.completion_mask.sum())
+
+            # 3. verify, group advantages (unequal group sizes), old log-probs and entropies
+            t0 = time.perf_counter()
+            rewards = score(task, problems, rollouts)
+            advantages, zero_signal = estimate_advantages(rewards=rewards, group_index=rollouts.prompt_index, num_groups=P)
+            old_logprobs, old_entropy = batched_token_stats(
+                model, input_ids=rollouts.input_ids.to(device), attention_mask=rollouts.attention_mask.to(device),
+                prompt_width=rollouts.prompt_width, temperature=cfg.rollout.temperature, micro_batch_size=cfg.algorithm.micro_batch_size)
+            ref_logprobs = None
+            if reference is not None:
+                ref_logprobs, _ = batched_token_stats(
+                    reference, input_ids=rollouts.input_ids.to(device), attention_mask=rollouts.attention_mask.to(device),
+                    prompt_width=rollouts.prompt_width, temperature=cfg.rollout.temperature,
+                    micro_batch_size=cfg.algorithm.micro_batch_size, with_entropy=False)
+            batch = StepBatch(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, mask=rollouts.completion_mask,
+                              advantages=advantages, old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(),
+                              ref_logprobs=None if ref_logprobs is None else ref_logprobs.cpu(), prompt_width=rollouts.prompt_width)
+            score_seconds = time.perf_counter() - t0
+
+            # 4. modulate and update the policy
+            t0 = time.perf_counter()
+            update_metrics, distributions = policy_update(
+                model, optimizer, scheduler, batch, modulator=modulator, algo=cfg.algorithm,
+                modulator_scope=getattr(cfg.modulator, "scope", "mini_batch"), temperature=cfg.rollout.temperature,
+                grad_clip=cfg.optim.grad_clip, generator=generator)
+            update_seconds = time.perf_counter() - t0
+
+            # 5. the allocator learns from this step's rewards (every step, not once an epoch)
+            successes = torch.zeros(P).index_add_(0, rollouts.prompt_index, (rewards > 0).float())
+            t0 = time.perf_counter()
+            allocator.update(prompt_ids, successes=successes, attempts=allocation.counts.float())
+            alloc_seconds += time.perf_counter() - t0
+
+            # 6. log, dump, eval, checkpoint
+            step_seconds = time.perf_counter() - step_start
+            totals = {"step": step, "rollouts": totals["rollouts"] + len(rollouts),
+                      "tokens": totals["tokens"] + generated_tokens, "seconds": totals["seconds"] + step_seconds}
+            metrics = {
+                "rollout/reward_mean": rewards.mean().item(),
+                "rollout/pass_rate": (successes > 0).float().mean().item(),
+                "rollout/zero_signal_frac": zero_signal.float().mean().item(),
+                "rollout/zero_signal_groups": int(torch.zeros(P).index_add_(0, rollouts.prompt_index, zero_signal.float()).gt(0).sum()),
+                "rollout/response_length": rollouts.completion_lengths.float().mean().item(),
+                "rollout/truncated_frac": (~rollouts.finished).float().mean().item(),
+                "rollout/count": len(rollouts),
+                "rollout/total_rollouts": totals["rollouts"],
+                "rollout/total_tokens": totals["tokens"],
+                "train/entropy": masked_mean(old_entropy.cpu(), rollouts.completion_mask).item(),
+                **allocation.metrics,
+                **update_metrics,
+                "time/alloc_s": alloc_seconds, "time/generate_s": generate_seconds, "time/score_s": score_seconds,
+                "time/update_s": update_seconds, "time/step_s": step_seconds, "time/elapsed_s": totals["seconds"],
+                "time/tokens_per_s": generated_tokens / max(generate_seconds, 1e-9),
+            }
+            distributions["alloc/counts"] = allocation.counts.float()
+            for name, values in distributions.items():
+                metrics.update(quantiles(name, values))
+            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps:
+                tracker.log(metrics, step=step)
+                tracker.log_distributions(distributions, step=step)
+            if rollouts_file:
+                dump_rollouts(rollouts_file, step=step, problems=problems, prompts=prompts, rollouts=rollouts,
+                              rewards=rewards, counts=allocation.counts, advantages=advantages)
+            if step == cfg.trainer.steps or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
+                last_eval = run_eval(step)
+                metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
+            view.update(step, budget_rows(allocator, problems, allocation.counts, successes), metrics)
+            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and step != cfg.trainer.steps:
+                checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=model, tokenizer=tokenizer, trainer_state={
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
+                checkpoint.prune(checkpoints, cfg.trainer.keep_last)
+
+    final = checkpoint.save_checkpoint(checkpoints / "final", model=model, tokenizer=tokenizer, trainer_state={
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
+    result = last_eval or evaluate(model, tokenizer, task, test_problems, settings=cfg.eval,
+                                   max_new_tokens=eval_max_new_tokens, seed=cfg.seed)
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    tracker.summary({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"], "rollout/total_tokens": totals["tokens"]})
+    tracker.close()
+    console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
+    console.print(f"final checkpoint: {final}")
+
+
+def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tensor) -> list[BudgetRow]:
+    ids = [p.id for p in problems]
+    lifetime_successes, lifetime_attempts = allocator.history(ids)
+    variance = bernoulli_variance(successes=lifetime_successes, attempts=lifetime_attempts)
+    rate = lifetime_successes / lifetime_attempts.clamp(min=1)
+    return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
+                      variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
+            for i, p in enumerate(problems)]
+
+
+def dump_rollouts(path: Path, *, step: int, problems, prompts, rollouts: Rollouts, rewards, counts, advantages) -> None:
+    """One line per completion: anyone can re-check every reward and every allocation."""
+    with path.open("a") as f:
+        for r, i in enumerate(rollouts.prompt_index.tolist()):
+            f.write(json.dumps({"step": step, "prompt_id": problems[i].id, "prompt": prompts[i], "completion": rollouts.texts[r],
+                                "answer": problems[i].answer, "reward": float(rewards[r]), "n_alloc": int(counts[i]),
+                                "advantage": float(advantages[r])}) + "\n")
+
+
+def truncate_jsonl(path: Path, *, max_step: int) -> None:
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= max_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return checkpoint.latest(checkpoints)  # None: nothing to resume, start fresh
+    path = Path(resume)
+    if not (path / checkpoint.TRAINER_STATE).is_file():
+        raise DynamoError(f"trainer.resume={resume!r} holds no {checkpoint.TRAINER_STATE}: not a train checkpoint")
+    return path

@@ -1,0 +1,163 @@
+"""Generation only: prompts × counts -> completions (token ids, masks, text). No rewards here.
+
+A hand-written sampling loop over a KV cache rather than `model.generate`, for two reasons: sampling
+draws from an explicit `torch.Generator` (a run replays exactly, and resume restores its state), and
+the loop stops as soon as every sequence in a chunk has emitted EOS.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class Rollouts:
+    """Σ n_i completions. Row r answers prompt `prompt_index[r]` of the step (alignment by construction)."""
+
+    prompt_index: torch.Tensor  # (N,) long: index into the step's prompt list
+    input_ids: torch.Tensor  # (N, Tp + Tc): left-padded prompt, then completion right-padded with pad
+    attention_mask: torch.Tensor  # (N, Tp + Tc) long: 1 on real prompt tokens and on completion tokens
+    completion_mask: torch.Tensor  # (N, Tc) bool: completion tokens that count (EOS included, padding not)
+    prompt_width: int  # Tp: completions start at this column
+    texts: list[str]  # decoded completions, special tokens removed
+    finished: torch.Tensor  # (N,) bool: the completion ended with EOS (False: cut at max_new_tokens)
+
+    @property
+    def completion_ids(self) -> torch.Tensor:  # (N, Tc)
+        return self.input_ids[:, self.prompt_width :]
+
+    @property
+    def completion_lengths(self) -> torch.Tensor:  # (N,)
+        return self.completion_mask.sum(-1)
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def select(self, rows: torch.Tensor) -> "Rollouts":
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor):
+                picked[f.name] = value[rows]
+            elif isinstance(value, list):
+                picked[f.name] = [value[i] for i in rows.tolist()]
+            else:
+                picked[f.name] = value
+        return Rollouts(**picked)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: the first real token of every row is position 0."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids. temperature 0 (or generator None) means greedy."""
+    if temperature == 0 or generator is None:
+        return logits.argmax(-1)
+    probs = F.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    # multinomial on CPU draws from the generator; on CUDA the generator must live on the same device
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.2x calls the KV cache `cache`; earlier releases `past_key_values`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
+def _cache_of(output):
+    return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
+
+
+@torch.no_grad()
+def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,
+                    temperature: float, top_p: float, generator: torch.Generator | None, device: torch.device):
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, p in enumerate(prompt_ids):  # left padding
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = position_ids_from_mask(mask)
+    cache_kwarg = _cache_kwarg(model)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache, logits = _cache_of(out), out.logits[:, -1]
+    next_position = positions[:, -1:] + 1  # (B, 1)
+    finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+    tokens = []
+    for t in range(max_new_tokens):
+        token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator).to(device)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        finished |= token == eos_id
+        if t == max_new_tokens - 1 or bool(finished.all()):  # a CPU-GPU sync per token: cheap next to the forward
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
+                    use_cache=True, **{cache_kwarg: cache})
+        cache, logits = _cache_of(out), out.logits[:, -1]
+        next_position = next_position + 1
+    completion = torch.stack(tokens, dim=1)  # (B, Tc)
+    # a token counts if no EOS came strictly before it (the EOS itself counts: the policy chose to stop)
+    eos_seen = (completion == eos_id).long().cumsum(-1)
+    completion_mask = (eos_seen - (completion == eos_id).long()) == 0
+    return ids, completion, completion_mask, finished
+
+
+def _pad_right(tensors: list[torch.Tensor], value) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
+
+
+def _pad_left(tensors: list[torch.Tensor], value) -> torch.Tensor:
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([F.pad(t, (width - t.shape[1], 0), value=value) for t in tensors])
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_new_tokens: int,
+             temperature: float, top_p: float, generator: torch.Generator | None, max_batch_size: int) -> Rollouts:
+    """Sample counts[i] completions of prompts[i], in chunks of at most `max_batch_size` sequences.
+
+    `generator=None` or `temperature=0` decodes greedily. Rows come out grouped by prompt, in prompt order.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())  # (N,)
+    chunks = []
+    for start in range(0, len(prompt_index), max_batch_size):
+        rows = prompt_index[start:start + max_batch_size].tolist()
+        chunks.append(_generate_chunk(
+            model, [encoded[i] for i in rows], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, generator=generator, device=device,
+        ))
+    model.train(was_training)
+    prompt_ids = _pad_left([c[0].cpu() for c in chunks], tokenizer.pad_token_id)
+    completion = _pad_right([c[1].cpu() for c in chunks], tokenizer.pad_token_id)
+    completion_mask = _pad_right([c[2].cpu() for c in chunks], False)
+    finished = torch.cat([c[3].cpu() for c in chunks])
+    input_ids = torch.cat([prompt_ids, completion], dim=1)
+    # from lengths, not `!= pad`: for some tokenizers (SmolLM) pad == EOS, which a prompt may contain
+    prompt_mask = _prompt_mask(encoded, prompt_index, prompt_ids.shape[1])
+    attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
+    texts = tokenizer.batch_decode(torch.where(completion_mask, completion, tokenizer.pad_token_id), skip_special_tokens=True)
+    return Rollouts(prompt_index=prompt_index, input_ids=input_ids, attention_mask=attention_mask,
+                    completion_mask=completion_mask, prompt_width=prompt_ids.shape[1], texts=texts, finished=finished)
+
+
+def _prompt_mask(encoded: list[list[int]], prompt_index: torch.Tensor, width: int) -> torch.Tensor:
+    lengths = torch.tensor([len(encoded[i]) for i in prompt_index.tolist()])
+    return (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()

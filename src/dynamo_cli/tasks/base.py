@@ -1,0 +1,86 @@
+"""The task interface: everything a recipe needs to know about a problem set.
+
+A task is data (train/test problems) plus three pure functions (prompt, demonstration, verify),
+so the SFT, RL and eval loops never branch on which task they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dynamo_cli.tasks.answers import answers_match, extract_answer
+
+Format = Literal["plain", "chat"]
+FORMATS = ("plain", "chat")
+CHAT_INSTRUCTION = "Solve the problem and give the final answer in \\boxed{}.\n\n"
+
+
+class TaskError(ValueError):
+    """Unusable task data or settings; the message names the file, field or value at fault."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    id: str  # stable across runs and seeds, unique within a task, e.g. "math/L2/37+48"
+    question: str  # e.g. "37+48"
+    answer: str  # canonical final answer, e.g. "85"
+    level: str  # difficulty tag, e.g. "L2" ("all" for data without levels)
+
+
+def stable_unit(text: str) -> float:
+    """Map text to [0, 1) with sha256: unlike hash(), identical in every process and on every
+    machine, so hash-based train/test splits never move."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def check_format(format: str) -> Format:
+    if format not in FORMATS:
+        raise TaskError(f"unknown prompt format {format!r}; expected one of {FORMATS}")
+    return format  # type: ignore[return-value]
+
+
+class Task(ABC):
+    """A problem set plus how to prompt for, demonstrate and check an answer.
+
+    Subclasses set `name`, `format` and provide the problems; the defaults below give the
+    "plain" (question + cue, bare answer) and "chat" (chat template, \\boxed answer) formats.
+    """
+
+    name: str
+    format: Format
+    plain_cue: str = "\nAnswer: "  # appended to the question in the plain format
+
+    @abstractmethod
+    def train_problems(self) -> list[Problem]: ...
+
+    @abstractmethod
+    def test_problems(self) -> list[Problem]: ...
+
+    def prompt_text(self, problem: Problem, tokenizer: Any = None) -> str:
+        """The exact string fed to the model (the tokenizer is needed only for "chat")."""
+        if self.format == "plain":
+            return problem.question + self.plain_cue
+        if tokenizer is None:
+            raise TaskError(f"task {self.name!r}: the chat format needs a tokenizer")
+        messages = [{"role": "user", "content": CHAT_INSTRUCTION + problem.question}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def demonstration(self, problem: Problem) -> str:
+        """The SFT target completion, without EOS (the caller appends it)."""
+        if self.format == "plain":
+            return problem.answer
+        return f"The answer is \\boxed{{{problem.answer}}}."
+
+    def verify(self, completion: str, problem: Problem) -> float:
+        """1.0 when the completion's final answer equals the problem's, else 0.0.
+
+        In the plain format only the first line counts: a model that has not learnt to stop
+        after "85" and rambles on ("85\\n12+3=15") still answered 85.
+        """
+        if self.format == "plain":
+            completion = completion.lstrip().split("\n", 1)[0]
+        return float(answers_match(extract_answer(completion), problem.answer))

@@ -1,0 +1,249 @@
+"""The only module that talks to W&B and rich: metrics.jsonl, W&B runs, and what the terminal shows."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from rich.columns import Columns
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from dynamo_cli.config import LoggerConfig
+
+
+def make_console(cfg: LoggerConfig) -> Console:
+    """Rich on a terminal, plain lines when stdout is not a TTY (CI, pipes) unless told otherwise."""
+    if cfg.console == "rich":
+        return Console(force_terminal=True)
+    if cfg.console == "plain":
+        return Console(force_terminal=False, no_color=True, width=200)
+    return Console() if sys.stdout.isatty() else Console(force_terminal=False, no_color=True, width=200)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.item() if value.numel() == 1 else value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class Tracker:
+    """Writes one JSON object per logged step to `metrics.jsonl` and mirrors it to W&B."""
+
+    def __init__(self, *, run_dir: Path, cfg: LoggerConfig, config: dict, job_type: str,
+                 resume_step: Optional[int] = None, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled  # False on non-zero ranks: one process writes
+        self.run = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # Lines logged after the checkpoint we resume from would be logged again: drop them.
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if cfg.name == "wandb" and cfg.mode != "disabled":
+            os.environ.setdefault("WANDB_SILENT", "true")
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+                mode=cfg.mode, dir=str(run_dir), name=Path(run_dir).name, job_type=job_type, config=config,
+                settings=wandb.Settings(console="off", silent=True),
+            )
+
+    def log(self, metrics: dict[str, Any], *, step: int) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3)}
+        record.update({k: _jsonable(v) for k, v in metrics.items()})
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+
+    def log_distributions(self, distributions: dict[str, torch.Tensor], *, step: int) -> None:
+        """Histograms (allocation sizes, β_comp, β_stab, |ΔH|) go to W&B; metrics.jsonl keeps quantiles."""
+        if not self.enabled or not distributions:
+            return
+        if self.run is not None:
+            import wandb
+
+            self.run.log({k: wandb.Histogram(v.detach().float().cpu().numpy()) for k, v in distributions.items() if v.numel()}, step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        if self.run is not None:
+            for k, v in values.items():
+                self.run.summary[k] = _jsonable(v)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish(quiet=True)
+            self.run = None
+
+
+def quantiles(name: str, values: torch.Tensor) -> dict[str, float]:
+    """p10/p50/p90 of a distribution, so metrics.jsonl carries its shape without W&B."""
+    if values.numel() == 0:
+        return {}
+    q = torch.quantile(values.detach().float().flatten()[:1_000_000], torch.tensor([0.1, 0.5, 0.9]))
+    return {f"{name}_p10": q[0].item(), f"{name}_p50": q[1].item(), f"{name}_p90": q[2].item()}
+
+
+def format_metrics(metrics: dict[str, Any], keys: list[str]) -> str:
+    parts = []
+    for key in keys:
+        if key in metrics and metrics[key] is not None:
+            value = metrics[key]
+            parts.append(f"{key.split('/')[-1]}={value:.4g}" if isinstance(value, float) else f"{key.split('/')[-1]}={value}")
+    return " ".join(parts)
+
+
+# ------------------------------------------------------------------------------------- SFT / plain
+class StepProgress:
+    """A rich progress bar (or one plain line per logged step) with a few live metrics."""
+
+    def __init__(self, console: Console, *, total: int, description: str, start: int = 0):
+        self.console = console
+        self.total = total
+        self.description = description
+        self.progress = None
+        if console.is_terminal:
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                                     TimeRemainingColumn(), console=console)
+            self.task = self.progress.add_task(description, total=total, completed=start, info="")
+
+    def __enter__(self) -> "StepProgress":
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def update(self, step: int, info: str, *, log_line: bool) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+        elif log_line:
+            print(f"{self.description} step {step}/{self.total} {info}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- RL
+@dataclass
+class BudgetRow:
+    """One prompt of the step, as the live rollout-budget table shows it."""
+
+    prompt_id: str
+    snippet: str
+    attempts: float  # lifetime rollouts (after this step)
+    success_rate: float  # lifetime
+    variance: float  # unbiased Bernoulli variance of the lifetime history
+    allocated: int  # rollouts this step
+    successes: int  # successes this step
+
+
+STEP_KEYS = [
+    ("rollout/reward_mean", "reward mean"), ("rollout/pass_rate", "pass rate (any correct)"),
+    ("rollout/zero_signal_frac", "zero-signal frac"), ("train/loss", "loss"), ("train/clip_frac", "clip frac"),
+    ("train/entropy", "entropy"), ("train/kl_ref", "KL to ref"), ("train/grad_norm", "grad norm"),
+    ("mod/beta_comp_mean", "β_comp mean"), ("mod/beta_stab_mean", "β_stab mean"),
+    ("eval/greedy_pass1", "eval greedy pass@1"), ("time/tokens_per_s", "gen tokens/s"),
+    ("time/generate_s", "s generate"), ("time/score_s", "s score+stats"), ("time/update_s", "s update"),
+    ("time/step_s", "s step"),
+]
+
+
+def budget_table(rows: list[BudgetRow], *, top: int) -> Table:
+    table = Table(title="rollout budget (this step)", expand=False, show_lines=False)
+    for name, justify in (("prompt", "left"), ("snippet", "left"), ("attempts", "right"), ("success", "right"),
+                          ("var", "right"), ("n now", "right"), ("ok now", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    ordered = sorted(rows, key=lambda r: (-r.allocated, r.prompt_id))
+    for r in ordered[:top]:
+        table.add_row(r.prompt_id[-24:], r.snippet[:18], f"{r.attempts:.0f}", f"{r.success_rate:.2f}",
+                      f"{r.variance:.3f}", str(r.allocated), str(r.successes))
+    rest = ordered[top:]
+    if rest:
+        table.add_row(f"… {len(rest)} more", "", f"{sum(r.attempts for r in rest):.0f}",
+                      f"{sum(r.success_rate for r in rest) / len(rest):.2f}", f"{sum(r.variance for r in rest) / len(rest):.3f}",
+                      str(sum(r.allocated for r in rest)), str(sum(r.successes for r in rest)), style="dim")
+    table.add_row("all", f"{len(rows)} prompts", f"{sum(r.attempts for r in rows):.0f}",
+                  f"{sum(r.success_rate for r in rows) / max(len(rows), 1):.2f}",
+                  f"{sum(r.variance for r in rows) / max(len(rows), 1):.3f}",
+                  str(sum(r.allocated for r in rows)), str(sum(r.successes for r in rows)), style="bold")
+    return table
+
+
+def metrics_table(metrics: dict[str, Any]) -> Table:
+    table = Table(title="step metrics", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, label in STEP_KEYS:
+        if metrics.get(key) is not None:
+            table.add_row(label, f"{metrics[key]:.4g}")
+    return table
+
+
+class TrainView:
+    """rich Live: the rollout-budget table beside the step metrics, above a progress bar with ETA.
+    Without a terminal: one plain line per step."""
+
+    PLAIN_KEYS = ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "alloc/min", "train/loss",
+                  "train/clip_frac", "train/entropy", "train/grad_norm", "eval/greedy_pass1", "time/tokens_per_s", "time/step_s"]
+
+    def __init__(self, console: Console, *, total: int, start: int, rows: int):
+        self.console = console
+        self.rows = rows
+        self.progress = StepProgress(console, total=total, description="train", start=start)
+        self.live = None
+        if console.is_terminal and self.progress.progress is not None:
+            self.live = Live(self._render([], {}), console=console, refresh_per_second=4, transient=False)
+
+    def _render(self, rows: list[BudgetRow], metrics: dict[str, Any]):
+        return Group(Columns([budget_table(rows, top=self.rows), metrics_table(metrics)]), self.progress.progress)
+
+    def __enter__(self) -> "TrainView":
+        if self.live is not None:
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()
+
+    def update(self, step: int, rows: list[BudgetRow], metrics: dict[str, Any]) -> None:
+        if self.live is not None:
+            self.progress.progress.update(self.progress.task, completed=step)
+            self.live.update(self._render(rows, metrics))
+        else:
+            print(f"train step {step}/{self.progress.total} {format_metrics(metrics, self.PLAIN_KEYS)}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------- eval
+def eval_table(result: dict[str, Any], *, title: str) -> Table:
+    """Overall and per-level rows: problems, greedy accuracy, mean@n, pass@k."""
+    overall = result["overall"]
+    ks = sorted(int(k.split("@")[1]) for k in overall if k.startswith("pass@"))
+    table = Table(title=title)
+    for name in ["level", "problems", "greedy", *([f"mean@{result['n_samples']}"] if result["n_samples"] else []), *[f"pass@{k}" for k in ks]]:
+        table.add_column(name, justify="right" if name != "level" else "left")
+    for level, stats in [*sorted(result["levels"].items()), ("all", overall)]:
+        cells = [level, str(stats["problems"]), f"{stats['greedy']:.3f}"]
+        if result["n_samples"]:
+            cells.append(f"{stats['mean@n']:.3f}")
+        cells += [f"{stats[f'pass@{k}']:.3f}" for k in ks]
+        table.add_row(*cells, style="bold" if level == "all" else None)
+    return table

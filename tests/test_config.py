@@ -1,0 +1,140 @@
+"""Tier 2: every config group option composes and instantiates; bad input ends in one clear line."""
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from dynamo_cli import builders
+from dynamo_cli.cli import CONF_DIR, _register_resolvers, describe_error, to_schema
+from dynamo_cli.config import (
+    ConfigError, DynamoModulatorConfig, EvalConfig, SFTConfig, TinyModelConfig, TrainConfig, UniformAllocatorConfig,
+    register_schemas,
+)
+from conftest import dynamo
+
+register_schemas()
+_register_resolvers()
+COMMANDS = ["sft", "train", "eval"]
+FIXTURE = CONF_DIR.parent / "tests" / "fixtures" / "arith_word_problems.jsonl"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def compose_schema(command: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_schema(compose(config_name=command, overrides=overrides))
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_defaults_compose(command):
+    cfg = compose_schema(command, [])
+    assert isinstance(cfg, {"sft": SFTConfig, "train": TrainConfig, "eval": EvalConfig}[command])
+    assert isinstance(cfg.model, TinyModelConfig)
+
+
+@pytest.mark.parametrize("group", ["model", "task", "logger"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_shared_option_composes(command, group):
+    for option in options(group):
+        extra = [f"task.path={FIXTURE}"] if option == "jsonl" else []
+        cfg = compose_schema(command, [f"{group}={option}", *extra])
+        assert getattr(cfg, group).name in (option, option.split("-")[0], "smollm2-135m")
+
+
+@pytest.mark.parametrize("allocator", options("allocator"))
+@pytest.mark.parametrize("modulator", options("modulator"))
+def test_every_allocator_and_modulator_composes_and_builds(allocator, modulator):
+    cfg = compose_schema("train", [f"allocator={allocator}", f"modulator={modulator}"])
+    assert cfg.allocator.name == allocator and cfg.modulator.name == modulator
+    builders.build_allocator(cfg).allocate(["a", "b", "c"])
+    builders.build_modulator(cfg)
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_preset_composes(experiment):
+    cfg = compose_schema("train", [f"experiment={experiment}"])
+    assert cfg.algorithm.eps_high > 0
+
+
+def test_dynamo_preset_states_its_values():
+    cfg = compose_schema("train", ["experiment=dynamo"])
+    assert cfg.allocator.name == "variance" and isinstance(cfg.modulator, DynamoModulatorConfig)
+    assert cfg.algorithm.eps_low == 0.2 and cfg.algorithm.eps_high == 0.28  # stated, not a hidden 1.4x
+
+
+def test_grpo_preset_is_uniform_without_modulation():
+    cfg = compose_schema("train", ["experiment=grpo"])
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.modulator.name == "none"
+
+
+@pytest.mark.parametrize("task", ["math", "gsm8k"])
+def test_tasks_build(task):
+    built = builders.build_task(compose_schema("eval", [f"task={task}"]).task)
+    assert built.train_problems() and built.test_problems()
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["allocator.nmin=3"], "allocator.nmin is not a config key"),
+        (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
+        (["optim.lr=abc"], "optim.lr"),
+        (["allocator.n_min=20", "allocator.n_max=10"], "allocator.n_min=20 must be <= allocator.n_max=10"),
+        (["rollout.n=32"], "rollout.n=32 must lie in [allocator.n_min, allocator.n_max]"),
+        (["model.path=/nonexistent/ckpt"], "model.path='/nonexistent/ckpt' is not a directory"),
+        (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
+        (["task=jsonl"], "task.path is required"),
+        (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo"),
+    ],
+)
+def test_bad_config_is_one_clear_line(overrides, expected):
+    with pytest.raises(Exception) as caught:
+        compose_schema("train", overrides)
+    message = describe_error(caught.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["train", "optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
+        (["train", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
+        (["eval", "model.path=/no/such/dir"], "model.path='/no/such/dir' is not a directory"),
+        (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
+        (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, expected):
+    result = dynamo(*args, check=False, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_help_lists_commands_and_groups():
+    out = dynamo("--help").stdout
+    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, none"]:
+        assert word in out
+    train_help = dynamo("train", "--help").stdout
+    assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+
+
+def test_cli_cfg_job_prints_composed_config():
+    out = dynamo("train", "--cfg", "job", "experiment=dynamo").stdout
+    assert "eps_high: 0.28" in out and "name: variance" in out and "name: dynamo" in out
+
+
+def test_config_error_is_a_value_error():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        from dynamo_cli.config import OptimConfig
+
+        OptimConfig(lr=0)
