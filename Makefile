@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## create .venv and install dynamo (editable) with its dependencies
 
 test: $(STAMP)  ## run the test suite (a few minutes on 2 CPU cores)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=10
 
 demo: $(STAMP)  ## sft -> train (DynaMO) -> eval on the embedded defaults; prints pass@1 before and after RL
 	bash scripts/demo.sh

@@ -23,8 +23,11 @@ def dynamo(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Com
 
 @pytest.fixture(scope="session")
 def sft_checkpoint(tmp_path_factory) -> Path:
-    """A briefly trained tiny model (seconds, not minutes): enough to load, generate and train from."""
+    """A briefly trained tiny model (seconds, not minutes): enough to load, generate and train from.
+
+    Trained on L1 (single-digit sums) only, so that it already solves some of them: RL smoke runs on L1
+    then see groups with mixed rewards, i.e. a non-zero policy gradient."""
     run_dir = tmp_path_factory.mktemp("sft")
-    dynamo("sft", "logger=none", f"hydra.run.dir={run_dir}", "trainer.steps=40", "trainer.eval_every=0",
-           "trainer.log_every=20", "eval.max_problems=30", "task.num_train=2000")
+    dynamo("sft", "logger=none", f"hydra.run.dir={run_dir}", "trainer.steps=60", "trainer.eval_every=30",
+           "trainer.log_every=20", "task.num_train=2000", "task.levels=[L1]")
     return run_dir / "checkpoints" / "final"

@@ -149,6 +149,8 @@ def test_plain_verify_reads_only_the_first_line():
         ("\\boxed{}", None),
         ("The answer is 85.", "85"),
         ("the final answer is 85 apples. I think 7", "85"),
+        ("The answer is 10 + 7 = 17.", "17"),  # a worked equation: its value, not its first term
+        ("the final answer:\n\n1 - 1 = 0\n\nthen 6", "0"),
         ("Answer: $\\frac{3}{4}$", "\\frac{3}{4}"),
         ("The answer is 2x+1.", "2x+1"),
         ("85abc!!??", "85"),

@@ -30,6 +30,23 @@ def make_console(cfg: LoggerConfig) -> Console:
     return Console() if sys.stdout.isatty() else Console(force_terminal=False, no_color=True, width=200)
 
 
+def truncate_jsonl(path: Path, *, max_step: int) -> None:
+    """Keep the records of steps <= max_step (and drop a line cut short by a crash)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= max_step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()
@@ -48,11 +65,8 @@ class Tracker:
         self.run = None
         if not enabled:
             return
-        if resume_step is not None and self.path.exists():
-            # Lines logged after the checkpoint we resume from would be logged again: drop them.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        if resume_step is not None:
+            truncate_jsonl(self.path, max_step=resume_step)  # those steps are about to be logged again
         if cfg.name == "wandb" and cfg.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
@@ -89,7 +103,7 @@ class Tracker:
 
     def close(self) -> None:
         if self.run is not None:
-            self.run.finish(quiet=True)
+            self.run.finish()
             self.run = None
 
 
@@ -246,4 +260,15 @@ def eval_table(result: dict[str, Any], *, title: str) -> Table:
             cells.append(f"{stats['mean@n']:.3f}")
         cells += [f"{stats[f'pass@{k}']:.3f}" for k in ks]
         table.add_row(*cells, style="bold" if level == "all" else None)
+    return table
+
+
+# ---------------------------------------------------------------------------------------- sweep
+def results_table(*, title: str, columns: list[str], rows: list[list[str]]) -> Table:
+    """Pre-formatted cells (a sweep's per-method summary), first column left-aligned, the rest right."""
+    table = Table(title=title)
+    for i, name in enumerate(columns):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for cells in rows:
+        table.add_row(*cells)
     return table

@@ -8,7 +8,6 @@ One step, as in algorithm.md:
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -27,11 +26,11 @@ from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import AlgorithmConfig, TrainConfig
 from dynamo_cli.evaluation import eval_metrics, evaluate
 from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss
-from dynamo_cli.models import count_parameters, load_policy, resolve_device
+from dynamo_cli.models import count_parameters, load_policy, reference_policy, resolve_device
 from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.rollout import Rollouts, generate
-from dynamo_cli.tracking import BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles
+from dynamo_cli.tracking import BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl
 
 
 # ------------------------------------------------------------------------------------- data order
@@ -168,9 +167,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    model_cfg = dataclasses.replace(cfg.model, path=str(resume_from)) if resume_from else cfg.model
-    model, tokenizer = load_policy(model_cfg, device)
-    reference = copy.deepcopy(model).eval().requires_grad_(False) if cfg.algorithm.kl_coef > 0 else None
+    model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
+    reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
+                 if cfg.algorithm.kl_coef > 0 else None)
     task = build_task(cfg.task)
     train_problems, test_problems = task.train_problems(), task.test_problems()
     if cfg.eval.max_problems:
@@ -334,12 +333,6 @@ def dump_rollouts(path: Path, *, step: int, problems, prompts, rollouts: Rollout
             f.write(json.dumps({"step": step, "prompt_id": problems[i].id, "prompt": prompts[i], "completion": rollouts.texts[r],
                                 "answer": problems[i].answer, "reward": float(rewards[r]), "n_alloc": int(counts[i]),
                                 "advantage": float(advantages[r])}) + "\n")
-
-
-def truncate_jsonl(path: Path, *, max_step: int) -> None:
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= max_step]
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:

@@ -66,14 +66,15 @@ def _last_boxed(text: str) -> str | None:
 
 
 def _after_answer_cue(text: str) -> str | None:
-    """What follows the last "the answer is"/"answer:", up to the end of that sentence: the
-    leading number when words follow it ("85 apples"), else the whole expression."""
+    """What follows the last "the answer is"/"answer:", up to the end of that sentence (after its
+    last "=", if any): the leading number when words follow it ("85 apples"), else the whole expression."""
     cues = list(_ANSWER_CUE.finditer(text))
     if not cues:
         return None
     rest = text[cues[-1].end() :]
     sentence = rest[: m.start()] if (m := _SENTENCE_END.search(rest)) else rest
-    sentence = sentence.strip().strip("$").strip().rstrip(".,;:!?").strip()
+    # "The answer is 10 + 7 = 17.": a worked equation ends in its value
+    sentence = sentence.rsplit("=", 1)[-1].strip().strip("$").strip().rstrip(".,;:!?").strip()
     if not sentence:
         return None
     m = _NUMBER_FULL.match(sentence)
