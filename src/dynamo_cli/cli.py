@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("dynamo_cli.recipes.sft", "supervised fine-tuning on the task's demonstrations"),
     "train": ("dynamo_cli.recipes.train", "RL from verifiable rewards (GRPO / DynaMO)"),
     "eval": ("dynamo_cli.recipes.eval", "greedy accuracy, mean@n and pass@k of a checkpoint"),
+    "export": ("dynamo_cli.recipes.export", "write a checkpoint as one plain HF model (a LoRA adapter merged)"),
     "sweep": ("dynamo_cli.recipes.sweep", "run a sweep preset and aggregate it into tables and plots"),
 }
 HYDRA_CONFIG_GROUPS = ("model", "task", "allocator", "modulator", "logger", "experiment", "sweep")

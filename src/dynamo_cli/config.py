@@ -78,10 +78,10 @@ class TinyModelConfig(ModelConfig):
 
     name: str = "tiny"
     init_seed: int = 0  # seed of the random initialisation (the run seed does not change the model)
-    hidden_size: int = 256
-    num_layers: int = 4
+    hidden_size: int = 192
+    num_layers: int = 3
     num_heads: int = 4
-    intermediate_size: int = 768
+    intermediate_size: int = 576
     max_position_embeddings: int = 128  # longest prompt + completion, in characters
 
     def __post_init__(self) -> None:
@@ -109,10 +109,12 @@ class GGUFModelConfig(ModelConfig):
 class TaskConfig:
     name: str = MISSING
     format: str = "plain"  # plain: the bare question and a cue; chat: rendered with the tokenizer's chat template
-    max_new_tokens: int = 8  # completion length limit for rollouts and eval on this task
+    max_new_tokens: Optional[int] = None  # completion length limit for rollouts and eval; None: 8 plain, 256 chat
 
     def __post_init__(self) -> None:
         _one_of("task.format", self.format, ("plain", "chat"))
+        if self.max_new_tokens is None:  # a chat model reasons before its answer; a plain completion is the answer
+            self.max_new_tokens = 256 if self.format == "chat" else 8
         _positive("task.max_new_tokens", self.max_new_tokens)
 
 
@@ -121,7 +123,8 @@ MATH_LEVELS = ("L1", "L2", "L3", "L4", "L5", "L6")
 
 @dataclass
 class MathTaskConfig(TaskConfig):
-    """Procedural arithmetic over six difficulty levels (see tasks/math.py)."""
+    """Procedural arithmetic over six difficulty levels (tasks/math.py): L1 a+b and L2 a×b on single digits,
+    L3 ab+c, L4 ab−c, L5 ab+cd, L6 ab×c."""
 
     name: str = "math"
     seed: int = 1234  # the data set's seed (fixed across training seeds so runs see the same data)
@@ -333,13 +336,13 @@ class LoggerConfig:
 # ---------------------------------------------------------------------------------------- recipes
 @dataclass
 class SFTTrainerConfig:
-    steps: int = 1200  # optimiser steps
+    steps: int = 1000  # optimiser steps
     batch_size: int = 128  # sequences per optimiser step
     micro_batch_size: int = 128  # sequences per forward/backward
-    eval_every: int = 400  # greedy eval on the test split every N steps (0: only at the end)
+    eval_every: int = 500  # greedy eval on the test split every N steps (0: only at the end)
     save_every: int = 0  # keep a checkpoint every N steps (0: only the final one)
     keep_last: int = 2  # step checkpoints kept on disk
-    log_every: int = 25
+    log_every: int = 50
 
     def __post_init__(self) -> None:
         for key in ("steps", "batch_size", "micro_batch_size", "keep_last", "log_every"):
@@ -350,10 +353,10 @@ class SFTTrainerConfig:
 
 @dataclass
 class RLTrainerConfig:
-    steps: int = 60  # RL steps
+    steps: int = 150  # RL steps
     prompts_per_step: int = 64  # P: prompts drawn per step
-    eval_every: int = 20  # eval on the test split every N steps (0: only at the end)
-    save_every: int = 20  # checkpoint every N steps (0: only the final one)
+    eval_every: int = 25  # eval on the test split every N steps (0: only at the end)
+    save_every: int = 50  # checkpoint every N steps (0: only the final one)
     keep_last: int = 2  # step checkpoints kept on disk
     log_every: int = 1
     resume: str = "never"  # never | auto (latest checkpoint in this run dir) | a checkpoint dir
@@ -423,17 +426,58 @@ class EvalConfig(RunConfig):
 
 
 @dataclass
-class SweepConfig:
-    """`dynamo sweep`: a named preset of train runs (see conf/sweep/)."""
+class ExportConfig:
+    """`dynamo export`: a checkpoint as one plain Hugging Face model dir (a LoRA adapter merged into its base)."""
 
-    name: str = MISSING  # the preset's name (used for the results dir)
-    command: str = "train"
-    grid: dict[str, list[str]] = field(default_factory=dict)  # override key -> values; the runs are the product
-    overrides: list[str] = field(default_factory=list)  # applied to every run
-    launcher: str = "basic"  # basic (one after another) | joblib (parallel local processes)
-    jobs: int = 1  # parallel runs for the joblib launcher
-    results: str = "docs/results.md"  # the generated results page
-    target_pass1: float = 0.0  # for rollouts-to-target; 0 = use 90% of the best final pass@1
+    name: Optional[str] = None  # appended to the run dir name
+    model: Any = MISSING  # what to export: model.path=<checkpoint dir>; model.dtype sets the saved dtype
+    output: Optional[str] = None  # the export dir (must not exist or be empty); None: <run dir>/model
+
+    def __post_init__(self) -> None:
+        if self.output is not None:
+            _check(not os.path.exists(self.output) or (os.path.isdir(self.output) and not os.listdir(self.output)),
+                   f"output={self.output!r} exists and is not an empty dir; choose a new one")
+
+
+@dataclass
+class SweepPresetConfig:
+    """A sweep preset (conf/sweep/<name>.yaml): a grid of train runs at one shared budget, and how to read them."""
+
+    name: str = MISSING  # names the sweep dir outputs/sweep/<date>/<time>-<name>
+    grid: dict[str, list[Any]] = field(default_factory=dict)  # train override key -> values; one run per combination, first key slowest
+    overrides: list[str] = field(default_factory=list)  # every train run gets these: the matched budget lives here
+    sft_overrides: list[str] = field(default_factory=list)  # the one `dynamo sft` run that makes the shared starting checkpoint
+    model_path: Optional[str] = None  # start every run from this checkpoint instead of running sft
+    launcher: str = "basic"  # basic: one run after another | joblib: `jobs` runs in parallel local processes
+    jobs: int = 1  # parallel runs under launcher=joblib
+    metric: str = "pass@1"  # test metric of the curves and rollouts-to-target: pass@1 (sampled) | greedy_pass1
+    target: Optional[float] = None  # rollouts-to-target threshold; None: 90% of the way from the start to the best final mean
+    results: Optional[str] = "docs/results.md"  # generated page whose sweep section is rewritten; None: leave it alone
+
+    def __post_init__(self) -> None:
+        _one_of("sweep.launcher", self.launcher, ("basic", "joblib"))
+        _positive("sweep.jobs", self.jobs)
+        _check(self.launcher == "joblib" or self.jobs == 1, f"sweep.jobs={self.jobs} needs sweep.launcher=joblib")
+        _one_of("sweep.metric", self.metric, ("pass@1", "greedy_pass1"))
+        _check(len(self.grid) > 0 and all(len(v) > 0 for v in self.grid.values()),
+               "sweep.grid needs at least one key with at least one value")
+        if self.target is not None:
+            _check(0 <= self.target <= 1, f"sweep.target={self.target} must be in [0, 1]")
+        if self.model_path is not None:
+            ModelConfig(name="sweep", path=self.model_path)  # the same checkpoint checks as model.path
+
+
+@dataclass
+class SweepConfig:
+    """`dynamo sweep`: run a preset's train runs (Hydra multirun underneath) and aggregate them."""
+
+    sweep: SweepPresetConfig = MISSING  # the preset, from the `sweep` group
+    out_dir: str = MISSING  # the sweep's dir (conf/sweep.yaml: outputs/sweep/<date>/<time>-<name>)
+    aggregate: Optional[str] = None  # an existing multirun dir: aggregate its runs, run nothing
+
+    def __post_init__(self) -> None:
+        if self.aggregate is not None:
+            _check(os.path.isdir(self.aggregate), f"aggregate={self.aggregate!r} is not a directory (expected a multirun dir)")
 
 
 def register_schemas() -> None:
@@ -442,6 +486,9 @@ def register_schemas() -> None:
     cs.store(name="sft_schema", node=SFTConfig)
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalConfig)
+    cs.store(name="sweep_schema", node=SweepConfig)
+    cs.store(group="schema/sweep", name="preset", node=SweepPresetConfig)
+    cs.store(name="export_schema", node=ExportConfig)
     cs.store(group="schema/model", name="tiny", node=TinyModelConfig)
     cs.store(group="schema/model", name="gguf", node=GGUFModelConfig)
     cs.store(group="schema/task", name="math", node=MathTaskConfig)

@@ -1,0 +1,302 @@
+"""`dynamo sweep` and the aggregation behind it: CI maths by hand, synthetic run dirs (one crashed), presets that
+compose, and a tiny real sweep (sft -> `dynamo train --multirun seed=0,1` -> aggregate)."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import dynamo
+
+from dynamo_cli import aggregate as agg
+from dynamo_cli.cli import CONF_DIR, _register_resolvers
+from dynamo_cli.config import (
+    ConfigError,
+    SweepConfig,
+    SweepPresetConfig,
+    register_schemas,
+)
+from dynamo_cli.recipes import sweep as sweep_recipe
+
+register_schemas()
+_register_resolvers()
+
+
+# ------------------------------------------------------------------------------------ CI maths
+def test_t_quantiles_match_tables():
+    # two-sided 95% critical values from any t table
+    for df, expected in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (9, 2.2622), (30, 2.0423)]:
+        assert agg.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
+    assert agg.t_quantile(0.5, 5) == pytest.approx(0.0, abs=1e-12)
+    assert agg.t_quantile(0.025, 2) == pytest.approx(-4.3027, abs=1e-4)  # symmetric
+
+
+def test_betainc_and_t_cdf_known_values():
+    assert agg.betainc(1, 1, 0.3) == pytest.approx(0.3)  # I_x(1, 1) = x
+    assert agg.betainc(2, 1, 0.5) == pytest.approx(0.25)  # I_x(a, 1) = x^a
+    assert agg.t_cdf(0.0, 4) == pytest.approx(0.5)
+    assert agg.t_cdf(1.0, 1) == pytest.approx(0.75)  # Cauchy: 1/2 + atan(1)/pi
+
+
+def test_mean_ci_by_hand():
+    # [1, 2, 3]: mean 2, s = 1, half-width t_{0.975, 2} * s / sqrt(3) = 4.3027 * 1 / 1.7321 = 2.4841
+    ci = agg.mean_ci([1.0, 2.0, 3.0])
+    assert ci.mean == pytest.approx(2.0) and ci.half_width == pytest.approx(2.4841, abs=1e-4) and ci.n == 3
+    assert (ci.low, ci.high) == pytest.approx((2 - 2.4841, 2 + 2.4841), abs=1e-4)
+    assert ci.format() == "2.000 ± 2.484"
+    one = agg.mean_ci([0.7])  # a single seed: a mean but no interval
+    assert one.mean == 0.7 and one.half_width is None and one.format() == "0.700 (CI n/a)"
+    assert agg.mean_ci([]).n == 0 and agg.mean_ci([]).format() == "–"
+    equal = agg.mean_ci([0.5, 0.5])  # no spread: zero width
+    assert equal.half_width == 0.0 and equal.excludes_zero() is True
+    assert agg.mean_ci([1, 2]).overlaps(agg.mean_ci([2, 3])) is True
+    assert agg.mean_ci([1, 1.01]).overlaps(agg.mean_ci([2, 2.01])) is False
+
+
+def test_method_labels():
+    assert agg.method_label("uniform", "none") == "grpo"
+    assert agg.method_label("variance", "none") == "allocation only"
+    assert agg.method_label("uniform", "dynamo") == "modulation only"
+    assert agg.method_label("variance", "dynamo") == "dynamo"
+    assert agg.method_label("knapsack", "none") == "knapsack+none"
+
+
+# ------------------------------------------------------------------------------- synthetic runs
+def write_run(path: Path, *, allocator: str, modulator: str, seed: int, curve: list[float], finished: bool = True,
+              tokens_per_rollout: int = 3, n: int = 2, prompts: int = 4, eval_every: int = 5) -> Path:
+    """A fake train run dir: config.yaml, metrics.jsonl (step records + eval records at 0, 5, 10, ...) and,
+    if finished, eval.json. curve[i] is test pass@1 at step i * eval_every; greedy = pass@1 + 0.05."""
+    path.mkdir(parents=True)
+    steps = eval_every * (len(curve) - 1)
+    config = {"seed": seed, "allocator": {"name": allocator, **({"n_min": 1, "n_max": 4} if allocator == "variance" else {})},
+              "modulator": {"name": modulator}, "rollout": {"n": n},
+              "trainer": {"steps": steps, "prompts_per_step": prompts, "eval_every": eval_every},
+              "eval": {"max_problems": 8, "n_samples": 2, "temperature": 1.0}, "model": {"name": "tiny"},
+              "task": {"name": "math"}, "optim": {"lr": 5e-5}}
+    (path / "config.yaml").write_text(yaml.safe_dump(config))
+    records = []
+    last = steps if finished else eval_every  # a crashed run stops at its second eval
+    for step in range(last + 1):
+        rollouts = step * n * prompts
+        totals = {"rollout/total_rollouts": rollouts, "rollout/total_tokens": rollouts * tokens_per_rollout,
+                  "time/elapsed_s": float(step)}
+        if step:
+            records.append({"step": step, "train/loss": 0.1, "time/step_s": 1.0, **totals})
+        if step % eval_every == 0:
+            p = curve[step // eval_every]
+            records.append({"step": step, "eval/greedy_pass1": p + 0.05, "eval/pass@1": p, "eval/pass@2": min(1, p + 0.1),
+                            "eval/L1/pass@1": p, **totals})
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    if finished:
+        final = curve[-1]
+        (path / "eval.json").write_text(json.dumps({"n_samples": 2, "overall": {
+            "problems": 8, "greedy": final + 0.05, "mean@n": final, "pass@1": final, "pass@2": min(1, final + 0.1)},
+            "levels": {"L1": {"problems": 8, "greedy": final + 0.05, "pass@1": final}}}))
+    return path
+
+
+@pytest.fixture
+def synthetic_sweep(tmp_path) -> Path:
+    """grpo x 3 seeds (final pass@1 0.5, 0.6, 0.7) and dynamo x 3 seeds of which seed 2 crashed at step 5."""
+    runs = tmp_path / "runs"
+    curves = {("uniform", "none"): [[0.4, 0.45, 0.5], [0.4, 0.55, 0.6], [0.4, 0.65, 0.7]],
+              ("variance", "dynamo"): [[0.4, 0.6, 0.7], [0.4, 0.7, 0.8], [0.4, 0.5, 0.5]]}
+    job = 0
+    for seed in range(3):
+        for (allocator, modulator), per_seed in curves.items():
+            write_run(runs / str(job), allocator=allocator, modulator=modulator, seed=seed, curve=per_seed[seed],
+                      finished=not (modulator == "dynamo" and seed == 2), tokens_per_rollout=3 if allocator == "uniform" else 2)
+            job += 1
+    wandb_files = runs / "0" / "wandb" / "offline-run-1" / "files"  # W&B's own config.yaml is not a run
+    wandb_files.mkdir(parents=True)
+    (wandb_files / "config.yaml").write_text(yaml.safe_dump({"allocator": {"value": {"name": "uniform"}}, "seed": {"value": 0}}))
+    return runs
+
+
+def test_find_runs_keeps_job_order_and_the_crashed_member(synthetic_sweep):
+    runs = agg.find_runs(synthetic_sweep)
+    assert [r.path.name for r in runs] == ["0", "1", "2", "3", "4", "5"]
+    crashed = agg.unfinished(runs)
+    assert [(r.method, r.seed, r.last_step, r.steps) for r in crashed] == [("dynamo", 2, 5, 10)]
+    assert crashed[0].evals and crashed[0].final == {}
+
+
+def test_summary_table_by_hand(synthetic_sweep):
+    rows = {r.method: r for r in agg.summarise(agg.find_runs(synthetic_sweep))}
+    assert list(rows) == ["grpo", "dynamo"]  # the ablation's order, not alphabetical
+    grpo, dyn = rows["grpo"], rows["dynamo"]
+    # grpo pass@1 [0.5, 0.6, 0.7]: mean 0.6, s = 0.1, half-width 4.3027 * 0.1 / sqrt(3) = 0.2484
+    assert grpo.pass1.mean == pytest.approx(0.6) and grpo.pass1.half_width == pytest.approx(0.2484, abs=1e-4)
+    assert grpo.greedy.mean == pytest.approx(0.65) and grpo.k == 2 and grpo.pass_k.mean == pytest.approx(0.7)
+    assert grpo.seeds == [0, 1, 2] and grpo.expected == 3
+    # 10 steps x 4 prompts x 2 rollouts = 80 rollouts; tokens 3 per rollout for grpo, 2 for dynamo
+    assert grpo.rollouts.mean == 80 and grpo.tokens.mean == 240 and grpo.seconds.mean == 10
+    # dynamo: seed 2 crashed, so 2 of 3 seeds; [0.7, 0.8]: s = 0.0707, half-width 12.706 * 0.0707 / sqrt(2) = 0.6353
+    assert dyn.seeds == [0, 1] and dyn.expected == 3
+    assert dyn.pass1.mean == pytest.approx(0.75) and dyn.pass1.half_width == pytest.approx(0.6353, abs=1e-4)
+    assert dyn.tokens.mean == 160
+    cells = agg.summary_cells(dyn)
+    assert cells[:2] == ["dynamo", "2/3"] and cells[3] == "0.750 ± 0.635"
+
+
+def test_curves_rollouts_to_target_and_paired_contrast_by_hand(synthetic_sweep):
+    runs = agg.find_runs(synthetic_sweep)
+    curves = {c.method: c for c in agg.learning_curves(runs, x="rollouts", metric="pass@1")}
+    grpo = curves["grpo"]
+    assert grpo.x == [0, 40, 80] and grpo.seeds == 3
+    assert grpo.mean == pytest.approx([0.4, 0.55, 0.6]) and grpo.low == [0.4, 0.45, 0.5] and grpo.high == [0.4, 0.65, 0.7]
+    assert curves["dynamo"].seeds == 2 and curves["dynamo"].mean == pytest.approx([0.4, 0.65, 0.75])  # crashed seed left out
+    assert agg.learning_curves(runs, x="tokens", metric="pass@1")[0].x == [0, 120, 240]
+
+    rows = {r.method: r for r in agg.rollouts_to_target(runs, metric="pass@1", target=0.6)}
+    # grpo: seed 0 never (0.5 at the end); seed 1 at step 10 (80 rollouts); seed 2 at step 5 (40 rollouts)
+    # -> 2/3 reached, mean 60, s = 28.28, half-width 12.706 * 28.28 / sqrt(2) = 254.1
+    assert (rows["grpo"].reached, rows["grpo"].seeds) == (2, 3)
+    assert rows["grpo"].rollouts.mean == 60 and rows["grpo"].rollouts.half_width == pytest.approx(254.12, abs=0.01)
+    assert rows["grpo"].tokens.mean == 180
+    # dynamo: both finished seeds reach 0.6 at step 5 -> 40 rollouts each
+    assert (rows["dynamo"].reached, rows["dynamo"].rollouts.mean, rows["dynamo"].rollouts.half_width) == (2, 40, 0.0)
+    # default target: 90% of the way from the start (0.4) to the best final mean (dynamo 0.75) = 0.715
+    assert agg.default_target(runs, "pass@1") == pytest.approx(0.715)
+
+    (contrast,) = agg.paired_contrasts(runs, "pass@1")
+    # seeds 0 and 1 only (dynamo seed 2 crashed): 0.7 - 0.5 = 0.8 - 0.6 = 0.2
+    assert contrast.method == "dynamo" and contrast.seeds == [0, 1]
+    assert contrast.difference.mean == pytest.approx(0.2) and contrast.difference.half_width == pytest.approx(0.0, abs=1e-9)
+
+    summary = agg.summarise(runs)
+    text = " ".join(agg.findings(summary, [contrast], metric_label="test pass@1", start=0.4))
+    assert "Highest mean final test pass@1: **dynamo** (0.750 ± 0.635, 2 seeds)" in text
+    assert "overlaps those of grpo" in text and "dynamo − grpo, paired by seed (2 seeds): +0.200 ± 0.000 (the 95% CI excludes 0)" in text
+    assert "scores 0.400 (step-0 eval); change over it at the end: grpo +0.200, dynamo +0.350." in text
+    assert "DynaMO does not have the highest mean" not in text
+    flipped = " ".join(agg.findings(summary[:1] + [dataclasses.replace(summary[1], pass1=agg.mean_ci([0.1, 0.2]))], [],
+                                    metric_label="test pass@1"))
+    assert "DynaMO does not have the highest mean: 0.150 against grpo's 0.600." in flipped
+
+
+def test_csv_files_keep_every_run(synthetic_sweep, tmp_path):
+    runs = agg.find_runs(synthetic_sweep)
+    agg.write_runs_csv(tmp_path / "runs.csv", runs)
+    agg.write_summary_csv(tmp_path / "summary.csv", agg.summarise(runs))
+    rows = list(csv.DictReader((tmp_path / "runs.csv").open()))
+    assert len(rows) == 6 and [r["finished"] for r in rows].count("False") == 1
+    summary = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert summary[0]["method"] == "grpo" and float(summary[0]["pass1_mean"]) == pytest.approx(0.6)
+    assert summary[1]["seeds_done"] == "2" and summary[1]["runs"] == "3"
+
+
+def test_budget_mismatch_is_stated(tmp_path):
+    write_run(tmp_path / "0", allocator="uniform", modulator="none", seed=0, curve=[0.1, 0.2, 0.3], n=2)
+    write_run(tmp_path / "1", allocator="variance", modulator="dynamo", seed=0, curve=[0.1, 0.2, 0.3], n=4)
+    runs = agg.find_runs(tmp_path)
+    assert len(agg.budgets(runs)) == 2
+    assert "not matched" in sweep_recipe._budget_text(runs)
+
+
+def test_results_page_sections_regenerate_independently(tmp_path):
+    page = tmp_path / "docs" / "results.md"
+    agg.update_results_page(page, section="sweep", body="sweep v1")
+    agg.update_results_page(page, section="bench", body="bench v1")
+    agg.update_results_page(page, section="sweep", body="sweep v2")
+    text = page.read_text()
+    assert "sweep v2" in text and "sweep v1" not in text and "bench v1" in text
+    assert text.count("BEGIN sweep") == 1 and text.count("BEGIN bench") == 1
+    assert text.index("BEGIN sweep") < text.index("BEGIN bench")  # a section keeps its place
+    assert "generated" in text.splitlines()[2]
+
+
+def test_aggregate_cli_reports_the_crashed_member(synthetic_sweep, tmp_path):
+    page = tmp_path / "docs" / "results.md"
+    result = dynamo("sweep", f"aggregate={synthetic_sweep}", f"sweep.results={page}", "sweep.target=0.6", check=False)
+    assert result.returncode == 1, result.stderr  # written, but a member did not finish
+    assert "did not finish" in result.stdout and "dynamo, seed 2, last step 5/10" in result.stdout
+    for name in ("summary.md", "summary.csv", "runs.csv", "pass1_vs_rollouts.png", "pass1_vs_seconds.png"):
+        assert (synthetic_sweep / name).is_file(), name
+    text = page.read_text()
+    assert "| grpo | 3/3 | 0.650 ± 0.248 | 0.600 ± 0.248 |" in text
+    assert "stopped after step 5 of 10 (no eval.json)" in text
+    assert "![sweep_pass1_vs_rollouts](results/sweep_pass1_vs_rollouts.png)" in text
+    assert (page.parent / "results" / "sweep_pass1_vs_rollouts.png").is_file()
+    assert "Rollouts to reach test pass@1 ≥ 0.600" in text and "Generated by `dynamo sweep aggregate=" in text
+
+
+# ---------------------------------------------------------------------------------- composition
+def presets() -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_preset_composes_and_its_runs_compose(preset):
+    cfg, _ = sweep_recipe.compose([f"sweep={preset}"])
+    assert isinstance(cfg, SweepConfig) and cfg.sweep.name == preset and cfg.out_dir.endswith(f"-{preset}")
+    grid = sweep_recipe.grid_overrides(cfg.sweep.grid)
+    sweep_recipe.check_composes("train", [*grid, *cfg.sweep.overrides], multirun=True)  # exits 2 on a bad override
+    sweep_recipe.check_composes("sft", list(cfg.sweep.sft_overrides), multirun=False)
+
+
+def test_ablation_is_the_papers_table_at_a_matched_budget():
+    cfg, _ = sweep_recipe.compose(["sweep=ablation"])
+    jobs = sweep_recipe.job_list([*sweep_recipe.grid_overrides(cfg.sweep.grid), *cfg.sweep.overrides])
+    assert len(jobs) == 12
+    methods = {(j[1], j[2]) for j in jobs}
+    assert methods == {("allocator=uniform", "modulator=none"), ("allocator=variance", "modulator=none"),
+                       ("allocator=uniform", "modulator=dynamo"), ("allocator=variance", "modulator=dynamo")}
+    assert [j[0] for j in jobs[:4]] == ["seed=0"] * 4  # seed varies slowest: a cut-short sweep is still balanced
+    keys = {o.split("=")[0] for o in cfg.sweep.overrides}
+    assert {"rollout.n", "trainer.prompts_per_step", "trainer.steps"} <= keys  # the budget is the same for every run
+
+
+def test_sweep_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="needs sweep.launcher=joblib"):
+        SweepPresetConfig(name="x", grid={"seed": [0]}, jobs=2)
+    for args, message in [(["sweep=nope"], "sweep=nope is not an option of sweep; choose one of: ablation"),
+                          (["sweep.nope=1"], "sweep.nope is not a config key"),
+                          (["sweep.metric=pass@9"], "sweep.metric='pass@9' is not allowed"),
+                          (["--", "allocator=nope"], "the train runs of this sweep would fail: allocator=nope is not an option")]:
+        result = dynamo("sweep", *args, check=False)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert message in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------------------- a tiny real sweep
+TINY_TRAIN = ["trainer.steps=1", "trainer.prompts_per_step=4", "rollout.n=2", "allocator.n_min=1", "allocator.n_max=4",
+              "eval.max_problems=8", "eval.n_samples=2", "eval.ks=[1,2]", "task.num_train=500", "logger=none",
+              "trainer.save_every=0"]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_runs_sft_then_a_two_run_multirun_and_aggregates(tmp_path):
+    """The real path: `dynamo sft` (5 steps) -> `dynamo train --multirun seed=0,1 ...` -> tables, plots, page;
+    then `dynamo sweep aggregate=` over the same multirun dir runs nothing and gives the same table."""
+    out, page = tmp_path / "sweep", tmp_path / "docs" / "results.md"
+    sft = '"trainer.steps=5","trainer.eval_every=0","eval.max_problems=8","task.num_train=500","logger=none"'
+    result = dynamo("sweep", "sweep=ablation", f"out_dir={out}", f"sweep.results={page}", "sweep.grid.seed=[0,1]",
+                    "sweep.grid.allocator=[variance]", "sweep.grid.modulator=[dynamo]", f"sweep.sft_overrides=[{sft}]",
+                    "--", *TINY_TRAIN)
+    assert (out / "sft" / "checkpoints" / "final" / "config.json").is_file()
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((out / "runs" / job / "eval.json").is_file() for job in ("0", "1"))
+    summary = (out / "summary.md").read_text()
+    assert "| dynamo | 2/2 |" in summary and "None: every run of the sweep wrote its eval.json." in summary
+    assert "Matched budget: every run draws 4 prompts × n = 2 → 8 rollouts per step for 1 steps" in summary
+    assert (out / "pass1_vs_rollouts.png").stat().st_size > 0 and "Wall time of the whole sweep" in page.read_text()
+    assert json.loads((out / "timing.json").read_text())["train_exit_code"] == 0
+    assert "dynamo train --multirun seed=0,1 allocator=variance modulator=dynamo" in result.stdout
+
+    again = dynamo("sweep", f"aggregate={out / 'runs'}", "sweep.results=null")
+    assert "| dynamo | 2/2 |" in (out / "runs" / "summary.md").read_text() and "dynamo" in again.stdout
+
+
+def test_jobs_that_never_started_are_listed(synthetic_sweep, tmp_path):
+    """A multirun that died early leaves jobs without a run dir: they are named, not forgotten."""
+    cfg, _ = sweep_recipe.compose(["sweep=ablation", f"sweep.results={tmp_path / 'results.md'}"])
+    jobs = sweep_recipe.job_list(["seed=0,1,2,3", "allocator=uniform,variance", "modulator=none"])  # 8 jobs, 6 ran
+    missing = sweep_recipe.missing_jobs(synthetic_sweep, jobs)
+    assert missing == [(6, ["seed=3", "allocator=uniform"]), (7, ["seed=3", "allocator=variance"])]
+    ok = sweep_recipe.report(synthetic_sweep, out_dir=tmp_path / "out", preset=cfg.sweep, command="test", jobs=jobs)
+    assert ok is False
+    assert "- job 7 never started: `seed=3 allocator=variance`" in (tmp_path / "out" / "summary.md").read_text()
