@@ -1,0 +1,108 @@
+"""Bench c: what allocation and modulation cost.
+
+1. A short `dynamo train` run (variance allocation + DynaMO modulation, the ablation's budget) and, from its
+   metrics.jsonl, (time/alloc_s + time/modulate_s) / time/step_s summed over the steps after the first.
+2. VarianceAllocator.allocate for 10^5 and 10^6 prompts with random success histories: seconds, µs per
+   prompt, the 10^6 / 10^5 time ratio (10 = linear), and the share spent in the pure tensor maths
+   (priority + water-filling) versus looking up each prompt's history by id.
+
+    python -m bench.overhead [--checkpoint DIR] [--steps S] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import BenchResult, checkpoint, dynamo, print_result
+
+
+def train_overhead(ckpt: Path, *, steps: int, quick: bool) -> dict[str, float]:
+    """Fractions of step time from a short train run; the first step (warm-up: allocator all-unexplored,
+    first forward passes) is left out when there are later ones."""
+    size = (["trainer.prompts_per_step=8", "rollout.n=4", "task.num_train=500"] if quick
+            else ["trainer.prompts_per_step=64", "rollout.n=8"])
+    with tempfile.TemporaryDirectory() as tmp:
+        dynamo("train", "allocator=variance", "modulator=dynamo", f"model.path={ckpt}", f"hydra.run.dir={tmp}",
+               f"trainer.steps={steps}", "trainer.eval_every=0", "trainer.save_every=0", "eval.max_problems=8",
+               "eval.n_samples=0", "logger=none", *size)
+        records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    steps_ = [r for r in records if "time/step_s" in r]
+    kept = steps_[1:] if len(steps_) > 1 else steps_
+    total = {k: sum(r[k] for r in kept) for k in ("time/alloc_s", "time/modulate_s", "time/step_s", "time/generate_s", "time/update_s")}
+    return {"steps": len(kept), "step_s": total["time/step_s"] / len(kept),
+            "alloc": total["time/alloc_s"] / total["time/step_s"], "modulate": total["time/modulate_s"] / total["time/step_s"],
+            "generate": total["time/generate_s"] / total["time/step_s"], "update": total["time/update_s"] / total["time/step_s"]}
+
+
+def allocation_time(num_prompts: int, *, seed: int = 0, repeats: int = 3) -> dict[str, float]:
+    """Best-of-`repeats` seconds of allocate() over num_prompts prompts, and of its pure tensor part."""
+    from dynamo_cli.allocators import (
+        VarianceAllocator,
+        allocate_rollouts,
+        variance_priority,
+    )
+    from dynamo_cli.config import VarianceAllocatorConfig
+
+    a = VarianceAllocatorConfig()
+    allocator = VarianceAllocator(n=8, n_min=a.n_min, n_max=a.n_max)
+    g = torch.Generator().manual_seed(seed)
+    ids = [f"p{i}" for i in range(num_prompts)]
+    attempts = torch.randint(0, 41, (num_prompts,), generator=g).double()  # 0..40 lifetime rollouts: some unexplored
+    successes = torch.binomial(attempts, torch.rand(num_prompts, generator=g).double(), generator=g)
+    allocator.update(ids, successes=successes, attempts=attempts)
+    full, pure = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        counts = allocator.allocate(ids).counts
+        full.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        priority, unexplored = variance_priority(successes=successes, attempts=attempts)
+        allocate_rollouts(priority=priority, unexplored=unexplored, budget=8 * num_prompts, n_min=a.n_min, n_max=a.n_max,
+                          explore_target=max(a.n_min, a.explore_min_attempts))
+        pure.append(time.perf_counter() - t0)
+    assert int(counts.sum()) == 8 * num_prompts
+    return {"seconds": min(full), "pure_seconds": min(pure)}
+
+
+def main(argv: list[str] | None = None) -> BenchResult:
+    parser = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="SFT checkpoint dir (default: the latest under outputs/, else train one)")
+    parser.add_argument("--steps", type=int, help="train steps (default 8; quick 2)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (for tests)")
+    args = parser.parse_args(argv)
+    ckpt, how = checkpoint(args.checkpoint, quick=args.quick)
+    steps = args.steps or (2 if args.quick else 8)
+    train = train_overhead(ckpt, steps=steps, quick=args.quick)
+    sizes = (10**3, 10**4) if args.quick else (10**5, 10**6)
+    alloc = {n: allocation_time(n) for n in sizes}
+    small, large = sizes
+    scaling = alloc[large]["seconds"] / alloc[small]["seconds"]
+    command = "python -m bench.overhead" + (" --quick" if args.quick else "")
+    budget = "8 prompts × 4" if args.quick else "64 prompts × 8 (the ablation's budget)"
+    lines = [
+        (f"A `dynamo train allocator=variance modulator=dynamo` run of {steps} steps, {budget} rollouts per step, from "
+        f"`{ckpt}` ({how}); fractions of step time over its last {train['steps']} steps (mean step {train['step_s']:.2f} s):"), "",
+        "| part of a step | fraction |", "|---|--:|",
+        f"| allocation (allocate + update) | {train['alloc']:.4f} |", f"| modulation (β_comp, β_stab) | {train['modulate']:.4f} |",
+        f"| generation | {train['generate']:.3f} |", f"| policy update | {train['update']:.3f} |", "",
+        f"**Allocator + modulator share of step time: {train['alloc'] + train['modulate']:.4f}**.", "",
+        "| prompts | allocate() s | µs per prompt | share in the pure tensor maths |", "|--:|--:|--:|--:|",
+        *[f"| {n:,} | {alloc[n]['seconds']:.3f} | {1e6 * alloc[n]['seconds'] / n:.2f} | {alloc[n]['pure_seconds'] / alloc[n]['seconds']:.2f} |"
+          for n in sizes], "",
+        (f"**allocate() time ratio {large:,} / {small:,} prompts: {scaling:.2f}** (10 = linear). The rest of the time "
+        "beyond the pure tensor part is the per-id history lookup (a Python dict)."),
+    ]
+    result = BenchResult(name="c. Overhead", command=command, lines=lines,
+                         ratios={"alloc_plus_modulate_over_step": train["alloc"] + train["modulate"],
+                                 f"allocate_time_{large}_over_{small}": scaling})
+    print_result(result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
