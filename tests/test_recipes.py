@@ -140,3 +140,13 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path)
     assert json.loads((killed / "eval.json").read_text())["overall"] == json.loads((straight / "eval.json").read_text())["overall"]
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")
+
+
+def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 3, "train/loss": 0.1}\n')
+    result = dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", *TRAIN_SMALL, check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"dynamo train: error: {tmp_path} already holds a run (metrics.jsonl): continue it with trainer.resume=auto "
+        "or choose another hydra.run.dir"]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "train/loss": 0.1}\n'  # nothing lost

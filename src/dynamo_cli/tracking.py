@@ -47,6 +47,13 @@ def truncate_jsonl(path: Path, *, max_step: int) -> None:
     os.replace(tmp, path)
 
 
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Results files (eval.json) are replaced whole or not at all: a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=1))
+    os.replace(tmp, path)
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.item() if value.numel() == 1 else value.tolist()

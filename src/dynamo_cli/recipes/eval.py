@@ -1,7 +1,6 @@
 """`dynamo eval`: greedy accuracy, mean@n and unbiased pass@k of a checkpoint, overall and per level."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from dynamo_cli.builders import build_task
 from dynamo_cli.config import EvalConfig
 from dynamo_cli.evaluation import eval_metrics, evaluate
 from dynamo_cli.models import load_policy, resolve_device
-from dynamo_cli.tracking import Tracker, eval_table, make_console
+from dynamo_cli.tracking import Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
@@ -38,5 +37,5 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     tracker.close()
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    write_json_atomically(run_dir / "eval.json", result)
     console.print(eval_table(result, title=f"{cfg.task.name} {cfg.split}: {source}"))

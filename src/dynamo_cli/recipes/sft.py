@@ -1,7 +1,6 @@
 """`dynamo sft`: supervised fine-tuning on the task's demonstrations, loss on completion tokens only."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from dynamo_cli.evaluation import eval_metrics, evaluate
 from dynamo_cli.models import count_parameters, load_policy, resolve_device
 from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.rollout import position_ids_from_mask
-from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console
+from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
 
 def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int]]]:
@@ -112,7 +111,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
 
     final = checkpoint.save_checkpoint(checkpoints / "final", model=model, tokenizer=tokenizer)
     result = run_eval(cfg.trainer.steps)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    write_json_atomically(run_dir / "eval.json", result)
     tracker.summary(eval_metrics(result))
     tracker.close()
     console.print(eval_table(result, title=f"test split after SFT ({len(test_problems)} problems)"))

@@ -30,7 +30,9 @@ from dynamo_cli.models import count_parameters, load_policy, reference_policy, r
 from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.rollout import Rollouts, generate
-from dynamo_cli.tracking import BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl
+from dynamo_cli.tracking import (
+    BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl, write_json_atomically,
+)
 
 
 # ------------------------------------------------------------------------------------- data order
@@ -161,6 +163,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = run_dir / "checkpoints"
     resume_from = find_resume_checkpoint(cfg.trainer.resume, checkpoints)
+    if resume_from is None and (run_dir / "metrics.jsonl").exists():
+        if cfg.trainer.resume == "never":
+            raise DynamoError(f"{run_dir} already holds a run (metrics.jsonl): continue it with trainer.resume=auto "
+                              "or choose another hydra.run.dir")
+        for name in ("metrics.jsonl", "rollouts.jsonl"):  # an attempt that died before its first checkpoint
+            truncate_jsonl(run_dir / name, max_step=-1)
     config_dict = OmegaConf.to_container(OmegaConf.structured(cfg))
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config_dict))
     console = make_console(cfg.logger)
@@ -309,7 +317,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
     result = last_eval or evaluate(model, tokenizer, task, test_problems, settings=cfg.eval,
                                    max_new_tokens=eval_max_new_tokens, seed=cfg.seed)
-    (run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    write_json_atomically(run_dir / "eval.json", result)
     tracker.summary({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"], "rollout/total_tokens": totals["tokens"]})
     tracker.close()
     console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
