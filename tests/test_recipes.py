@@ -46,7 +46,7 @@ def test_eval_writes_eval_json_and_prints_run_dir_last(sft_checkpoint, tmp_path)
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path)
     report = json.loads((tmp_path / "eval.json").read_text())
     overall = report["overall"]
-    assert overall["problems"] == 30 and report["levels"].keys() == {"L1", "L2"} and {"greedy", "mean@n", "pass@1", "pass@2", "pass@3"} <= set(overall)
+    assert overall["problems"] == 30 and report["levels"].keys() == {"L1", "L2", "L3", "L4", "L5", "L6"} and {"greedy", "mean@n", "pass@1", "pass@2", "pass@3"} <= set(overall)
     assert overall["pass@1"] <= overall["pass@2"] <= overall["pass@3"]
     assert abs(overall["pass@1"] - overall["mean@n"]) < 1e-9  # pass@1 is the mean success rate
     assert set(report["levels"]) and "greedy" in result.stdout
@@ -150,3 +150,13 @@ def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):
         f"dynamo train: error: {tmp_path} already holds a run (metrics.jsonl): continue it with trainer.resume=auto "
         "or choose another hydra.run.dir"]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 3, "train/loss": 0.1}\n'  # nothing lost
+
+
+def test_eval_subset_keeps_every_level():
+    from dynamo_cli.evaluation import eval_subset
+    from dynamo_cli.tasks import Problem
+
+    problems = [Problem(f"p{i}", "q", "1", level) for i, level in enumerate("AAAABBC")]
+    # round-robin over A, B, C: A0, B4, C6, A1, B5 -> kept in the original order
+    assert [p.id for p in eval_subset(problems, 5)] == ["p0", "p1", "p4", "p5", "p6"]
+    assert eval_subset(problems, None) == problems and eval_subset(problems, 99) == problems

@@ -302,7 +302,7 @@ class EvalSettings:
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])  # pass@k reported for each k <= n_samples
-    max_problems: Optional[int] = None  # evaluate on the first N test problems only (None: all)
+    max_problems: Optional[int] = None  # evaluate on N test problems, spread evenly over the levels (None: all)
     batch_size: int = 512  # sequences generated at once
 
     def __post_init__(self) -> None:

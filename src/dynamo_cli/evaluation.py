@@ -11,6 +11,23 @@ from dynamo_cli.metrics import pass_at_k
 from dynamo_cli.rollout import generate
 
 
+def eval_subset(problems: list, max_problems: int | None) -> list:
+    """At most `max_problems` problems, taken round-robin across levels so every level stays represented
+    (test lists are grouped by level: a plain prefix would be the easiest level only). Order is kept."""
+    if not max_problems or max_problems >= len(problems):
+        return list(problems)
+    by_level: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(problems):
+        by_level[p.level].append(i)
+    queues = [list(reversed(rows)) for rows in by_level.values()]
+    chosen: list[int] = []
+    while len(chosen) < max_problems:
+        for queue in queues:
+            if queue and len(chosen) < max_problems:
+                chosen.append(queue.pop())
+    return [problems[i] for i in sorted(chosen)]
+
+
 @torch.no_grad()
 def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
     """Sampling uses its own generator seeded with `seed`, so evaluating never disturbs training RNG."""

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import EvalConfig
-from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
 from dynamo_cli.models import load_policy, resolve_device
 from dynamo_cli.tracking import Tracker, eval_table, make_console, write_json_atomically
 
@@ -22,8 +22,7 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
     model, tokenizer = load_policy(cfg.model, resolve_device(cfg.device))
     task = build_task(cfg.task)
     problems = task.test_problems() if cfg.split == "test" else task.train_problems()
-    if cfg.eval.max_problems:
-        problems = problems[: cfg.eval.max_problems]
+    problems = eval_subset(problems, cfg.eval.max_problems)
     source = cfg.model.path or f"model={cfg.model.name} (no checkpoint: its initial weights)"
     console.print(f"eval: {source} on {len(problems)} {cfg.task.name} {cfg.split} problems, "
                   f"greedy + {cfg.eval.n_samples} samples each (T={cfg.eval.temperature}, top_p={cfg.eval.top_p})")

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from dynamo_cli import checkpoint
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import SFTConfig
-from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
 from dynamo_cli.models import count_parameters, load_policy, resolve_device
 from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.rollout import position_ids_from_mask
@@ -54,8 +54,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     model, tokenizer = load_policy(cfg.model, device)
     task = build_task(cfg.task)
     train_problems, test_problems = task.train_problems(), task.test_problems()
-    if cfg.eval.max_problems:
-        test_problems = test_problems[: cfg.eval.max_problems]
+    test_problems = eval_subset(test_problems, cfg.eval.max_problems)
     examples = tokenize_demonstrations(task, train_problems, tokenizer)
     total, trainable = count_parameters(model)
     console.print(f"sft: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable) on "

@@ -24,7 +24,7 @@ from dynamo_cli.allocators import bernoulli_variance
 from dynamo_cli.builders import build_allocator, build_modulator, build_task
 from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import AlgorithmConfig, TrainConfig
-from dynamo_cli.evaluation import eval_metrics, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
 from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss
 from dynamo_cli.models import count_parameters, load_policy, reference_policy, resolve_device
 from dynamo_cli.optim import clip_gradients, make_optimizer
@@ -180,8 +180,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                  if cfg.algorithm.kl_coef > 0 else None)
     task = build_task(cfg.task)
     train_problems, test_problems = task.train_problems(), task.test_problems()
-    if cfg.eval.max_problems:
-        test_problems = test_problems[: cfg.eval.max_problems]
+    test_problems = eval_subset(test_problems, cfg.eval.max_problems)
     allocator, modulator = build_allocator(cfg), build_modulator(cfg)
     estimate_advantages = ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage]
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
