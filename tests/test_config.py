@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import pytest
+from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli import builders
 from dynamo_cli.cli import CONF_DIR, _register_resolvers, describe_error, to_schema
 from dynamo_cli.config import (
-    ConfigError, DynamoModulatorConfig, EvalConfig, SFTConfig, TinyModelConfig, TrainConfig, UniformAllocatorConfig,
+    ConfigError,
+    DynamoModulatorConfig,
+    EvalConfig,
+    SFTConfig,
+    TinyModelConfig,
+    TrainConfig,
+    UniformAllocatorConfig,
     register_schemas,
 )
-from conftest import dynamo
 
 register_schemas()
 _register_resolvers()

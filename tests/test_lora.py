@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import dynamo
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import dynamo
 from dynamo_cli.checkpoint import load_trainer_state
 from dynamo_cli.cli import CONF_DIR, _register_resolvers, to_schema
 from dynamo_cli.config import ConfigError, ExportConfig, LoraConfig, TinyModelConfig, register_schemas

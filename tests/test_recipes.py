@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ENV, REPO, dynamo
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import ENV, REPO, dynamo
 from dynamo_cli.cli import CONF_DIR, _register_resolvers, to_schema
 from dynamo_cli.config import register_schemas
 
@@ -140,6 +140,11 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path)
     assert json.loads((killed / "eval.json").read_text())["overall"] == json.loads((straight / "eval.json").read_text())["overall"]
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")
+
+    # resuming a finished run starts from `final`: nothing is trained or logged again
+    dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
+    assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert _final_metrics(killed) == _final_metrics(straight)
 
 
 def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):

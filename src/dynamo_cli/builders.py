@@ -3,8 +3,13 @@ from __future__ import annotations
 
 from dynamo_cli import allocators, modulators
 from dynamo_cli.config import (
-    DynamoModulatorConfig, JsonlTaskConfig, MathTaskConfig, NoModulatorConfig, TrainConfig,
-    UniformAllocatorConfig, VarianceAllocatorConfig,
+    DynamoModulatorConfig,
+    JsonlTaskConfig,
+    MathTaskConfig,
+    NoModulatorConfig,
+    TrainConfig,
+    UniformAllocatorConfig,
+    VarianceAllocatorConfig,
 )
 
 

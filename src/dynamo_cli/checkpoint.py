@@ -69,6 +69,10 @@ def prune(checkpoint_root: Path, keep_last: int) -> None:
 
 
 def latest(checkpoint_root: Path) -> Optional[Path]:
+    """The newest resumable checkpoint: `final` of a finished run (nothing left to train), else the last step-N."""
+    final = Path(checkpoint_root) / "final"
+    if (final / TRAINER_STATE).is_file():
+        return final
     dirs = step_dirs(checkpoint_root)
     return dirs[-1] if dirs else None
 

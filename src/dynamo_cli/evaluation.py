@@ -35,7 +35,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, generator=None,
                       max_batch_size=settings.batch_size)
-    greedy_ok = [task.verify(text, problems[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts)]
+    greedy_ok = [task.verify(text, problems[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
     n = settings.n_samples
     correct = [0] * len(problems)
     if n > 0:
@@ -43,7 +43,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
                            max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
                            generator=generator, max_batch_size=settings.batch_size)
-        for i, text in zip(sampled.prompt_index.tolist(), sampled.texts):
+        for i, text in zip(sampled.prompt_index.tolist(), sampled.texts, strict=True):
             correct[i] += int(task.verify(text, problems[i]) > 0)
     ks = sorted(k for k in settings.ks if k <= n)
 

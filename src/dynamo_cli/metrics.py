@@ -30,4 +30,4 @@ def mean_pass_at_k(n: int | Sequence[int], c: Sequence[int], k: int) -> float:
     ns = [int(n)] * len(c) if isinstance(n, Integral) else [int(x) for x in n]
     if len(ns) != len(c) or not c:
         raise ValueError(f"need one n per problem and at least one problem, got {len(ns)} n and {len(c)} c")
-    return sum(pass_at_k(ni, ci, k) for ni, ci in zip(ns, c)) / len(c)
+    return sum(pass_at_k(ni, ci, k) for ni, ci in zip(ns, c, strict=True)) / len(c)

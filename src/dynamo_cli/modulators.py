@@ -196,7 +196,7 @@ class DynamoModulator:
             "mod/boosted_frac": masked_mean((beta_comp > 1).float(), mask),
             "mod/damped_frac": masked_mean((beta_stab < 0.99).float(), mask),
         }
-        metrics = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # one device sync
+        metrics = dict(zip(metrics, torch.stack(list(metrics.values())).tolist(), strict=True))  # one device sync
         return TokenShaping(
             advantages=final, loss_mask=mask, metrics=metrics,
             distributions={"beta_comp": beta_comp[mask], "beta_stab": beta_stab[mask], "abs_delta_h": abs_dh[mask]},

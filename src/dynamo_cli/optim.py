@@ -22,7 +22,7 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, 
 def make_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, total_steps: int):
     """AdamW without weight decay on biases and norms (the usual split), and its LambdaLR schedule."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -14,7 +14,6 @@ import torch
 from rich.columns import Columns
 from rich.console import Console, Group
 from rich.live import Live
-from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 

@@ -22,7 +22,7 @@ def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], 
     """(prompt ids, completion ids + EOS) per problem."""
     prompts = tokenizer([task.prompt_text(p, tokenizer) for p in problems], add_special_tokens=False)["input_ids"]
     completions = tokenizer([task.demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
-    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions)]
+    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions, strict=True)]
 
 
 def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):

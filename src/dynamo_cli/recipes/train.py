@@ -31,7 +31,14 @@ from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.rollout import Rollouts, generate
 from dynamo_cli.tracking import (
-    BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl, write_json_atomically,
+    BudgetRow,
+    Tracker,
+    TrainView,
+    eval_table,
+    make_console,
+    quantiles,
+    truncate_jsonl,
+    write_json_atomically,
 )
 
 
@@ -76,7 +83,7 @@ class StepBatch:
 
 def score(task, problems, rollouts: Rollouts) -> torch.Tensor:
     """(N,) rewards. Completion r is verified against *its own* prompt's problem, problems[prompt_index[r]]."""
-    return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts)],
+    return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)],
                         dtype=torch.float32)
 
 
