@@ -42,6 +42,9 @@ class DynamoError(Exception):
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("name_suffix"):
         OmegaConf.register_new_resolver("name_suffix", lambda name: f"-{name}" if name else "")
+    if not OmegaConf.has_resolver("dynamo_groups"):  # `dynamo <command> --help`: that command's groups only
+        OmegaConf.register_new_resolver("dynamo_groups", lambda command: "\n".join(
+            f"{group}: {', '.join(config_options(group))}" for group in command_groups(command)) + "\n")
     if not OmegaConf.has_resolver("dynamo_root"):
         OmegaConf.register_new_resolver("dynamo_root", lambda: str(REPO_ROOT))
 
@@ -146,14 +149,23 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def command_groups(command: str) -> list[str]:
+    """The config groups in `conf/<command>.yaml`'s defaults list."""
+    defaults = (CONF_DIR / f"{command}.yaml").read_text()
+    return [g for g in HYDRA_CONFIG_GROUPS if f"- {g}:" in defaults or f"- optional {g}:" in defaults]
+
+
+def config_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
 def print_help() -> None:
     lines = ["usage: dynamo <command> [key=value ...] [--cfg job] [--multirun] [--help]", "", "commands:"]
     lines += [f"  {name:<7}{desc}" for name, (_, desc) in COMMANDS.items()]
     lines += ["", "config groups (choose with group=option; `dynamo <command> --help` shows every key):"]
     for group in HYDRA_CONFIG_GROUPS:
-        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        if options:
-            lines.append(f"  {group:<10}{', '.join(options)}")
+        if options := config_options(group):
+            lines.append(f"  {group:<11}{', '.join(options)}")
     lines += [
         "",
         "examples:",
