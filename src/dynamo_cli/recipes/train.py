@@ -222,6 +222,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                      "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
         return result
 
+    def save(directory: Path) -> Path:
+        """Everything an exact resume needs: weights, optimiser, scheduler, allocator statistics, RNG, totals."""
+        return checkpoint.save_checkpoint(directory, model=model, tokenizer=tokenizer, trainer_state={
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
+
     last_eval = None
     if totals["step"] == 0:
         first = run_eval(0)
@@ -313,14 +319,10 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
             view.update(step, budget_rows(allocator, problems, allocation.counts, successes), metrics)
             if cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and step != cfg.trainer.steps:
-                checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=model, tokenizer=tokenizer, trainer_state={
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
+                save(checkpoints / f"step-{step}")
                 checkpoint.prune(checkpoints, cfg.trainer.keep_last)
 
-    final = checkpoint.save_checkpoint(checkpoints / "final", model=model, tokenizer=tokenizer, trainer_state={
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "allocator": allocator.state_dict(), "rng": checkpoint.rng_state(generator), "totals": totals})
+    final = save(checkpoints / "final")
     result = last_eval or evaluate(model, tokenizer, task, test_problems, settings=cfg.eval,
                                    max_new_tokens=eval_max_new_tokens, seed=cfg.seed)
     write_json_atomically(run_dir / "eval.json", result)
