@@ -31,7 +31,7 @@ from bench.common import (
 )
 
 
-def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tensor, *, generator: torch.Generator,
+def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tensor, *, seed: int,
                   max_new_tokens: int, micro_batch_size: int) -> tuple[torch.Tensor, float]:
     """One draw: generate Σ counts rollouts, GRPO advantages, the loss's gradient flattened (D,). And the
     fraction of groups with zero signal (all rewards equal)."""
@@ -44,7 +44,7 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
 
     algo = AlgorithmConfig()
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
-                        top_p=1.0, generator=generator, max_batch_size=512)
+                        top_p=1.0, seed=seed, max_batch_size=512)
     rewards = score(task, problems, rollouts)
     advantages, zero = grpo_advantages(rewards=rewards, group_index=rollouts.prompt_index, num_groups=len(problems))
     num_tokens, num_seqs = int(rollouts.completion_mask.sum()), len(rollouts)
@@ -117,9 +117,9 @@ def main(argv: list[str] | None = None) -> BenchResult:
     grams, zero = {}, {}
     for name, counts in allocations.items():
         grads, zeros = [], []
-        for r in range(R):  # the same R generator seeds for both allocations
+        for r in range(R):  # the same R sampling seeds for both allocations
             grad, z = flat_gradient(model, tokenizer, task, problems, prompts, counts,
-                                    generator=torch.Generator().manual_seed(10_000 * (args.seed + 1) + r),
+                                    seed=10_000 * (args.seed + 1) + r,
                                     max_new_tokens=max_new_tokens, micro_batch_size=64)
             grads.append(grad.double())
             zeros.append(z)

@@ -1,6 +1,6 @@
 """Bench d: the rollout engine against the bound of a bare batched forward-pass loop.
 
-Engine: `dynamo_cli.rollout.generate` (KV cache, sampling from a generator, EOS tracking, early stop) on a
+Engine: `dynamo_cli.rollout.generate` (KV cache, counter-based sampling, EOS tracking, early stop) on a
 fixed prompt batch with the counts a warmed-up VarianceAllocator gives (mixed group sizes), and with uniform
 counts for comparison; throughput = valid completion tokens / seconds.
 Bound: the same model, the same rows (same chunks, same left-padded prompts) and the same completion width Tc,
@@ -67,7 +67,7 @@ def measure(model, tokenizer, prompts, counts: torch.Tensor, *, max_new_tokens: 
     for r in range(repeats):
         t0 = time.perf_counter()
         rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
-                            top_p=1.0, generator=torch.Generator().manual_seed(seed + r), max_batch_size=max_batch)
+                            top_p=1.0, seed=seed + r, max_batch_size=max_batch)
         seconds = time.perf_counter() - t0
         width = rollouts.completion_mask.shape[1]  # Tc of this draw
         engine.append(int(rollouts.completion_mask.sum()) / seconds)

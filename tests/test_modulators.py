@@ -173,3 +173,31 @@ def test_no_modulator_is_identity_on_valid_tokens():
     assert NoModulator.needs_policy_stats is False
     assert shaping.advantages.tolist() == [[0.5, 0.5, 0.5], [-1.0, -1.0, 0.0]]
     assert torch.equal(shaping.loss_mask, MASK) and shaping.metrics == {}
+
+
+def test_a_scope_spread_over_processes_gives_the_factors_of_the_whole_batch():
+    """Data parallelism: each process holds half of a mini-batch; `scope_sync` combines the per-scope extrema
+    (here a fake all-reduce that replays the other half's values) so both halves get the whole batch's factors."""
+    g = torch.Generator().manual_seed(0)
+    n, length = 8, 6
+    inputs = dict(advantages=torch.randn(n, 1, generator=g).expand(n, length).clone(),
+                  mask=torch.rand(n, length, generator=g) > 0.2, entropy=torch.rand(n, length, generator=g) * 2,
+                  logprobs=-torch.rand(n, length, generator=g), old_logprobs=-torch.rand(n, length, generator=g))
+    modulator = DynamoModulator()
+    whole = modulator(**inputs)
+    halves = [{k: v[rows] for k, v in inputs.items()} for rows in (slice(0, 4), slice(4, 8))]
+
+    def recorded(half) -> list[torch.Tensor]:
+        seen = []
+        modulator(**half, scope_sync=lambda values, how: seen.append(values.clone()) or values)
+        return seen
+
+    others = [recorded(halves[1]), recorded(halves[0])]
+    outputs = []
+    for half, other in zip(halves, others, strict=True):
+        replay = iter(other)
+        combine = lambda values, how, replay=replay: (torch.maximum if how == "amax" else torch.minimum)(values, next(replay))
+        outputs.append(modulator(**half, scope_sync=combine).advantages)
+    assert torch.allclose(torch.cat(outputs), whole.advantages, atol=1e-6)
+    alone = torch.cat([modulator(**half).advantages for half in halves])  # without the sync: each half its own scope
+    assert not torch.allclose(alone, whole.advantages, atol=1e-4)

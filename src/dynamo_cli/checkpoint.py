@@ -81,15 +81,15 @@ def load_trainer_state(directory: Path) -> dict[str, Any]:
     return torch.load(Path(directory) / TRAINER_STATE, map_location="cpu", weights_only=False)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    state = {"sampling": generator.get_state(), "torch": torch.get_rng_state()}
+def rng_state() -> dict[str, Any]:
+    """torch's global RNG (dropout, e.g. in LoRA). Sampling and data order are counter-based: no state to keep."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["sampling"])
+def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -134,7 +134,8 @@ def _hydra_app(command: str) -> Callable[[], None]:
             recipe(to_schema(cfg), run_dir)
         except (DynamoError, ConfigError) as error:
             fail(command, str(error))
-        print(run_dir)  # the last line a command prints is its run dir
+        if os.environ.get("RANK", "0") == "0":  # one line from a multi-process run: rank 0's
+            print(run_dir)  # the last line a command prints is its run dir
 
     return app
 

@@ -8,7 +8,7 @@ import torch
 
 from dynamo_cli.config import EvalSettings
 from dynamo_cli.metrics import pass_at_k
-from dynamo_cli.rollout import generate
+from dynamo_cli.rollout import generate, stream_seed
 
 
 def eval_subset(problems: list, max_problems: int | None) -> list:
@@ -29,22 +29,30 @@ def eval_subset(problems: list, max_problems: int | None) -> list:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """Sampling uses its own generator seeded with `seed`, so evaluating never disturbs training RNG."""
-    prompts = [task.prompt_text(p, tokenizer) for p in problems]
+def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int,
+             dp=None) -> dict[str, Any]:
+    """Sampling is counter-based on (seed, problem, sample): the result does not depend on batch sizes or on
+    how many processes share the work. With `dp` (several processes) each rank generates for its share of
+    the problems and every rank returns the whole result."""
+    lo, hi = dp.shard(len(problems)) if dp is not None else (0, len(problems))
+    mine = problems[lo:hi]
+    prompts = [task.prompt_text(p, tokenizer) for p in mine]
     greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
-                      max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, generator=None,
+                      max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                       max_batch_size=settings.batch_size)
-    greedy_ok = [task.verify(text, problems[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
+    greedy_ok = [task.verify(text, mine[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
+    greedy_texts = greedy.texts
     n = settings.n_samples
-    correct = [0] * len(problems)
+    correct = [0] * len(mine)
     if n > 0:
-        generator = torch.Generator().manual_seed(seed)
         sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
                            max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-                           generator=generator, max_batch_size=settings.batch_size)
+                           seed=stream_seed(seed), streams=torch.arange(lo * n, hi * n), max_batch_size=settings.batch_size)
         for i, text in zip(sampled.prompt_index.tolist(), sampled.texts, strict=True):
-            correct[i] += int(task.verify(text, problems[i]) > 0)
+            correct[i] += int(task.verify(text, mine[i]) > 0)
+    if dp is not None and dp.distributed:
+        shares = dp.gather_objects((greedy_ok, greedy_texts, correct))
+        greedy_ok, greedy_texts, correct = ([x for share in shares for x in share[k]] for k in range(3))
     ks = sorted(k for k in settings.ks if k <= n)
 
     def summarise(rows: list[int]) -> dict[str, float]:
@@ -62,7 +70,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         "n_samples": n,
         "overall": summarise(list(range(len(problems)))),
         "levels": {level: summarise(rows) for level, rows in sorted(by_level.items())},
-        "problems": [{"id": p.id, "level": p.level, "greedy": greedy_ok[i], "greedy_completion": greedy.texts[i],
+        "problems": [{"id": p.id, "level": p.level, "greedy": greedy_ok[i], "greedy_completion": greedy_texts[i],
                       **({"correct": correct[i]} if n else {})} for i, p in enumerate(problems)],
     }
 

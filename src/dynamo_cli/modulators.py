@@ -6,10 +6,13 @@ All tensors are (N, L): N sequences, L response positions, `mask` (bool) true on
 `scope_index` (N,) long puts each sequence in a normalisation scope: H_min, H_max and max |dH| are taken over
 the valid tokens of the sequence's scope -- zeros(N) = the whole batch passed in, arange(N) = per sequence,
 micro-batch ids = per micro-batch (the reference). Padding never enters a min, max or mean.
+`scope_sync`, when a scope spans several processes (data parallelism), combines each scope's extremum
+across them: `scope_sync(per_scope_values, "amax" | "amin")` returns the element-wise max/min over processes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -30,7 +33,10 @@ def _fp32(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().to(torch.promote_types(t.dtype, torch.float32))
 
 
-def _scope_reduce(values: Tensor, mask: Tensor, scope_index: Tensor, reduce: str) -> Tensor:
+ScopeSync = Callable[[Tensor, str], Tensor]
+
+
+def _scope_reduce(values: Tensor, mask: Tensor, scope_index: Tensor, reduce: str, sync: ScopeSync | None = None) -> Tensor:
     """max ("amax") or min ("amin") of values over the valid tokens of each sequence's scope -> (N, 1)."""
     fill = -torch.inf if reduce == "amax" else torch.inf
     masked = torch.where(mask, values, torch.full_like(values, fill))  # (N, L)
@@ -38,19 +44,21 @@ def _scope_reduce(values: Tensor, mask: Tensor, scope_index: Tensor, reduce: str
     num_scopes = int(scope_index.max()) + 1  # a CPU-GPU sync point, once per factor
     per_scope = torch.full((num_scopes,), fill, dtype=values.dtype, device=values.device)
     per_scope = per_scope.scatter_reduce(0, scope_index, per_seq, reduce)  # (S,)
+    if sync is not None:
+        per_scope = sync(per_scope, reduce)
     return per_scope[scope_index].unsqueeze(1)  # (N, 1)
 
 
 def compensation_factor(
-    *, advantages: Tensor, entropy: Tensor, mask: Tensor, scope_index: Tensor, mu_max: float
+    *, advantages: Tensor, entropy: Tensor, mask: Tensor, scope_index: Tensor, mu_max: float, scope_sync: ScopeSync | None = None
 ) -> Tensor:
     """beta_comp = 1 + (mu_max - 1) (H_max - H) / (H_max - H_min) on A > 0 tokens, else 1. Returns (N, L).
 
     Low-entropy (confident) correct tokens get the largest boost: their softmax gradient is smallest.
     If H_max == H_min in a scope there is no relative confidence to use; the factor is 1 there.
     """
-    h_max = _scope_reduce(entropy, mask, scope_index, "amax")  # (N, 1)
-    h_min = _scope_reduce(entropy, mask, scope_index, "amin")  # (N, 1)
+    h_max = _scope_reduce(entropy, mask, scope_index, "amax", scope_sync)  # (N, 1)
+    h_min = _scope_reduce(entropy, mask, scope_index, "amin", scope_sync)  # (N, 1)
     spread = h_max - h_min
     ok = mask & (spread > 0)  # (N, L); a scope without valid tokens has spread -inf
     rel = torch.where(ok, (h_max - entropy) / torch.where(spread > 0, spread, 1.0), 0.0)  # (N, L) in [0, 1]
@@ -83,7 +91,8 @@ def entropy_change(
 
 
 def stabilisation_factor(
-    *, delta_h: Tensor, mask: Tensor, scope_index: Tensor, lambda_min: float, gamma: float, tau: float
+    *, delta_h: Tensor, mask: Tensor, scope_index: Tensor, lambda_min: float, gamma: float, tau: float,
+    scope_sync: ScopeSync | None = None,
 ) -> Tensor:
     """beta_stab = lambda_min + (1 - lambda_min) / (1 + exp(gamma (x - tau))), x = |dH| / max|dH|. (N, L).
 
@@ -91,7 +100,7 @@ def stabilisation_factor(
     of the scope; where it is 0 (no token moves entropy) x = 0, i.e. beta ~ 1. 1 on padding.
     """
     size = torch.where(mask, delta_h.abs(), 0.0)  # (N, L)
-    peak = _scope_reduce(size, mask, scope_index, "amax")  # (N, 1)
+    peak = _scope_reduce(size, mask, scope_index, "amax", scope_sync)  # (N, 1)
     x = torch.where(mask & (peak > 0), size / torch.where(peak > 0, peak, 1.0), 0.0)
     beta = lambda_min + (1 - lambda_min) * torch.sigmoid(-gamma * (x - tau))  # 1/(1+e^z) = sigmoid(-z)
     return torch.where(mask, beta, torch.ones_like(beta))
@@ -111,6 +120,7 @@ class NoModulator:
         logprobs: Tensor | None = None,
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
+        scope_sync: ScopeSync | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         return TokenShaping(advantages=torch.where(mask, advantages, 0.0).detach(), loss_mask=mask)
@@ -159,6 +169,7 @@ class DynamoModulator:
         logprobs: Tensor | None = None,
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
+        scope_sync: ScopeSync | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         advantages, entropy, logprobs, old_logprobs = map(_fp32, (advantages, entropy, logprobs, old_logprobs))
@@ -171,7 +182,8 @@ class DynamoModulator:
         beta_comp, beta_stab, delta_h = ones, ones, torch.zeros_like(advantages)
         if self.compensate:
             beta_comp = compensation_factor(
-                advantages=advantages, entropy=entropy, mask=mask, scope_index=scope_index, mu_max=self.mu_max
+                advantages=advantages, entropy=entropy, mask=mask, scope_index=scope_index, mu_max=self.mu_max,
+                scope_sync=scope_sync,
             )
         if self.stabilise:
             delta_h = entropy_change(
@@ -180,7 +192,7 @@ class DynamoModulator:
             )
             beta_stab = stabilisation_factor(
                 delta_h=delta_h, mask=mask, scope_index=scope_index, lambda_min=self.lambda_min,
-                gamma=self.gamma, tau=self.tau,
+                gamma=self.gamma, tau=self.tau, scope_sync=scope_sync,
             )
         final = torch.where(mask, advantages * beta_comp * beta_stab, 0.0)  # (N, L)
 

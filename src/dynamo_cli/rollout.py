@@ -1,8 +1,12 @@
 """Generation only: prompts × counts -> completions (token ids, masks, text). No rewards here.
 
-A hand-written sampling loop over a KV cache rather than `model.generate`, for two reasons: sampling
-draws from an explicit `torch.Generator` (a run replays exactly, and resume restores its state), and
-the loop stops as soon as every sequence in a chunk has emitted EOS.
+A hand-written sampling loop over a KV cache rather than `model.generate`, for two reasons: sampling is
+counter-based, and the loop stops as soon as every sequence in a chunk has emitted EOS.
+
+Counter-based sampling: the uniform number that picks token t of rollout r is a hash of (seed, r, t).
+A rollout's randomness therefore does not depend on which other rollouts share its batch, on the
+chunking, on the number of processes it is spread over, or on anything drawn before it: a run replays
+exactly, a resume needs no RNG state, and 1 process and N processes sample the same completions.
 """
 from __future__ import annotations
 
@@ -54,9 +58,45 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) logits -> (B,) token ids. temperature 0 (or generator None) means greedy."""
-    if temperature == 0 or generator is None:
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer hash (xor-shift-multiply rounds) on int64 tensors holding values < 2**32.
+    The multiplier is < 2**31, so no product overflows int64."""
+    for _ in range(2):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniforms(seed: int, streams: torch.Tensor, position: int) -> torch.Tensor:
+    """(N,) float64 uniforms in (0, 1) that depend only on (seed, stream id, position).
+
+    `streams` (N,) long: one id per sequence (e.g. the rollout's index in the step), the same whatever
+    batch or process the sequence lands in."""
+    x = _mix32(torch.full_like(streams, (position * 0x9E3779B1 + 0x7F4A7C15) & _MASK32))
+    x = _mix32(x ^ (streams & _MASK32))
+    x = _mix32(x ^ ((streams >> 32) & _MASK32))
+    x = _mix32(x ^ (seed & _MASK32))
+    x = _mix32(x ^ ((seed >> 32) & _MASK32))
+    return (x.double() + 0.5) / 2.0**32
+
+
+def stream_seed(*parts: int) -> int:
+    """One 64-bit sampling seed from several integers, e.g. (run seed, step): splitmix64 folded over the parts."""
+    mask64, x = (1 << 64) - 1, 0
+    for part in parts:
+        x = (x ^ (part & mask64)) + 0x9E3779B97F4A7C15 & mask64
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & mask64
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & mask64
+        x ^= x >> 31
+    return x
+
+
+def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, uniforms: torch.Tensor | None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids by inverse-CDF sampling with the given (B,) uniforms.
+    temperature 0 (or uniforms None) means greedy."""
+    if temperature == 0 or uniforms is None:
         return logits.argmax(-1)
     probs = F.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
@@ -65,8 +105,10 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, gener
         outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    # multinomial on CPU draws from the generator; on CUDA the generator must live on the same device
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    cdf = probs.double().cumsum(-1)  # (B, V); unnormalised after top-p, hence the scaling by its total below
+    target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+    token = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    return token.clamp(max=probs.shape[-1] - 1)
 
 
 def _cache_kwarg(model) -> str:
@@ -81,7 +123,7 @@ def _cache_of(output):
 
 @torch.no_grad()
 def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,
-                    temperature: float, top_p: float, generator: torch.Generator | None, device: torch.device):
+                    temperature: float, top_p: float, seed: int | None, streams: torch.Tensor, device: torch.device):
     width = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -97,7 +139,8 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     tokens = []
     for t in range(max_new_tokens):
-        token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator).to(device)
+        uniforms = None if seed is None else counter_uniforms(seed, streams, t)
+        token = sample_next(logits, temperature=temperature, top_p=top_p, uniforms=uniforms).to(device)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         finished |= token == eos_id
@@ -127,22 +170,32 @@ def _pad_left(tensors: list[torch.Tensor], value) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_new_tokens: int,
-             temperature: float, top_p: float, generator: torch.Generator | None, max_batch_size: int) -> Rollouts:
+             temperature: float, top_p: float, seed: int | None, max_batch_size: int,
+             streams: torch.Tensor | None = None) -> Rollouts:
     """Sample counts[i] completions of prompts[i], in chunks of at most `max_batch_size` sequences.
 
-    `generator=None` or `temperature=0` decodes greedily. Rows come out grouped by prompt, in prompt order.
+    `seed=None` or `temperature=0` decodes greedily. Rows come out grouped by prompt, in prompt order.
+    Row r draws its tokens from the counter stream (seed, streams[r]); streams default to 0..N-1. A caller
+    that generates a share of a larger batch passes the rows' ids in that batch, so the share samples what
+    it would have sampled as part of the whole.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())  # (N,)
+    streams = torch.arange(len(prompt_index)) if streams is None else streams.cpu().long()
+    if len(prompt_index) == 0:  # e.g. a process whose share of a small batch is empty
+        empty = torch.zeros((0, 0), dtype=torch.long)
+        return Rollouts(prompt_index=prompt_index, input_ids=empty, attention_mask=empty, completion_mask=empty.bool(),
+                        prompt_width=0, texts=[], finished=torch.zeros(0, dtype=torch.bool))
     chunks = []
     for start in range(0, len(prompt_index), max_batch_size):
         rows = prompt_index[start:start + max_batch_size].tolist()
         chunks.append(_generate_chunk(
             model, [encoded[i] for i in rows], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, generator=generator, device=device,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            streams=streams[start:start + max_batch_size], device=device,
         ))
     model.train(was_training)
     prompt_ids = _pad_left([c[0].cpu() for c in chunks], tokenizer.pad_token_id)

@@ -20,8 +20,11 @@ from rich.table import Table
 from dynamo_cli.config import LoggerConfig
 
 
-def make_console(cfg: LoggerConfig) -> Console:
-    """Rich on a terminal, plain lines when stdout is not a TTY (CI, pipes) unless told otherwise."""
+def make_console(cfg: LoggerConfig, *, quiet: bool = False) -> Console:
+    """Rich on a terminal, plain lines when stdout is not a TTY (CI, pipes) unless told otherwise.
+    `quiet`: prints nothing (every rank but 0 of a multi-process run)."""
+    if quiet:
+        return Console(quiet=True)
     if cfg.console == "rich":
         return Console(force_terminal=True)
     if cfg.console == "plain":
@@ -158,7 +161,7 @@ class StepProgress:
         if self.progress is not None:
             self.progress.update(self.task, completed=step, info=info)
         elif log_line:
-            print(f"{self.description} step {step}/{self.total} {info}", flush=True)
+            self.console.print(f"{self.description} step {step}/{self.total} {info}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------------- RL
@@ -249,7 +252,8 @@ class TrainView:
             self.progress.progress.update(self.progress.task, completed=step)
             self.live.update(self._render(rows, metrics))
         else:
-            print(f"train step {step}/{self.progress.total} {format_metrics(metrics, self.PLAIN_KEYS)}", flush=True)
+            self.console.print(f"train step {step}/{self.progress.total} {format_metrics(metrics, self.PLAIN_KEYS)}",
+                               markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------------------- eval

@@ -9,32 +9,39 @@ from omegaconf import OmegaConf
 
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import EvalConfig
+from dynamo_cli.distributed import DataParallel
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
-from dynamo_cli.models import load_policy, resolve_device
+from dynamo_cli.models import load_policy
 from dynamo_cli.tracking import Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    console = make_console(cfg.logger)
+    dp = DataParallel.start(cfg.device)  # under `accelerate launch` each process evaluates a share of the problems
+    run_dir = dp.agree_on_run_dir(run_dir)
+    if dp.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    console = make_console(cfg.logger, quiet=not dp.is_main)
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_policy(cfg.model, resolve_device(cfg.device))
+    model, tokenizer = load_policy(cfg.model, dp.device)
     task = build_task(cfg.task)
     problems = task.test_problems() if cfg.split == "test" else task.train_problems()
     problems = eval_subset(problems, cfg.eval.max_problems)
     source = cfg.model.path or f"model={cfg.model.name} (no checkpoint: its initial weights)"
     console.print(f"eval: {source} on {len(problems)} {cfg.task.name} {cfg.split} problems, "
                   f"greedy + {cfg.eval.n_samples} samples each (T={cfg.eval.temperature}, top_p={cfg.eval.top_p})")
-    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="eval")
+    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="eval",
+                      enabled=dp.is_main)
     start = time.perf_counter()
     result = evaluate(model, tokenizer, task, problems, settings=cfg.eval,
-                      max_new_tokens=cfg.eval.max_new_tokens or cfg.task.max_new_tokens, seed=cfg.seed)
+                      max_new_tokens=cfg.eval.max_new_tokens or cfg.task.max_new_tokens, seed=cfg.seed, dp=dp)
     result["model"] = source
     result["seconds"] = round(time.perf_counter() - start, 2)
     metrics = eval_metrics(result)
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     tracker.close()
-    write_json_atomically(run_dir / "eval.json", result)
+    if dp.is_main:
+        write_json_atomically(run_dir / "eval.json", result)
     console.print(eval_table(result, title=f"{cfg.task.name} {cfg.split}: {source}"))
+    dp.close()

@@ -10,9 +10,11 @@ from omegaconf import OmegaConf
 
 from dynamo_cli import checkpoint
 from dynamo_cli.builders import build_task
+from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import SFTConfig
+from dynamo_cli.distributed import DataParallel
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
-from dynamo_cli.models import count_parameters, load_policy, resolve_device
+from dynamo_cli.models import count_parameters, load_policy
 from dynamo_cli.optim import clip_gradients, make_optimizer
 from dynamo_cli.rollout import position_ids_from_mask
 from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console, write_json_atomically
@@ -46,10 +48,17 @@ def completion_loss_sum(model, ids, mask, labels) -> torch.Tensor:
 
 
 def run(cfg: SFTConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    console = make_console(cfg.logger)
-    device = resolve_device(cfg.device)
+    dp = DataParallel.start(cfg.device)  # under `accelerate launch`: each process trains on a share of every batch
+    dp.check_engine()
+    run_dir = dp.agree_on_run_dir(run_dir)
+    if cfg.trainer.batch_size % dp.world_size:
+        raise DynamoError(f"trainer.batch_size={cfg.trainer.batch_size} does not split evenly over {dp.world_size} processes; "
+                          f"choose a multiple of {dp.world_size}")
+    if dp.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    console = make_console(cfg.logger, quiet=not dp.is_main)
+    device = dp.device
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(cfg.model, device)
     task = build_task(cfg.task)
@@ -60,31 +69,38 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     console.print(f"sft: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable) on "
                   f"{len(examples)} {cfg.task.name} demonstrations, {cfg.trainer.steps} steps of {cfg.trainer.batch_size}")
 
-    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft")
+    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft",
+                      enabled=dp.is_main)
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps)
+    model, optimizer = dp.prepare(model, optimizer)
+    policy = dp.unwrap(model)  # full weights on every rank: eval and checkpoints
     order = torch.Generator().manual_seed(cfg.seed)
     max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     checkpoints = run_dir / "checkpoints"
     tokens_seen, window_start, last_loss = 0, time.perf_counter(), float("nan")
 
     def run_eval(step: int) -> dict:
-        result = evaluate(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed)
+        result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed, dp=dp)
         tracker.log(eval_metrics(result), step=step)
         return result
 
     model.train()
     with StepProgress(console, total=cfg.trainer.steps, description="sft") as progress:
         for step in range(1, cfg.trainer.steps + 1):
-            batch = torch.randint(len(examples), (cfg.trainer.batch_size,), generator=order).tolist()
-            micro = [batch[i:i + cfg.trainer.micro_batch_size] for i in range(0, len(batch), cfg.trainer.micro_batch_size)]
-            num_tokens = sum(len(examples[i][1]) for i in batch)
+            batch = torch.randint(len(examples), (cfg.trainer.batch_size,), generator=order).tolist()  # the same on every rank
+            num_tokens = sum(len(examples[i][1]) for i in batch)  # of the whole batch: the loss is its token mean
+            lo, hi = dp.shard(len(batch))
+            mine = batch[lo:hi]
+            micro = [mine[i:i + cfg.trainer.micro_batch_size] for i in range(0, len(mine), cfg.trainer.micro_batch_size)]
             loss_total = 0.0
-            for rows in micro:
+            for k, rows in enumerate(micro):
                 ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], tokenizer.pad_token_id))
-                loss = completion_loss_sum(model, ids, mask, labels) / num_tokens
-                loss.backward()
+                with dp.accumulate(model, sync=k == len(micro) - 1):
+                    loss = completion_loss_sum(model, ids, mask, labels) / num_tokens
+                    dp.backward(loss * dp.world_size)  # the engine averages gradients over ranks
                 loss_total += loss.item()
                 tokens_seen += int(mask.sum())
+            loss_total = dp.sum(loss_total)
             grad_norm = clip_gradients(model, cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
@@ -93,7 +109,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
             if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps:
                 elapsed = time.perf_counter() - window_start
                 metrics = {"train/loss": loss_total, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm,
-                           "train/tokens_per_s": tokens_seen / elapsed}
+                           "train/tokens_per_s": dp.sum(tokens_seen) / elapsed}
                 tracker.log(metrics, step=step)
                 tokens_seen, window_start = 0, time.perf_counter()
                 progress.update(step, f"loss {loss_total:.4f} {metrics['train/tokens_per_s']:.0f} tok/s", log_line=True)
@@ -102,16 +118,20 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
                 result = run_eval(step)
                 console.print(f"step {step}: test greedy pass@1 {result['overall']['greedy']:.3f}")
-            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0:
-                checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=model, tokenizer=tokenizer,
+            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and dp.is_main:
+                checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=policy, tokenizer=tokenizer,
                                            trainer_state={"step": step, "optimizer": optimizer.state_dict(),
                                                           "scheduler": scheduler.state_dict()})
                 checkpoint.prune(checkpoints, cfg.trainer.keep_last)
 
-    final = checkpoint.save_checkpoint(checkpoints / "final", model=model, tokenizer=tokenizer)
+    final = checkpoints / "final"
+    if dp.is_main:
+        checkpoint.save_checkpoint(final, model=policy, tokenizer=tokenizer)
     result = run_eval(cfg.trainer.steps)
-    write_json_atomically(run_dir / "eval.json", result)
+    if dp.is_main:
+        write_json_atomically(run_dir / "eval.json", result)
     tracker.summary(eval_metrics(result))
     tracker.close()
     console.print(eval_table(result, title=f"test split after SFT ({len(test_problems)} problems)"))
     console.print(f"final checkpoint: {final}")
+    dp.close()
