@@ -95,7 +95,7 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
     import torch
 
     from dynamo_cli.allocators import VarianceAllocator
-    from dynamo_cli.config import RolloutConfig, VarianceAllocatorConfig
+    from dynamo_cli.config import VarianceAllocatorConfig
     from dynamo_cli.recipes.train import score
     from dynamo_cli.rollout import generate
 
@@ -106,7 +106,7 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
     counts = torch.full((len(problems),), rollouts_per_prompt, dtype=torch.long)
     prompts = [task.prompt_text(p, tokenizer) for p in problems]
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
-                        seed=seed, max_batch_size=RolloutConfig().max_batch_size)
+                        seed=seed, max_batch_size=512)
     rewards = score(task, problems, rollouts)
     successes = torch.zeros(len(problems)).index_add_(0, rollouts.prompt_index, (rewards > 0).float())
     allocator.update([p.id for p in problems], successes=successes, attempts=counts.float())

@@ -57,10 +57,9 @@ def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batc
 
 
 def measure(model, tokenizer, prompts, counts: torch.Tensor, *, max_new_tokens: int, repeats: int, seed: int) -> dict:
-    from dynamo_cli.config import RolloutConfig
     from dynamo_cli.rollout import generate
 
-    max_batch = RolloutConfig().max_batch_size
+    max_batch = 512  # sequences per chunk, as an explicit rollout.max_batch_size=512
     engine, bound, valid, slots = [], [], [], []
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     rows = [encoded[i] for i in torch.repeat_interleave(torch.arange(len(prompts)), counts).tolist()]

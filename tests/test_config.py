@@ -95,6 +95,9 @@ def test_tasks_build(task):
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
         (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo"),
+        (["algorithm.micro_batch_size=lots"], "algorithm.micro_batch_size='lots' must be a positive integer or auto"),
+        (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
+        (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):

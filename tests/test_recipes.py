@@ -74,6 +74,9 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     assert len(rollouts) == sum(r["rollout/count"] for r in steps) == 2 * 8 * 4  # budget B = n * P, exactly
     assert {"step", "prompt_id", "prompt", "completion", "reward", "n_alloc", "advantage"} <= set(rollouts[0])
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "config.yaml").is_file()
+    first = records[0]  # step 0: the eval before RL and the batch sizes chosen
+    assert first["step"] == 0 and first["resources/train_micro_batch"] == 16  # set explicitly in TRAIN_SMALL
+    assert first["resources/generation_batch"] == 32  # auto: the whole step's 8 x 4 rollouts fit at once
 
 
 def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, monkeypatch):

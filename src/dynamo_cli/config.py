@@ -35,6 +35,12 @@ def _positive(key: str, value: float, *, strict: bool = True) -> None:
     _check(value > 0 if strict else value >= 0, f"{key}={value} must be {'> 0' if strict else '>= 0'}")
 
 
+def _batch_size(key: str, value: Any) -> None:
+    """A batch size: a positive integer, or `auto` (picked from free memory at start-up, see resources.py)."""
+    _check(value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0),
+           f"{key}={value!r} must be a positive integer or auto")
+
+
 # --------------------------------------------------------------------------------------------- model
 @dataclass
 class LoraConfig:
@@ -256,7 +262,7 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
-    max_batch_size: int = 512  # sequences generated at once (memory bound); larger batches are chunked
+    max_batch_size: Any = "auto"  # sequences generated at once; auto: as many as fit in memory (resources.py)
 
     def __post_init__(self) -> None:
         _one_of("rollout.backend", self.backend, ("hf",))
@@ -265,7 +271,7 @@ class RolloutConfig:
         _check(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
         if self.max_new_tokens is not None:
             _positive("rollout.max_new_tokens", self.max_new_tokens)
-        _positive("rollout.max_batch_size", self.max_batch_size)
+        _batch_size("rollout.max_batch_size", self.max_batch_size)
 
 
 @dataclass
@@ -278,7 +284,7 @@ class AlgorithmConfig:
     loss_agg: str = "token_mean"  # token_mean | seq_mean
     ppo_epochs: int = 1  # passes over each step's rollouts
     mini_batches: int = 1  # optimiser updates per epoch (the step's rollouts are split into this many)
-    micro_batch_size: int = 64  # sequences per forward/backward (gradient accumulation inside a mini-batch)
+    micro_batch_size: Any = "auto"  # sequences per forward/backward (gradient accumulation inside a mini-batch); auto: fit memory
     kl_coef: float = 0.0  # k3 KL penalty to a frozen copy of the initial policy; 0 = no reference model
     entropy_coef: float = 0.0  # entropy bonus coefficient (loss -= coef * mean entropy)
 
@@ -289,7 +295,7 @@ class AlgorithmConfig:
         _one_of("algorithm.loss_agg", self.loss_agg, ("token_mean", "seq_mean"))
         _positive("algorithm.ppo_epochs", self.ppo_epochs)
         _positive("algorithm.mini_batches", self.mini_batches)
-        _positive("algorithm.micro_batch_size", self.micro_batch_size)
+        _batch_size("algorithm.micro_batch_size", self.micro_batch_size)
         _positive("algorithm.kl_coef", self.kl_coef, strict=False)
         _positive("algorithm.entropy_coef", self.entropy_coef, strict=False)
 
@@ -303,7 +309,7 @@ class EvalSettings:
     max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
     ks: list[int] = field(default_factory=lambda: [1, 4, 8])  # pass@k reported for each k <= n_samples
     max_problems: Optional[int] = None  # evaluate on N test problems, spread evenly over the levels (None: all)
-    batch_size: int = 512  # sequences generated at once
+    batch_size: Any = "auto"  # sequences generated at once; auto: as many as fit in memory
 
     def __post_init__(self) -> None:
         _positive("eval.n_samples", self.n_samples, strict=False)
@@ -313,7 +319,7 @@ class EvalSettings:
             _check(k >= 1, f"eval.ks contains {k}; every k must be >= 1")
         if self.max_problems is not None:
             _positive("eval.max_problems", self.max_problems)
-        _positive("eval.batch_size", self.batch_size)
+        _batch_size("eval.batch_size", self.batch_size)
 
 
 # -------------------------------------------------------------------------------------- logging
@@ -338,15 +344,16 @@ class LoggerConfig:
 class SFTTrainerConfig:
     steps: int = 1000  # optimiser steps
     batch_size: int = 128  # sequences per optimiser step
-    micro_batch_size: int = 128  # sequences per forward/backward
+    micro_batch_size: Any = "auto"  # sequences per forward/backward; auto: as many as fit in memory
     eval_every: int = 500  # greedy eval on the test split every N steps (0: only at the end)
     save_every: int = 0  # keep a checkpoint every N steps (0: only the final one)
     keep_last: int = 2  # step checkpoints kept on disk
     log_every: int = 50
 
     def __post_init__(self) -> None:
-        for key in ("steps", "batch_size", "micro_batch_size", "keep_last", "log_every"):
+        for key in ("steps", "batch_size", "keep_last", "log_every"):
             _positive(f"trainer.{key}", getattr(self, key))
+        _batch_size("trainer.micro_batch_size", self.micro_batch_size)
         for key in ("eval_every", "save_every"):
             _positive(f"trainer.{key}", getattr(self, key), strict=False)
 
@@ -379,6 +386,7 @@ class RunConfig:
     seed: int = 0
     name: Optional[str] = None  # appended to the run dir name
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    memory_fraction: float = 0.5  # share of the free device memory that `auto` batch sizes plan to fill
     model: Any = MISSING
     task: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -389,6 +397,7 @@ class RunConfig:
             self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
             f"device={self.device!r} is not allowed; choose one of: auto, cpu, cuda, cuda:N",
         )
+        _check(0 < self.memory_fraction <= 1, f"memory_fraction={self.memory_fraction} must be in (0, 1]")
 
 
 @dataclass

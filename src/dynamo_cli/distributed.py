@@ -15,6 +15,8 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as torch_dist
 
+from dynamo_cli.optim import clip_gradients
+
 
 def shard_bounds(size: int, *, rank: int, world_size: int) -> tuple[int, int]:
     """[lo, hi) of rank's contiguous share of `size` rows: shares differ by at most one row, earlier ranks larger."""
@@ -122,9 +124,24 @@ class DataParallel:
             torch_dist.barrier()
 
     # --------------------------------------------------------------------------- model handling
-    def prepare(self, model, optimizer):
-        """Wrap for the configured engine (DDP, FSDP or DeepSpeed) and put on this rank's device."""
+    @property
+    def deepspeed(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type == DistributedType.DEEPSPEED
+
+    def prepare(self, model, optimizer, *, micro_batch_size: int):
+        """Wrap for the configured engine (DDP or DeepSpeed ZeRO-2) and put on this rank's device."""
+        if self.deepspeed:  # DeepSpeed wants a batch size; without a dataloader accelerate cannot infer it
+            self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
         return self.accelerator.prepare(model, optimizer)
+
+    def clip_gradients(self, model, max_norm: float) -> float:
+        """Clip the global gradient norm (0 = off) and return it. DeepSpeed clips inside its own step (its config's
+        gradient_clipping) and reports the norm it saw."""
+        if self.deepspeed:
+            return float(self.accelerator.clip_grad_norm_(model.parameters(), max_norm) or 0.0)
+        return clip_gradients(model, max_norm)
 
     def unwrap(self, model):
         """The plain module inside the engine's wrapper. Under DDP it holds the full weights, so generation,
@@ -148,12 +165,18 @@ class DataParallel:
 
     @contextlib.contextmanager
     def accumulate(self, model, sync: bool) -> Iterator[None]:
-        """Gradient accumulation: no all-reduce unless `sync` (the last micro-batch of a mini-batch)."""
-        if sync or not self.distributed:
+        """Gradient accumulation: no all-reduce unless `sync` (the last micro-batch of a mini-batch). The flag is
+        also DeepSpeed's accumulation boundary, where its engine steps."""
+        if not self.distributed:
+            yield
+            return
+        self.accelerator.gradient_state._set_sync_gradients(sync)
+        if sync:
             yield
         else:
             with self.accelerator.no_sync(model):
                 yield
+        self.accelerator.gradient_state._set_sync_gradients(True)
 
     def check_replicas(self, model, allocation_counts: torch.Tensor) -> dict[str, float]:
         """Evidence that the ranks hold one model and one allocation: the largest difference across ranks of

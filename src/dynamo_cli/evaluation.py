@@ -30,7 +30,7 @@ def eval_subset(problems: list, max_problems: int | None) -> list:
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int,
-             dp=None) -> dict[str, Any]:
+             batch_size: int, dp=None) -> dict[str, Any]:
     """Sampling is counter-based on (seed, problem, sample): the result does not depend on batch sizes or on
     how many processes share the work. With `dp` (several processes) each rank generates for its share of
     the problems and every rank returns the whole result."""
@@ -39,7 +39,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     prompts = [task.prompt_text(p, tokenizer) for p in mine]
     greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
-                      max_batch_size=settings.batch_size)
+                      max_batch_size=batch_size)
     greedy_ok = [task.verify(text, mine[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
     greedy_texts = greedy.texts
     n = settings.n_samples
@@ -47,7 +47,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     if n > 0:
         sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
                            max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
-                           seed=stream_seed(seed), streams=torch.arange(lo * n, hi * n), max_batch_size=settings.batch_size)
+                           seed=stream_seed(seed), streams=torch.arange(lo * n, hi * n), max_batch_size=batch_size)
         for i, text in zip(sampled.prompt_index.tolist(), sampled.texts, strict=True):
             correct[i] += int(task.verify(text, mine[i]) > 0)
     if dp is not None and dp.distributed:
@@ -84,3 +84,14 @@ def eval_metrics(result: dict[str, Any], prefix: str = "eval") -> dict[str, floa
             if key.startswith("pass@") or key == "mean@n":
                 out[f"{prefix}/{scope}{key}"] = value
     return out
+
+
+def plan_eval_batch(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, device, memory_fraction: float,
+                    world_size: int = 1):
+    """The eval's generation batch: `eval.batch_size`, or (auto) as many sequences as fit in memory."""
+    from dynamo_cli.resources import longest_prompt, plan_batch_sizes
+
+    most = -(-len(problems) // world_size) * max(1, settings.n_samples)
+    return plan_batch_sizes(model, device, generation=settings.batch_size, training=None,
+                            prompt_tokens=longest_prompt(tokenizer, task, problems),
+                            new_tokens=max_new_tokens, most_generation=most, most_training=1, memory_fraction=memory_fraction)

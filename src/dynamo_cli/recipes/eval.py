@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import EvalConfig
 from dynamo_cli.distributed import DataParallel
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.models import load_policy
 from dynamo_cli.tracking import Tracker, eval_table, make_console, write_json_atomically
 
@@ -32,12 +32,16 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
                   f"greedy + {cfg.eval.n_samples} samples each (T={cfg.eval.temperature}, top_p={cfg.eval.top_p})")
     tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="eval",
                       enabled=dp.is_main)
+    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    plan = plan_eval_batch(model, tokenizer, task, problems, settings=cfg.eval, max_new_tokens=max_new_tokens, device=dp.device,
+                           memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
+    console.print(plan.note)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, task, problems, settings=cfg.eval,
-                      max_new_tokens=cfg.eval.max_new_tokens or cfg.task.max_new_tokens, seed=cfg.seed, dp=dp)
+    result = evaluate(model, tokenizer, task, problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
+                      batch_size=plan.generation, dp=dp)
     result["model"] = source
     result["seconds"] = round(time.perf_counter() - start, 2)
-    metrics = eval_metrics(result)
+    metrics = {**eval_metrics(result), **plan.metrics()}
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
     tracker.close()

@@ -13,9 +13,10 @@ from dynamo_cli.builders import build_task
 from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import SFTConfig
 from dynamo_cli.distributed import DataParallel
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.models import count_parameters, load_policy
-from dynamo_cli.optim import clip_gradients, make_optimizer
+from dynamo_cli.optim import make_optimizer
+from dynamo_cli.resources import plan_batch_sizes
 from dynamo_cli.rollout import position_ids_from_mask
 from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
@@ -72,15 +73,26 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft",
                       enabled=dp.is_main)
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps)
-    model, optimizer = dp.prepare(model, optimizer)
+    longest = max(len(p) + len(c) for p, c in examples)
+    plan = plan_batch_sizes(model, device, generation=None, training=cfg.trainer.micro_batch_size, prompt_tokens=0,
+                            new_tokens=longest, most_generation=1, most_training=cfg.trainer.batch_size // dp.world_size,
+                            memory_fraction=cfg.memory_fraction)  # logits over every position: all "completion"
+    micro_batch_size = plan.training
+    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens,
+                                device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
+    console.print(plan.note)
+    console.print(f"eval {eval_plan.note}")
+    tracker.log({**plan.metrics(), **{f"eval_{k}": v for k, v in eval_plan.metrics().items()}}, step=0)
+    model, optimizer = dp.prepare(model, optimizer, micro_batch_size=micro_batch_size)
     policy = dp.unwrap(model)  # full weights on every rank: eval and checkpoints
     order = torch.Generator().manual_seed(cfg.seed)
-    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     checkpoints = run_dir / "checkpoints"
     tokens_seen, window_start, last_loss = 0, time.perf_counter(), float("nan")
 
     def run_eval(step: int) -> dict:
-        result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed, dp=dp)
+        result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
+                          batch_size=eval_plan.generation, dp=dp)
         tracker.log(eval_metrics(result), step=step)
         return result
 
@@ -91,7 +103,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
             num_tokens = sum(len(examples[i][1]) for i in batch)  # of the whole batch: the loss is its token mean
             lo, hi = dp.shard(len(batch))
             mine = batch[lo:hi]
-            micro = [mine[i:i + cfg.trainer.micro_batch_size] for i in range(0, len(mine), cfg.trainer.micro_batch_size)]
+            micro = [mine[i:i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]
             loss_total = 0.0
             for k, rows in enumerate(micro):
                 ids, mask, labels = (t.to(device) for t in collate([examples[i] for i in rows], tokenizer.pad_token_id))
@@ -101,7 +113,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
                 loss_total += loss.item()
                 tokens_seen += int(mask.sum())
             loss_total = dp.sum(loss_total)
-            grad_norm = clip_gradients(model, cfg.optim.grad_clip)
+            grad_norm = dp.clip_gradients(model, cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)

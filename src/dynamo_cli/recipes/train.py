@@ -25,11 +25,12 @@ from dynamo_cli.builders import build_allocator, build_modulator, build_task
 from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import AlgorithmConfig, TrainConfig
 from dynamo_cli.distributed import DataParallel, shard_counts
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate
+from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss
 from dynamo_cli.models import count_parameters, load_policy, reference_policy
-from dynamo_cli.optim import clip_gradients, make_optimizer
+from dynamo_cli.optim import make_optimizer
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
+from dynamo_cli.resources import longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import Rollouts, generate, stream_seed
 from dynamo_cli.tracking import (
     BudgetRow,
@@ -99,7 +100,7 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 
 # ----------------------------------------------------------------------------------- the update
 def policy_update(model, optimizer, scheduler, batch: StepBatch, *, dp: DataParallel, modulator, algo: AlgorithmConfig,
-                  modulator_scope: str, temperature: float, grad_clip: float, generator: torch.Generator):
+                  micro_batch_size: int, modulator_scope: str, temperature: float, grad_clip: float, generator: torch.Generator):
     """PPO epochs × mini-batches × micro-batches over this rank's rows. Returns (metrics, modulation factors).
 
     A mini-batch is every rank's chunk of the same index; its loss is a mean over the *global* mini-batch
@@ -125,12 +126,12 @@ def policy_update(model, optimizer, scheduler, batch: StepBatch, *, dp: DataPara
                 # the policy moved since the rollouts: entropy and log-probs of the *current* policy
                 logprobs_now, entropy_now = batched_token_stats(
                     policy, input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
-                    prompt_width=mb.prompt_width, temperature=temperature, micro_batch_size=algo.micro_batch_size)
+                    prompt_width=mb.prompt_width, temperature=temperature, micro_batch_size=micro_batch_size)
             else:  # first mini-batch of the first epoch: the current policy *is* the old one
                 logprobs_now, entropy_now = mb.old_logprobs.to(device), mb.old_entropy.to(device)
             shaping = modulator(advantages=token_advantages[rows].to(device), mask=mb.mask.to(device),
                                 entropy=entropy_now, logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device),
-                                scope_index=scope_index(len(mb), scope=modulator_scope, micro_batch_size=algo.micro_batch_size).to(device),
+                                scope_index=scope_index(len(mb), scope=modulator_scope, micro_batch_size=micro_batch_size).to(device),
                                 scope_sync=scope_sync)
             modulate_seconds += time.perf_counter() - t0
             for key, value in shaping.metrics.items():
@@ -138,9 +139,9 @@ def policy_update(model, optimizer, scheduler, batch: StepBatch, *, dp: DataPara
             for key, value in shaping.distributions.items():
                 distributions.setdefault(key, []).append(value.cpu())
 
-            starts = range(0, len(mb), algo.micro_batch_size)
+            starts = range(0, len(mb), micro_batch_size)
             for start in starts:
-                micro = slice(start, start + algo.micro_batch_size)
+                micro = slice(start, start + micro_batch_size)
                 loss_mask = shaping.loss_mask[micro]
                 with dp.accumulate(model, sync=start == starts[-1]):  # gradients cross ranks once per mini-batch
                     logprobs, entropy = completion_token_stats(
@@ -165,7 +166,7 @@ def policy_update(model, optimizer, scheduler, batch: StepBatch, *, dp: DataPara
                 sums["pg_loss"] += pg_loss.item()
                 sums["clip_frac"] += float((clipped & loss_mask).sum()) / max(num_tokens, 1)
                 sums["approx_kl"] += float(((old - logprobs.detach()) * loss_mask).sum()) / max(num_tokens, 1)
-            grad_norm_sum += clip_gradients(model, grad_clip)
+            grad_norm_sum += dp.clip_gradients(model, grad_clip)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -225,9 +226,17 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     estimate_advantages = ADVANTAGE_ESTIMATORS[cfg.algorithm.advantage]
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
-    model, optimizer = dp.prepare(model, optimizer)  # DDP (or DeepSpeed ZeRO-2) wrapper; nothing with one process
-    policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    rollouts_per_rank = P * cfg.rollout.n // dp.world_size
+    plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
+        model, device, generation=cfg.rollout.max_batch_size, training=cfg.algorithm.micro_batch_size,
+        prompt_tokens=longest_prompt(tokenizer, task, train_problems),
+        new_tokens=max_new_tokens, most_generation=rollouts_per_rank,
+        most_training=-(-rollouts_per_rank // cfg.algorithm.mini_batches), memory_fraction=cfg.memory_fraction)
+    eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
+                                device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
+    model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
+    policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
 
     totals = {"step": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0}
     if resume_from:
@@ -248,11 +257,13 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
                   f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage}, "
                   f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps{processes}")
+    console.print(plan.note)
+    console.print(f"eval {eval_plan.note}")
 
     def run_eval(step: int) -> dict[str, Any]:
         result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
-                          seed=cfg.seed, dp=dp)
-        tracker.log({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"],
+                          seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
+        tracker.log({**eval_metrics(result), **plan.metrics(), "rollout/total_rollouts": totals["rollouts"],
                      "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
         return result
 
@@ -291,7 +302,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             rollouts = generate(policy, tokenizer, prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi),
                                 max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                 seed=stream_seed(cfg.seed, step), streams=torch.arange(lo, hi),
-                                max_batch_size=cfg.rollout.max_batch_size)
+                                max_batch_size=plan.generation)
             generate_seconds = time.perf_counter() - t0
 
             # 3. verify, gather the rewards, group advantages (unequal group sizes), old log-probs and entropies
@@ -301,13 +312,13 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             advantages = all_advantages[lo:hi]
             old_logprobs, old_entropy = batched_token_stats(
                 policy, input_ids=rollouts.input_ids.to(device), attention_mask=rollouts.attention_mask.to(device),
-                prompt_width=rollouts.prompt_width, temperature=cfg.rollout.temperature, micro_batch_size=cfg.algorithm.micro_batch_size)
+                prompt_width=rollouts.prompt_width, temperature=cfg.rollout.temperature, micro_batch_size=plan.training)
             ref_logprobs = None
             if reference is not None:
                 ref_logprobs, _ = batched_token_stats(
                     reference, input_ids=rollouts.input_ids.to(device), attention_mask=rollouts.attention_mask.to(device),
                     prompt_width=rollouts.prompt_width, temperature=cfg.rollout.temperature,
-                    micro_batch_size=cfg.algorithm.micro_batch_size, with_entropy=False)
+                    micro_batch_size=plan.training, with_entropy=False)
             batch = StepBatch(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, mask=rollouts.completion_mask,
                               advantages=advantages, old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(),
                               ref_logprobs=None if ref_logprobs is None else ref_logprobs.cpu(), prompt_width=rollouts.prompt_width)
@@ -316,7 +327,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             # 4. modulate and update the policy
             t0 = time.perf_counter()
             update_metrics, distributions = policy_update(
-                model, optimizer, scheduler, batch, dp=dp, modulator=modulator, algo=cfg.algorithm,
+                model, optimizer, scheduler, batch, dp=dp, modulator=modulator, algo=cfg.algorithm, micro_batch_size=plan.training,
                 modulator_scope=getattr(cfg.modulator, "scope", "mini_batch"), temperature=cfg.rollout.temperature,
                 grad_clip=cfg.optim.grad_clip, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
             update_seconds = time.perf_counter() - t0
@@ -376,8 +387,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                     checkpoint.prune(checkpoints, cfg.trainer.keep_last)
 
     final = save(checkpoints / "final")
-    result = last_eval or evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval,
-                                   max_new_tokens=eval_max_new_tokens, seed=cfg.seed, dp=dp)
+    result = last_eval or evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
+                                   seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     tracker.summary({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"], "rollout/total_tokens": totals["tokens"]})
