@@ -83,9 +83,10 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
     """Alignment by construction: with unequal group sizes, every completion is verified against its own
     prompt's answer. The policy is replaced by an oracle that answers each row's own prompt correctly,
     so any misalignment between completions, prompts and answers shows up as a reward of 0."""
+    from dynamo_cli import rollout as rollout_module
     from dynamo_cli.recipes import train as train_recipe
 
-    real_generate = train_recipe.generate
+    real_generate = rollout_module.generate
 
     def oracle_generate(model, tokenizer, prompts, **kwargs):
         rollouts = real_generate(model, tokenizer, prompts, **kwargs)
@@ -93,7 +94,7 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
         rollouts.texts = [answers[prompts[i]] for i in rollouts.prompt_index.tolist()]
         return rollouts
 
-    monkeypatch.setattr(train_recipe, "generate", oracle_generate)
+    monkeypatch.setattr(rollout_module, "generate", oracle_generate)  # what rollout=hf calls
     register_schemas()
     _register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -4,12 +4,14 @@ from __future__ import annotations
 from dynamo_cli import allocators, modulators
 from dynamo_cli.config import (
     DynamoModulatorConfig,
+    HFRolloutConfig,
     JsonlTaskConfig,
     MathTaskConfig,
     NoModulatorConfig,
     TrainConfig,
     UniformAllocatorConfig,
     VarianceAllocatorConfig,
+    VLLMRolloutConfig,
 )
 
 
@@ -47,3 +49,16 @@ def build_modulator(cfg: TrainConfig):
             compensate=m.compensate, stabilise=m.stabilise, mu_max=m.mu_max, lambda_min=m.lambda_min,
             gamma=m.gamma, tau=m.tau, eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high)
     raise TypeError(f"no modulator for {type(m).__name__}")
+
+
+def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):
+    """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update."""
+    from dynamo_cli.rollout import PolicyRollouts
+
+    if isinstance(cfg.rollout, HFRolloutConfig):
+        return PolicyRollouts(policy, tokenizer)
+    if isinstance(cfg.rollout, VLLMRolloutConfig):
+        from dynamo_cli.rollout_vllm import VLLMRollouts
+
+        return VLLMRollouts(cfg.rollout, policy, tokenizer, max_model_len=max_model_len, seed=cfg.seed)
+    raise TypeError(f"no rollout backend for {type(cfg.rollout).__name__}")

@@ -257,7 +257,9 @@ class OptimConfig:
 # --------------------------------------------------------------------------------------- rollouts
 @dataclass
 class RolloutConfig:
-    backend: str = "hf"  # hf: batched generation with a KV cache in this process
+    """Fields every rollout backend shares."""
+
+    name: str = MISSING  # the backend: hf | vllm
     n: int = 8  # mean rollouts per prompt: the step's budget is B = n × trainer.prompts_per_step
     temperature: float = 1.0
     top_p: float = 1.0
@@ -265,13 +267,36 @@ class RolloutConfig:
     max_batch_size: Any = "auto"  # sequences generated at once; auto: as many as fit in memory (resources.py)
 
     def __post_init__(self) -> None:
-        _one_of("rollout.backend", self.backend, ("hf",))
         _positive("rollout.n", self.n)
         _positive("rollout.temperature", self.temperature)
         _check(0 < self.top_p <= 1, f"rollout.top_p={self.top_p} must be in (0, 1]")
         if self.max_new_tokens is not None:
             _positive("rollout.max_new_tokens", self.max_new_tokens)
         _batch_size("rollout.max_batch_size", self.max_batch_size)
+
+
+@dataclass
+class HFRolloutConfig(RolloutConfig):
+    """Batched generation with a KV cache in the training process, on the policy itself (rollout.py)."""
+
+    name: str = "hf"
+
+
+@dataclass
+class VLLMRolloutConfig(RolloutConfig):
+    """Generation with vLLM in the training process, on the same GPU; the policy's weights are copied into
+    vLLM after every update (rollout_vllm.py). Needs `pip install 'dynamo-cli[vllm]'` and CUDA."""
+
+    name: str = "vllm"
+    gpu_memory_utilization: float = 0.3  # share of the GPU vLLM takes for weights + KV cache; the rest trains
+    enforce_eager: bool = False  # True: no CUDA graphs (starts faster, generates slower)
+    max_model_len: Optional[int] = None  # None: longest prompt + max_new_tokens
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.gpu_memory_utilization < 1, f"rollout.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1)")
+        if self.max_model_len is not None:
+            _positive("rollout.max_model_len", self.max_model_len)
 
 
 @dataclass
@@ -410,7 +435,7 @@ class SFTConfig(RunConfig):
 class TrainConfig(RunConfig):
     allocator: Any = MISSING
     modulator: Any = MISSING
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rollout: Any = MISSING  # the `rollout` group: hf | vllm
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
@@ -457,14 +482,14 @@ class SweepPresetConfig:
     overrides: list[str] = field(default_factory=list)  # every train run gets these: the matched budget lives here
     sft_overrides: list[str] = field(default_factory=list)  # the one `dynamo sft` run that makes the shared starting checkpoint
     model_path: Optional[str] = None  # start every run from this checkpoint instead of running sft
-    launcher: str = "basic"  # basic: one run after another | joblib: `jobs` runs in parallel local processes
+    launcher: str = "basic"  # basic: one run after another | joblib: `jobs` runs in parallel local processes | slurm: SLURM jobs
     jobs: int = 1  # parallel runs under launcher=joblib
     metric: str = "pass@1"  # test metric of the curves and rollouts-to-target: pass@1 (sampled) | greedy_pass1
     target: Optional[float] = None  # rollouts-to-target threshold; None: 90% of the way from the start to the best final mean
     results: Optional[str] = "docs/results.md"  # generated page whose sweep section is rewritten; None: leave it alone
 
     def __post_init__(self) -> None:
-        _one_of("sweep.launcher", self.launcher, ("basic", "joblib"))
+        _one_of("sweep.launcher", self.launcher, ("basic", "joblib", "slurm"))
         _positive("sweep.jobs", self.jobs)
         _check(self.launcher == "joblib" or self.jobs == 1, f"sweep.jobs={self.jobs} needs sweep.launcher=joblib")
         _one_of("sweep.metric", self.metric, ("pass@1", "greedy_pass1"))
@@ -504,6 +529,8 @@ def register_schemas() -> None:
     cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
     cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)
     cs.store(group="schema/allocator", name="variance", node=VarianceAllocatorConfig)
+    cs.store(group="schema/rollout", name="hf", node=HFRolloutConfig)
+    cs.store(group="schema/rollout", name="vllm", node=VLLMRolloutConfig)
     cs.store(group="schema/modulator", name="none", node=NoModulatorConfig)
     cs.store(group="schema/modulator", name="dynamo", node=DynamoModulatorConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -214,3 +214,45 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
 def _prompt_mask(encoded: list[list[int]], prompt_index: torch.Tensor, width: int) -> torch.Tensor:
     lengths = torch.tensor([len(encoded[i]) for i in prompt_index.tolist()])
     return (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
+
+
+def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_index: torch.Tensor,
+                            completions: list[list[int]], finished: list[bool]) -> Rollouts:
+    """Rollouts from plain token lists, for engines that return them (vLLM): row r answers
+    encoded_prompts[prompt_index[r]] with completions[r]. A finished completion ends with EOS (added if the
+    engine left it out); an unfinished one was cut at the length limit. The layout is `generate`'s."""
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    completions = [c + [eos_id] if done and (not c or c[-1] != eos_id) else list(c) for c, done in zip(completions, finished, strict=True)]
+    width = max((len(encoded_prompts[i]) for i in prompt_index.tolist()), default=0)
+    length = max((len(c) for c in completions), default=0)
+    rows = len(completions)
+    prompt_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    completion = torch.full((rows, length), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros((rows, length), dtype=torch.bool)
+    for r, (i, tokens) in enumerate(zip(prompt_index.tolist(), completions, strict=True)):
+        prompt = encoded_prompts[i]
+        if prompt:
+            prompt_ids[r, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        if tokens:
+            completion[r, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            completion_mask[r, :len(tokens)] = True
+    attention_mask = torch.cat([_prompt_mask(encoded_prompts, prompt_index, width), completion_mask.long()], dim=1)
+    texts = tokenizer.batch_decode(torch.where(completion_mask, completion, pad_id), skip_special_tokens=True)
+    return Rollouts(prompt_index=prompt_index, input_ids=torch.cat([prompt_ids, completion], dim=1), attention_mask=attention_mask,
+                    completion_mask=completion_mask, prompt_width=width, texts=texts,
+                    finished=torch.tensor(finished, dtype=torch.bool))
+
+
+class PolicyRollouts:
+    """rollout=hf: generation on the policy itself, in this process (`generate`)."""
+
+    def __init__(self, policy, tokenizer):
+        self.policy, self.tokenizer = policy, tokenizer
+
+    def generate(self, prompts: list[str], *, counts: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
+                 seed: int | None, streams: torch.Tensor, max_batch_size: int) -> Rollouts:
+        return generate(self.policy, self.tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_p=top_p, seed=seed, streams=streams, max_batch_size=max_batch_size)
+
+    def sync(self, policy) -> None:
+        """Nothing to copy: the generator is the policy."""

@@ -40,6 +40,7 @@ examples:
   dynamo sweep sweep=ablation                                  # GRPO / allocation / modulation / DynaMO x 3 seeds
   dynamo sweep sweep=ablation sweep.model_path=<sft checkpoint>  # skip the sft run
   dynamo sweep sweep=ablation sweep.launcher=joblib sweep.jobs=2  # parallel runs (helps with spare cores/GPUs)
+  dynamo sweep sweep=ablation sweep.launcher=slurm sweep.model_path=<sft ckpt> -- hydra.launcher.partition=<p>
   dynamo sweep aggregate=outputs/train/multirun/<date>/<time>   # tables and plots for any multirun, runs nothing"""
 
 
@@ -110,8 +111,10 @@ def job_list(train_overrides: list[str]) -> list[list[str]]:
 
 
 def launcher_overrides(preset: SweepPresetConfig) -> list[str]:
-    if preset.launcher == "joblib":  # hydra-joblib-launcher: n_jobs local processes
-        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={preset.jobs}"]
+    if preset.launcher == "joblib":  # conf/hydra/launcher/local_parallel.yaml: n_jobs local processes
+        return ["hydra/launcher=local_parallel", f"hydra.launcher.n_jobs={preset.jobs}"]
+    if preset.launcher == "slurm":  # conf/hydra/launcher/slurm.yaml: one SLURM job per run
+        return ["hydra/launcher=slurm"]
     return []
 
 

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 from dynamo_cli import checkpoint
 from dynamo_cli.advantages import ADVANTAGE_ESTIMATORS
 from dynamo_cli.allocators import bernoulli_variance
-from dynamo_cli.builders import build_allocator, build_modulator, build_task
+from dynamo_cli.builders import build_allocator, build_modulator, build_rollout_engine, build_task
 from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import AlgorithmConfig, TrainConfig
 from dynamo_cli.distributed import DataParallel, shard_counts
@@ -31,7 +31,8 @@ from dynamo_cli.models import count_parameters, load_policy, reference_policy
 from dynamo_cli.optim import make_optimizer
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.resources import longest_prompt, plan_batch_sizes
-from dynamo_cli.rollout import Rollouts, generate, stream_seed
+from dynamo_cli.rollout import Rollouts, stream_seed
+from dynamo_cli.rollout_vllm import VLLMUnavailable
 from dynamo_cli.tracking import (
     BudgetRow,
     Tracker,
@@ -228,9 +229,14 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
+    prompt_tokens = longest_prompt(tokenizer, task, train_problems)
+    try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
+        engine = build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
+    except VLLMUnavailable as error:
+        raise DynamoError(str(error)) from error
     plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
         model, device, generation=cfg.rollout.max_batch_size, training=cfg.algorithm.micro_batch_size,
-        prompt_tokens=longest_prompt(tokenizer, task, train_problems),
+        prompt_tokens=prompt_tokens,
         new_tokens=max_new_tokens, most_generation=rollouts_per_rank,
         most_training=-(-rollouts_per_rank // cfg.algorithm.mini_batches), memory_fraction=cfg.memory_fraction)
     eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
@@ -299,10 +305,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             t0 = time.perf_counter()
             lo, hi = dp.shard(len(group_index))
             prompts = [task.prompt_text(p, tokenizer) for p in problems]
-            rollouts = generate(policy, tokenizer, prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi),
-                                max_new_tokens=max_new_tokens, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                seed=stream_seed(cfg.seed, step), streams=torch.arange(lo, hi),
-                                max_batch_size=plan.generation)
+            rollouts = engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=max_new_tokens,
+                                       temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                       seed=stream_seed(cfg.seed, step), streams=torch.arange(lo, hi), max_batch_size=plan.generation)
             generate_seconds = time.perf_counter() - t0
 
             # 3. verify, gather the rewards, group advantages (unequal group sizes), old log-probs and entropies
@@ -330,6 +335,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 model, optimizer, scheduler, batch, dp=dp, modulator=modulator, algo=cfg.algorithm, micro_batch_size=plan.training,
                 modulator_scope=getattr(cfg.modulator, "scope", "mini_batch"), temperature=cfg.rollout.temperature,
                 grad_clip=cfg.optim.grad_clip, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
+            engine.sync(policy)  # vLLM: copy the new weights in (hf: nothing, it generates with the policy)
             update_seconds = time.perf_counter() - t0
 
             # 5. the allocator learns from this step's rewards (every step, not once an epoch)
