@@ -98,6 +98,7 @@ def test_tasks_build(task):
         (["algorithm.micro_batch_size=lots"], "algorithm.micro_batch_size='lots' must be a positive integer or auto"),
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
+        (["modulator.scope=micro_batch"], "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):

@@ -223,7 +223,7 @@ class DynamoModulatorConfig:
     lambda_min: float = 0.6  # smallest stabilisation factor
     gamma: float = 50.0  # steepness of the stabilisation sigmoid
     tau: float = 0.99  # sigmoid midpoint on the normalised |ΔH|
-    scope: str = "mini_batch"  # where H_min/H_max and max|ΔH| are taken: micro_batch | mini_batch | sequence
+    scope: str = "mini_batch"  # where H_min/H_max and max|ΔH| are taken: micro_batch (per process) | mini_batch | sequence
 
     def __post_init__(self) -> None:
         _check(self.mu_max >= 1, f"modulator.mu_max={self.mu_max} must be >= 1")
@@ -442,6 +442,9 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(getattr(self.modulator, "scope", None) != "micro_batch" or self.algorithm.micro_batch_size != "auto",
+               "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size (auto follows free memory, "
+               "which would change the normalisation scope from machine to machine)")
         if isinstance(self.allocator, VarianceAllocatorConfig):
             a, n = self.allocator, self.rollout.n
             _check(
