@@ -3,9 +3,10 @@ memory a training micro-batch really takes.
 
 For each model (the tiny one; SmolLM2-135M when `make real-model` has cached it) one forward + backward of
 dynamo's own loss path (log-probs and full-vocabulary entropies over the completion) runs in a fresh process
-at two batch sizes; the growth of peak memory (peak RSS on CPU, peak allocated on CUDA) between them, per
-sequence, is compared with `training_bytes_per_sequence`. Ratio measured / estimated: 1 is exact, above 1
-means the estimate is short and `memory_fraction` has to absorb it.
+at two batch sizes; the growth of peak memory (RSS sampled every millisecond on CPU, peak allocated on CUDA)
+between them, per sequence, is compared with `training_bytes_per_sequence`. Ratio measured / estimated: 1 is
+exact, above 1 means the estimate is short and `memory_fraction` has to absorb it. On CPU the tiny model's
+sub-MiB sequences measure the allocator as much as the model (repeated runs: 1.1-1.6).
 
     python -m bench.memory_estimate [--quick]
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -36,6 +36,34 @@ def _load(model_name: str):
     return AutoModelForCausalLM.from_pretrained(SMOLLM, dtype=torch.float32)
 
 
+class _RSSPeak:
+    """The highest resident set size seen by a thread that samples it every millisecond (CPU runs): unlike
+    ru_maxrss, not masked by a higher peak earlier in the process's life (imports, loading)."""
+
+    def __init__(self):
+        import threading
+
+        import psutil
+
+        self._process, self._stop, self.peak = psutil.Process(), threading.Event(), 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._process.memory_info().rss)
+            self._stop.wait(0.001)
+
+    def __enter__(self) -> "_RSSPeak":
+        self.start = self._process.memory_info().rss
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+
 def worker(model_name: str, batch: int, tokens: int, completion: int) -> None:
     """One forward + backward at `batch`; prints the peak-memory growth in bytes as JSON."""
     import torch
@@ -47,16 +75,22 @@ def worker(model_name: str, batch: int, tokens: int, completion: int) -> None:
     model.to(device).train()
     ids = torch.randint(10, model.config.vocab_size - 1, (batch, tokens), device=device)
     mask = torch.ones_like(ids)
+
+    def step() -> None:
+        logprobs, entropy = completion_token_stats(model, input_ids=ids, attention_mask=mask, prompt_width=tokens - completion,
+                                                   temperature=1.0, with_entropy=True)
+        (logprobs.mean() + entropy.mean()).backward()
+
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.max_memory_allocated()
+        step()
+        growth = torch.cuda.max_memory_allocated() - before
     else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    logprobs, entropy = completion_token_stats(model, input_ids=ids, attention_mask=mask, prompt_width=tokens - completion,
-                                               temperature=1.0, with_entropy=True)
-    (logprobs.mean() + entropy.mean()).backward()
-    after = torch.cuda.max_memory_allocated() if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"growth": after - before}))
+        with _RSSPeak() as rss:
+            step()
+        growth = rss.peak - rss.start
+    print(json.dumps({"growth": growth}))
 
 
 def measure(model_name: str, batch: int, tokens: int, completion: int) -> int:
