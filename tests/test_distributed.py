@@ -192,3 +192,22 @@ def test_two_processes_sft_and_eval_like_one(tmp_path):
     assert two_result["problems"] == one_result["problems"]  # every problem, every sampled count: identical
     assert two_result["overall"] == one_result["overall"]
     assert os.listdir(evals[0]).count("eval.json") == 1
+
+
+@pytest.mark.parametrize("kind,zero_stage,refused", [("FSDP", 0, True), ("DEEPSPEED", 3, True), ("DEEPSPEED", 2, False),
+                                                     ("MULTI_GPU", 0, False), ("MULTI_CPU", 0, False)])
+def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refused):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from dynamo_cli.cli import DynamoError
+    from dynamo_cli.distributed import DataParallel
+
+    accelerator = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType[kind],
+                                  state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))
+    if refused:
+        with pytest.raises(DynamoError, match="shards the weights.*use conf/accelerate/ddp.yaml or deepspeed_zero2.yaml"):
+            DataParallel(accelerator).check_engine()
+    else:
+        DataParallel(accelerator).check_engine()

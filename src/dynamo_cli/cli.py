@@ -50,8 +50,9 @@ def _register_resolvers() -> None:
 
 
 def fail(command: str, message: str) -> None:
-    """The one-line error every user-facing failure ends in."""
-    print(f"dynamo {command}: error: {message}", file=sys.stderr)
+    """The one-line error every user-facing failure ends in (from rank 0 only when several processes run)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"dynamo {command}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -175,6 +176,7 @@ def print_help() -> None:
         "  dynamo train experiment=dynamo model.path=<sft checkpoint>",
         "  dynamo train allocator=uniform modulator=none      # the GRPO baseline",
         "  dynamo sweep sweep=ablation",
+        "  accelerate launch --config_file conf/accelerate/ddp.yaml -m dynamo_cli train ...   # several GPUs",
     ]
     print("\n".join(lines))
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as torch_dist
 
+from dynamo_cli.cli import DynamoError
 from dynamo_cli.optim import clip_gradients
 
 
@@ -32,7 +33,7 @@ def shard_counts(counts: torch.Tensor, *, lo: int, hi: int) -> torch.Tensor:
     return (ends.clamp(min=lo, max=hi) - starts.clamp(min=lo, max=hi)).clamp(min=0)
 
 
-class ShardedEngineError(RuntimeError):
+class ShardedEngineError(DynamoError):
     """The accelerate config asks for an engine whose weight sharding the recipes do not support."""
 
 
