@@ -1,8 +1,9 @@
 """Data parallelism over the processes `accelerate launch` starts: who this process is, its share of a
 batch, and the few collectives that keep every rank on the same step.
 
-Engines do the heavy lifting: accelerate builds the process group and wraps the model (DDP, FSDP or
-DeepSpeed, from the user's accelerate config), torch.distributed moves the bytes. With one process (a plain
+Engines do the heavy lifting: accelerate builds the process group and wraps the model (DDP or DeepSpeed
+ZeRO-2, from the user's accelerate config; engines that shard the weights are refused, see `check_engine`),
+torch.distributed moves the bytes. With one process (a plain
 `dynamo train`) this is rank 0 of 1 and every collective is the identity, so recipes have one code path.
 """
 from __future__ import annotations
@@ -51,11 +52,12 @@ class DataParallel:
         """Join the process group `accelerate launch` (or torchrun) set up; a single process otherwise.
 
         `device=cpu` (or `auto` without CUDA) runs on CPU with the gloo backend: the way to test several
-        processes on a laptop (`accelerate launch --multi_gpu --num_processes 2`, see README)."""
+        processes on a laptop (conf/accelerate/cpu_ddp.yaml, see README). The recipes put the model on
+        `self.device` themselves (accelerate's device placement is off), so a single process can use cuda:N."""
         from accelerate import Accelerator
 
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        accelerator = Accelerator(cpu=cpu)
+        accelerator = Accelerator(cpu=cpu, device_placement=False)
         parallel = cls(accelerator)
         if parallel.world_size == 1 and not cpu and device != "auto":
             parallel.device = torch.device(device)  # a single process honours device=cuda:N
@@ -132,7 +134,7 @@ class DataParallel:
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
     def prepare(self, model, optimizer, *, micro_batch_size: int):
-        """Wrap for the configured engine (DDP or DeepSpeed ZeRO-2) and put on this rank's device."""
+        """Wrap for the configured engine (DDP or DeepSpeed ZeRO-2); the model is already on this rank's device."""
         if self.deepspeed:  # DeepSpeed wants a batch size; without a dataloader accelerate cannot infer it
             self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
         return self.accelerator.prepare(model, optimizer)
