@@ -211,3 +211,12 @@ def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refus
             DataParallel(accelerator).check_engine()
     else:
         DataParallel(accelerator).check_engine()
+
+
+def test_an_empty_share_generates_nothing_without_error():
+    """With more processes than problems (eval.max_problems=1 on 2 processes) a rank's share is empty."""
+    from dynamo_cli.models import build_char_tokenizer
+
+    empty = generate(None, build_char_tokenizer(), [], counts=torch.zeros(0, dtype=torch.long), max_new_tokens=4,
+                     temperature=1.0, top_p=1.0, seed=1, max_batch_size=8)
+    assert len(empty) == 0 and empty.texts == [] and empty.input_ids.shape == (0, 0)

@@ -179,16 +179,16 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
     that generates a share of a larger batch passes the rows' ids in that batch, so the share samples what
     it would have sampled as part of the whole.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())  # (N,)
     streams = torch.arange(len(prompt_index)) if streams is None else streams.cpu().long()
     if len(prompt_index) == 0:  # e.g. a process whose share of a small batch is empty
         empty = torch.zeros((0, 0), dtype=torch.long)
         return Rollouts(prompt_index=prompt_index, input_ids=empty, attention_mask=empty, completion_mask=empty.bool(),
                         prompt_width=0, texts=[], finished=torch.zeros(0, dtype=torch.bool))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     chunks = []
     for start in range(0, len(prompt_index), max_batch_size):
         rows = prompt_index[start:start + max_batch_size].tolist()
