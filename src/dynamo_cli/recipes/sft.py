@@ -83,7 +83,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     console.print(plan.note)
     console.print(f"eval {eval_plan.note}")
-    tracker.log({**plan.metrics(), **{f"eval_{k}": v for k, v in eval_plan.metrics().items()}}, step=0)
+    tracker.log({**plan.metrics(), **eval_plan.metrics()}, step=0)  # sft generates only in its eval
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=micro_batch_size)
     policy = dp.unwrap(model)  # full weights on every rank: eval and checkpoints
     order = torch.Generator().manual_seed(cfg.seed)
