@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from dynamo_cli import atomic
+
 # (allocator, modulator) -> the method's name in the ablation; other pairs are called "<allocator>+<modulator>"
 METHOD_LABELS = {
     ("uniform", "none"): "grpo",
@@ -548,9 +550,7 @@ def update_results_page(path: Path, *, section: str, body: str) -> Path:
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.DOTALL)
     text = pattern.sub(lambda _: block, text, count=1) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a reader never sees half a page
+    atomic.write_text(path, text)  # a reader never sees half a page
     return path
 
 

@@ -6,46 +6,16 @@ renamed into place, so a crash never leaves a half-written `step-N` or replaces 
 """
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
+from dynamo_cli import atomic
 from dynamo_cli.models import save_checkpoint_files
 
 TRAINER_STATE = "trainer_state.pt"
-
-
-def _fsync_tree(directory: Path) -> None:
-    for root, _, files in os.walk(directory):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(target: Path, write) -> Path:
-    tmp = target.with_name(f".tmp-{target.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    _fsync_tree(tmp)
-    if target.exists():  # replace: move the old one aside first so a crash leaves one of the two whole
-        old = target.with_name(f".old-{target.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-    _fsync_tree(target.parent)
-    return target
 
 
 def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optional[dict[str, Any]] = None) -> Path:
@@ -54,7 +24,7 @@ def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optiona
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
 
-    return _write_atomically(Path(directory), write)
+    return atomic.write_dir(Path(directory), write)
 
 
 def step_dirs(checkpoint_root: Path) -> list[Path]:

@@ -10,7 +10,6 @@ import copy
 import importlib.util
 import json
 import os
-import shutil
 import string
 import warnings
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from dynamo_cli import atomic
 from dynamo_cli.config import ConfigError, GGUFModelConfig, LoraConfig, ModelConfig, TinyModelConfig
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -99,11 +99,11 @@ def convert_gguf(cfg: GGUFModelConfig) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    partial = target.with_name(target.name + ".partial")
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    os.replace(partial, target)
-    return target
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return atomic.write_dir(target, write)
 
 
 def load_policy(cfg: ModelConfig, device: torch.device, *,
@@ -250,11 +250,11 @@ def save_checkpoint_files(model: torch.nn.Module, tokenizer, directory: Path) ->
         if not peft_cfg.base_model_name_or_path:
             base_dir = directory.parent / BASE_DIR
             if not (base_dir / "config.json").is_file():
-                partial = base_dir.with_name(f".tmp-{BASE_DIR}")
-                shutil.rmtree(partial, ignore_errors=True)
-                model.get_base_model().save_pretrained(partial, state_dict=_base_state_dict(model), safe_serialization=True)
-                tokenizer.save_pretrained(partial)
-                os.replace(partial, base_dir)
+                def write(tmp: Path) -> None:
+                    model.get_base_model().save_pretrained(tmp, state_dict=_base_state_dict(model), safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+
+                atomic.write_dir(base_dir, write)
             peft_cfg.base_model_name_or_path = str(base_dir.resolve())
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)

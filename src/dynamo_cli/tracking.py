@@ -17,6 +17,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from dynamo_cli import atomic
 from dynamo_cli.config import LoggerConfig
 
 
@@ -44,16 +45,12 @@ def truncate_jsonl(path: Path, *, max_step: int) -> None:
             continue
         if record.get("step", 0) <= max_step:
             kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    atomic.write_text(path, "".join(line + "\n" for line in kept))
 
 
 def write_json_atomically(path: Path, value: Any) -> None:
     """Results files (eval.json) are replaced whole or not at all: a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=1))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(value, indent=1))
 
 
 def _jsonable(value: Any) -> Any:
