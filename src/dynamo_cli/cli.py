@@ -49,9 +49,14 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("dynamo_root", lambda: str(REPO_ROOT))
 
 
+def is_rank_zero() -> bool:
+    """The process that speaks for a run: the only one, or rank 0 of an `accelerate launch` / torchrun group."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def fail(command: str, message: str) -> None:
     """The one-line error every user-facing failure ends in (from rank 0 only when several processes run)."""
-    if os.environ.get("RANK", "0") == "0":
+    if is_rank_zero():
         print(f"dynamo {command}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -135,7 +140,7 @@ def _hydra_app(command: str) -> Callable[[], None]:
             recipe(to_schema(cfg), run_dir)
         except (DynamoError, ConfigError) as error:
             fail(command, str(error))
-        if os.environ.get("RANK", "0") == "0":  # one line from a multi-process run: rank 0's
+        if is_rank_zero():  # one line from a multi-process run
             print(run_dir)  # the last line a command prints is its run dir
 
     return app

@@ -8,6 +8,7 @@ import torch
 
 from dynamo_cli.config import EvalSettings
 from dynamo_cli.metrics import pass_at_k
+from dynamo_cli.resources import BatchPlan, longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import generate, stream_seed
 
 
@@ -87,10 +88,8 @@ def eval_metrics(result: dict[str, Any], prefix: str = "eval") -> dict[str, floa
 
 
 def plan_eval_batch(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, device, memory_fraction: float,
-                    world_size: int = 1):
+                    world_size: int = 1) -> BatchPlan:
     """The eval's generation batch: `eval.batch_size`, or (auto) as many sequences as fit in memory."""
-    from dynamo_cli.resources import longest_prompt, plan_batch_sizes
-
     most = -(-len(problems) // world_size) * max(1, settings.n_samples)
     return plan_batch_sizes(model, device, generation=settings.batch_size, training=None,
                             prompt_tokens=longest_prompt(tokenizer, task, problems),
