@@ -56,10 +56,10 @@ def test_chat_prompt_uses_smollms_template(smollm):
     assert f"<|im_start|>user\nSolve the problem and give the final answer in \\boxed{{}}.\n\n{problem.question}<|im_end|>" in prompt
     assert prompt.endswith("<|im_start|>assistant\n")
     answer = problem.answer
-    for completion in (f"So the result is \\boxed{{{answer}}}.", f"Adding them up.\nThe answer is {answer}.",
-                       f"{problem.question} = {answer}"):
+    for completion in (f"So the result is \\boxed{{{answer}}}.", f"Adding them up.\nThe answer is {answer}."):
         assert task.verify(completion, problem) == 1.0
     assert task.verify(f"The answer is {int(answer) + 1}.", problem) == 0.0
+    assert task.verify(f"{problem.question} = {answer}", problem) == 0.0  # chat: no last-number fallback
 
 
 def test_chat_format_defaults_to_room_for_reasoning():

@@ -1,14 +1,16 @@
-"""Tasks: deterministic, disjoint splits; demonstrations that verify; a verifier that never raises."""
+"""Tasks: deterministic, disjoint splits; demonstrations that verify; a verifier that never raises and
+cannot be gamed by echoing the question."""
 
 import json
 import time
 from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
 from dynamo_cli.tasks import JsonlTask, MathTask, Problem, TaskError
-from dynamo_cli.tasks.answers import answers_match, extract_answer
+from dynamo_cli.tasks.answers import Verdict, answers_match, extract_answer, judge, literal_value
 from dynamo_cli.tasks.jsonl import parse_answer_field
 from dynamo_cli.tasks.math import LEVELS
 
@@ -123,6 +125,144 @@ def test_plain_verify_reads_only_the_first_line():
     p = Problem("math/L2/37+48", "37+48", "85", "L2")
     assert task.verify("85\n12+3=15", p) == 1.0  # kept generating past the answer: still 85
     assert task.verify("86\n85", p) == 0.0
+
+
+# ---------------------------------------------------------------- verifiers that cannot be gamed by accident
+
+TIMES = Problem("math/L6/68*3", "68*3", "204", "L6")
+PLUS = Problem("math/L1/0+8", "0+8", "8", "L1")
+
+
+@pytest.mark.parametrize("format", ["plain", "chat"])
+@pytest.mark.parametrize(
+    "completion, rule",
+    [
+        ("answer: 68*3", "answer_cue"),
+        ("The answer is 68*3", "answer_cue"),
+        ("\\boxed{68*3}", "boxed"),
+        ("\\boxed{200+4}", "boxed"),
+        ("The answer is 200 + 4", "answer_cue"),  # an operator after the number: an expression, not "200"
+        ("\\boxed{204/1}", "boxed"),
+    ],
+)
+def test_an_integer_answer_written_as_an_expression_scores_0(format, completion, rule):
+    task = math_task(format=format)
+    verdict = task.judge(completion, TIMES)
+    assert verdict.reward == 0.0 and verdict.rule == rule
+
+
+def test_the_echoed_question_that_scored_1_on_smollm2_scores_0():
+    text = "To find 68*3, multiply 68 by 3. Here's the solution and answer:\n\n68*3"  # issue 13
+    assert math_task(format="chat").judge(text, TIMES) == Verdict(0.0, "answer_cue", "68*3")
+    assert math_task(format="plain").judge(text, TIMES) == Verdict(0.0, "last_number", "3")  # first line only
+
+
+@pytest.mark.parametrize("format", ["plain", "chat"])
+def test_a_boxed_or_cued_integer_literal_scores_1(format):
+    task = math_task(format=format)
+    assert task.judge("\\boxed{204}", TIMES) == Verdict(1.0, "boxed", "204")
+    assert task.judge("The answer is 204.", TIMES) == Verdict(1.0, "answer_cue", "204")
+    assert task.judge("\\boxed{68*3 = 204}", TIMES).reward == 1.0  # a worked equation ends in its value
+    assert task.judge("The answer is **204**.", TIMES).reward == 1.0  # markdown around the literal
+    assert task.judge("The answer is 8 + 0", PLUS).reward == 0.0  # the question echoed; "8" is not its answer
+
+
+def test_chat_takes_no_number_echoed_from_the_question():
+    # issue 13, from an eval: no \boxed{}, no "answer is"; the last number is the question's 8
+    text = "So the maximum value of 0 + 8 is 10, which is the sum of 2 added to 0 and 8."
+    assert math_task(format="chat").judge(text, PLUS) == Verdict(0.0, "none", None)
+    assert math_task(format="chat").judge("0 + 8", PLUS).reward == 0.0
+    # the fallback, asked for, reads it: that is what made the echo pay
+    chat_last = MathTask(seed=0, num_train=6, num_test_per_level=1, levels=["L1"], format="chat",
+                         answer_fallback="last_number")
+    assert chat_last.judge(text, PLUS) == Verdict(1.0, "last_number", "8")
+
+
+def test_plain_keeps_the_last_number_on_its_first_line():
+    task = math_task(format="plain")
+    assert task.answer_fallback == "last_number" and math_task(format="chat").answer_fallback == "none"
+    assert task.judge("85", Problem("math/L5/37+48", "37+48", "85", "L5")) == Verdict(1.0, "last_number", "85")
+    assert task.judge("3*68=204\n5", TIMES) == Verdict(1.0, "last_number", "204")
+    assert task.judge("68*3", TIMES) == Verdict(0.0, "last_number", "3")
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("\\boxed{204}. Check: 68*3 = 204, so \\boxed{204}", Verdict(1.0, "boxed", "204")),  # repeated: fine
+        ("\\boxed{203} or maybe \\boxed{204}", Verdict(0.0, "boxed", "203")),  # hedging: every box must be right
+        ("\\boxed{204} or maybe \\boxed{203}", Verdict(0.0, "boxed", "203")),
+        ("\\boxed{68*3} = \\boxed{204}", Verdict(0.0, "boxed", "68*3")),
+        ("\\boxed{} then \\boxed{204} and \\boxed{20", Verdict(1.0, "boxed", "204")),  # empty, unclosed: not answers
+        ("\\boxed{204}" * 9, Verdict(0.0, "boxed", None)),  # more than BOXED_MAX boxes
+        ("\\boxed{203}. The answer is 204.", Verdict(0.0, "boxed", "203")),  # a box outranks a cue
+    ],
+)
+def test_several_boxed_answers_must_all_be_right(completion, expected):
+    assert math_task(format="chat").judge(completion, TIMES) == expected
+
+
+@pytest.mark.parametrize(
+    "text, integer, rational",
+    [
+        ("204", 204, 204),
+        ("-1,234", -1234, -1234),
+        ("+7", 7, 7),
+        ("$204$", 204, 204),
+        ("\\$18", 18, 18),
+        ("1{,}234", 1234, 1234),
+        ("2.50", None, Fraction(5, 2)),
+        (".5", None, Fraction(1, 2)),
+        ("3/4", None, Fraction(3, 4)),
+        ("\\frac{1}{2}", None, Fraction(1, 2)),
+        ("-\\dfrac{3}{4}", None, Fraction(-3, 4)),
+        ("96/8", None, None),  # unreduced: the question's numbers, not the answer 12
+        ("2/4", None, None),
+        ("12/1", None, None),
+        ("68*3", None, None),
+        ("200+4", None, None),
+        ("2^3", None, None),
+        ("1,2345", None, None),
+        ("two", None, None),
+        ("", None, None),
+    ],
+)
+def test_literal_value(text, integer, rational):
+    assert literal_value(text, "integer") == integer
+    assert literal_value(text, "rational") == rational
+
+
+@pytest.mark.parametrize(
+    "completion, reference, answer_type, reward",
+    [
+        ("\\boxed{1/2}", "0.5", "rational", 1.0),  # 1/2 == 0.5 as literals
+        ("\\boxed{0.5}", "1/2", "rational", 1.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", "rational", 1.0),
+        ("\\boxed{24.50}", "24.5", "rational", 1.0),
+        ("\\boxed{12.0}", "12", "rational", 1.0),
+        ("\\boxed{12.0}", "12", "integer", 0.0),  # an integer answer is an integer literal
+        ("\\boxed{96/8}", "12", "rational", 0.0),
+        ("\\boxed{1/2}", "0.5", "integer", 0.0),
+        ("\\boxed{\\frac{1}{2}}", "0.5", "expression", 1.0),  # expression: math_verify decides
+        ("\\boxed{x+1}", "1+x", "expression", 1.0),
+        ("\\boxed{200+4}", "204", "expression", 1.0),  # which is why numeric tasks are not expression tasks
+        ("\\boxed{\\frac{1}{3}}", "0.5", "expression", 0.0),
+    ],
+)
+def test_judge_by_answer_type(completion, reference, answer_type, reward):
+    assert judge(completion, reference, answer_type=answer_type, fallback="none").reward == reward
+
+
+def test_judge_never_raises_on_junk():
+    for junk in [None, "", "\\boxed{", "\\boxed{\\boxed{204}}", "9" * 5000, "answer:", "\\frac{1}{0}"]:
+        assert judge(junk, "204", answer_type="rational", fallback="last_number").reward == 0.0
+
+
+def test_bad_answer_settings_raise_task_error():
+    with pytest.raises(TaskError, match="'float'"):
+        MathTask(seed=0, num_train=6, num_test_per_level=1, levels=["L1"], format="plain", answer_type="float")
+    with pytest.raises(TaskError, match="'first'"):
+        JsonlTask(path=FIXTURE, seed=0, answer_fallback="first")
 
 
 # ---------------------------------------------------------------- answer extraction
@@ -277,6 +417,20 @@ def test_jsonl_parquet_ids_test_path_and_plain(tmp_path):
     assert task.prompt_text(test, tokenizer=None) == "5+5?\nAnswer: "
     assert task.demonstration(test) == "10"
     assert task.verify("10", test) == 1.0 and task.verify("11", test) == 0.0
+
+
+def test_jsonl_skips_rows_whose_answer_is_not_of_the_answer_type(tmp_path):
+    rows = [{"question": "a?", "answer": "#### 7"}, {"question": "b?", "answer": "#### 24.5"},
+            {"question": "c?", "answer": "x+1"}]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = {}
+    for answer_type in ("integer", "rational", "expression"):
+        task = JsonlTask(path=path, seed=0, test_fraction=0.01, answer_type=answer_type)
+        kept[answer_type] = sorted(p.answer for p in task.train_problems() + task.test_problems())
+        assert task.skipped == 3 - len(kept[answer_type])
+    assert kept == {"integer": ["7"], "rational": ["24.5", "7"], "expression": ["24.5", "7", "x+1"]}
+    assert JsonlTask(path=path, seed=0).answer_type == "rational"
 
 
 def test_jsonl_chat_prompt(fixture_task, chat_tokenizer):

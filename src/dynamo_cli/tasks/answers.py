@@ -1,19 +1,23 @@
 """Final-answer extraction and comparison, shared by every task's verifier.
 
-verify() runs on every sampled completion (thousands per RL step), so the common case, a number
-compared with a number, stays in cheap regex/Fraction code. math_verify (sympy) is consulted only
-when two answers differ as strings and both look like a short formula, and its verdicts are cached.
+judge() runs on every sampled completion (thousands per RL step), so the common case, a number
+compared with a number, stays in cheap regex/Fraction code. An integer or rational answer must be
+written as a literal of its type: "68*3" is an expression, and evaluating it (math_verify does) would
+pay a policy for echoing the question. Only `expression` answers reach math_verify (sympy), and only
+when both sides look like a short formula; its verdicts are cached.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from math import gcd
 
 TAIL_CHARS = 2000  # a final answer sits at the end; looking only at the tail bounds the regex work
-BOXED_TRIES = 8  # earlier \boxed{ are tried only when later ones are empty/unclosed; cap the rescans
+BOXED_MAX = 8  # more \boxed{} than this in one completion is hedging, not an answer (and bounds the scans)
 SYMBOLIC_MAX_CHARS = 100  # longer "answers" are prose, not formulas: never handed to sympy
 
 # A number as written in answers: sign, thousands separators, decimals, a simple fraction. A sign
@@ -26,6 +30,30 @@ _SENTENCE_END = re.compile(r"\n|\.(?:\s|$)")  # a period followed by a digit is 
 _MATHY = re.compile(r"[0-9a-zA-Z\\{}()\[\].,+\-*/^_ ]+")
 _BRACE_DEPTH = {"{": 1, "}": -1}
 _BIG_POWER = re.compile(r"(?:\^|\*\*)\s*[{(]?\s*[-+]?\d{4,}")  # 9^99999 would stall sympy
+# After a leading number, a word ("85 apples") ends the answer; an operator ("8 + 0", "8 x 1") does not.
+_WORDS_FOLLOW = re.compile(r"\s*[,;]|\s+[A-Za-z]{2,}")
+
+ANSWER_TYPES = ("integer", "rational", "expression")
+FALLBACKS = ("none", "last_number")  # what to take when there is no \boxed{} and no answer cue
+RULES = ("boxed", "answer_cue", "last_number", "none")  # how the answer was found, strongest first
+
+# Literals. integer: sign, digits, thousands commas. rational adds decimals and fractions in lowest terms.
+_INT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+_INTEGER = re.compile(rf"[-+]?{_INT}", re.ASCII)
+_DECIMAL = re.compile(rf"[-+]?{_INT}?\.\d+", re.ASCII)
+_FRACTION = re.compile(r"([-+]?)(\d+)/(\d+)", re.ASCII)
+_TEX_FRACTION = re.compile(r"([-+]?)\\[dt]?frac\s*\{\s*([-+]?\d+)\s*\}\s*\{\s*(\d+)\s*\}", re.ASCII)
+# Markup around a literal, never inside it: $204$, **204**, \(204\), \$18, "204."
+_MARKUP = re.compile(r"^(?:\s|\$|\\\$|\*\*|\\[(\[])*(.*?)(?:\s|\$|\*\*|\\[)\]]|\.)*$", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judged completion."""
+
+    reward: float  # 1.0 when the answer equals the reference, else 0.0
+    rule: str  # which rule found the answer (one of RULES); "none": no answer, reward 0
+    extracted: str | None  # the answer that decided the reward, as written (several boxed: the first wrong one)
 
 
 def extract_answer(text: str) -> str | None:
@@ -42,13 +70,15 @@ def extract_answer(text: str) -> str | None:
 
 
 def _last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} whose braces balance (nested braces allowed)."""
-    end = len(text)
-    for _ in range(BOXED_TRIES):
-        start = text.rfind("\\boxed", 0, end)
-        if start == -1:
-            return None
-        end = start
+    boxed = _boxed_answers(text)
+    return boxed[-1] if boxed else None
+
+
+def _boxed_answers(text: str) -> list[str]:
+    """Contents of the last BOXED_MAX \\boxed{...}, in order; empty and unbalanced ones are skipped."""
+    starts = [m.start() for m in re.finditer(r"\\boxed", text)][-BOXED_MAX:]
+    found = []
+    for start in starts:
         i = start + len("\\boxed")
         while i < len(text) and text[i] == " ":
             i += 1
@@ -58,11 +88,10 @@ def _last_boxed(text: str) -> str | None:
         for j in range(i, len(text)):
             depth += _BRACE_DEPTH.get(text[j], 0)
             if depth == 0:
-                content = text[i + 1 : j].strip()
-                if content:
-                    return content
+                if content := text[i + 1 : j].strip():
+                    found.append(content)
                 break
-    return None
+    return found
 
 
 def _after_answer_cue(text: str) -> str | None:
@@ -78,7 +107,7 @@ def _after_answer_cue(text: str) -> str | None:
     if not sentence:
         return None
     m = _NUMBER_FULL.match(sentence)
-    if m and (m.end() == len(sentence) or sentence[m.end()] in " ,;"):
+    if m and (m.end() == len(sentence) or _WORDS_FOLLOW.match(sentence, m.end())):
         return m.group()
     return sentence if len(sentence) <= SYMBOLIC_MAX_CHARS else None
 
@@ -148,3 +177,65 @@ def _symbolic_match(predicted: str, reference: str) -> bool:
         return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
     except Exception:  # junk that sympy chokes on is simply not a match
         return False
+
+
+def literal_value(answer: str, answer_type: str) -> Fraction | None:
+    """The value of an answer written as a literal of `answer_type`, else None (it then scores 0).
+
+    integer: sign, digits, thousands commas ("-1,234"). rational: also decimals ("2.50", ".5") and
+    fractions in lowest terms ("3/4", "-\\frac{3}{4}"). Markup around the literal is dropped ("$204$",
+    "**204**", "\\$18"), and so is a worked equation's left side ("68*3 = 204" is 204). Anything with an
+    operator left in it is an expression, never a literal: "68*3", "200+4", and unreduced fractions
+    ("96/8" echoes a question's numbers; 12 is the answer).
+    """
+    m = _MARKUP.match(answer.replace("{,}", ",").rsplit("=", 1)[-1])
+    s = m.group(1) if m else ""
+    try:
+        if _INTEGER.fullmatch(s):
+            return Fraction(int(s.replace(",", "")))
+        if answer_type != "rational":
+            return None
+        if _DECIMAL.fullmatch(s):
+            return Fraction(s.replace(",", ""))
+        if fraction := _FRACTION.fullmatch(s) or _TEX_FRACTION.fullmatch(s):
+            sign, numerator, denominator = fraction.group(1), int(fraction.group(2)), int(fraction.group(3))
+            if denominator > 1 and gcd(numerator, denominator) == 1:
+                return Fraction(-numerator if sign == "-" else numerator, denominator)
+    except ValueError:  # more digits than int() accepts
+        return None
+    return None
+
+
+def answer_matches(predicted: str, reference: str, answer_type: str) -> bool:
+    """Equality under the answer type: literals by value, expressions by answers_match (math_verify)."""
+    if answer_type == "expression":
+        return answers_match(predicted, reference)
+    value = literal_value(predicted, answer_type)
+    return value is not None and value == literal_value(reference, answer_type)
+
+
+def judge(completion: str, reference: str, *, answer_type: str, fallback: str) -> Verdict:
+    """Reward a completion against the reference answer, naming the rule that found its answer.
+
+    Rules, strongest first; the first that finds an answer decides, right or wrong:
+    boxed: every \\boxed{} must hold the answer ("\\boxed{203} or \\boxed{204}" is hedging: 0), and
+      more than BOXED_MAX of them score 0; answer_cue: what follows the last "the answer is"/"answer:";
+    last_number: the last number, only with fallback="last_number" (in chat it would be a number
+      echoed from the question as often as an answer). Never raises.
+    """
+    if not isinstance(completion, str) or not isinstance(reference, str):
+        return Verdict(0.0, "none", None)
+    tail = completion[-TAIL_CHARS:]
+    if "\\boxed" in tail:
+        if tail.count("\\boxed") > BOXED_MAX:
+            return Verdict(0.0, "boxed", None)
+        if boxed := _boxed_answers(tail):
+            wrong = next((b for b in boxed if not answer_matches(b, reference, answer_type)), None)
+            return Verdict(0.0, "boxed", wrong) if wrong is not None else Verdict(1.0, "boxed", boxed[-1])
+    found = _after_answer_cue(tail)
+    rule = "answer_cue"
+    if found is None and fallback == "last_number":
+        found, rule = _last_number(tail), "last_number"
+    if found is None:
+        return Verdict(0.0, "none", None)
+    return Verdict(float(answer_matches(found, reference, answer_type)), rule, found)

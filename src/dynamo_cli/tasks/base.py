@@ -1,6 +1,6 @@
 """The task interface: everything a recipe needs to know about a problem set.
 
-A task is data (train/test problems) plus three pure functions (prompt, demonstration, verify),
+A task is data (train/test problems) plus three pure functions (prompt, demonstration, judge),
 so the SFT, RL and eval loops never branch on which task they run.
 """
 
@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from dynamo_cli.tasks.answers import answers_match, extract_answer
+from dynamo_cli.tasks.answers import ANSWER_TYPES, FALLBACKS, Verdict, judge
 
 Format = Literal["plain", "chat"]
 FORMATS = ("plain", "chat")
@@ -43,15 +43,30 @@ def check_format(format: str) -> Format:
     return format  # type: ignore[return-value]
 
 
+def check_answer_rules(answer_type: str, fallback: str, format: str) -> tuple[str, str]:
+    """(answer type, fallback), with fallback "auto" resolved: none in chat, where the last number is as
+    often one echoed from the question as an answer; last_number in plain, where the bare answer is it."""
+    if answer_type not in ANSWER_TYPES:
+        raise TaskError(f"unknown answer type {answer_type!r}; expected one of {ANSWER_TYPES}")
+    if fallback == "auto":
+        fallback = "none" if format == "chat" else "last_number"
+    if fallback not in FALLBACKS:
+        raise TaskError(f"unknown answer fallback {fallback!r}; expected auto or one of {FALLBACKS}")
+    return answer_type, fallback
+
+
 class Task(ABC):
     """A problem set plus how to prompt for, demonstrate and check an answer.
 
-    Subclasses set `name`, `format` and provide the problems; the defaults below give the
-    "plain" (question + cue, bare answer) and "chat" (chat template, \\boxed answer) formats.
+    Subclasses set `name`, `format`, `answer_type`, `answer_fallback` (check_answer_rules) and provide
+    the problems; the defaults below give the "plain" (question + cue, bare answer) and "chat" (chat
+    template, \\boxed answer) formats.
     """
 
     name: str
     format: Format
+    answer_type: str  # integer | rational | expression (answers.literal_value)
+    answer_fallback: str  # none | last_number: used when a completion has no \\boxed{} and no answer cue
     plain_cue: str = "\nAnswer: "  # appended to the question in the plain format
 
     @abstractmethod
@@ -75,12 +90,17 @@ class Task(ABC):
             return problem.answer
         return f"The answer is \\boxed{{{problem.answer}}}."
 
-    def verify(self, completion: str, problem: Problem) -> float:
-        """1.0 when the completion's final answer equals the problem's, else 0.0.
+    def judge(self, completion: str, problem: Problem) -> Verdict:
+        """The completion's reward (1.0 when its final answer equals the problem's), the rule that
+        found that answer and the answer itself (answers.judge).
 
         In the plain format only the first line counts: a model that has not learnt to stop
         after "85" and rambles on ("85\\n12+3=15") still answered 85.
         """
-        if self.format == "plain":
+        if self.format == "plain" and isinstance(completion, str):
             completion = completion.lstrip().split("\n", 1)[0]
-        return float(answers_match(extract_answer(completion), problem.answer))
+        return judge(completion, problem.answer, answer_type=self.answer_type, fallback=self.answer_fallback)
+
+    def verify(self, completion: str, problem: Problem) -> float:
+        """The reward alone."""
+        return self.judge(completion, problem).reward

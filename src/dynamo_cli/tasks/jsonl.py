@@ -11,8 +11,8 @@ import random
 import re
 from pathlib import Path
 
-from dynamo_cli.tasks.answers import extract_answer
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_format, stable_unit
+from dynamo_cli.tasks.answers import extract_answer, literal_value
+from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
 
 SHORT_ANSWER_CHARS = 64  # a one-line answer field this short is the final answer itself
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations: noise in SFT targets
@@ -65,7 +65,8 @@ class JsonlTask(Task):
 
     Without `test_path`, a row is test iff the hash of its question is below `test_fraction`.
     `max_problems` keeps the first rows of each file (seed-independent, so evals stay comparable).
-    A row whose id was already seen is dropped, including test rows that duplicate train rows.
+    A row whose id was already seen is dropped, including test rows that duplicate train rows, and a
+    row whose answer is not a literal of `answer_type` is skipped (an integer task cannot use "24.5").
     """
 
     def __init__(
@@ -81,10 +82,13 @@ class JsonlTask(Task):
         seed: int,
         format: str = "chat",
         max_problems: int | None = None,
+        answer_type: str = "rational",
+        answer_fallback: str = "auto",
     ):
         self.format = check_format(format)
+        self.answer_type, self.answer_fallback = check_answer_rules(answer_type, answer_fallback, format)
         self.name = Path(path).stem
-        self.skipped = 0  # rows without a question or a parseable final answer
+        self.skipped = 0  # rows without a question, or without a final answer of the answer type
         self.duplicates = 0  # rows whose id was already taken (same question, or same id_field)
         self._fields = (question_field, answer_field, level_field, id_field)
         self._demos: dict[str, str] = {}  # id -> worked-solution SFT target (chat format only)
@@ -106,7 +110,7 @@ class JsonlTask(Task):
         for row in rows:
             question = str(row[question_field] or "").strip()
             parsed = parse_answer_field(row[answer_field])
-            if not question or parsed is None:
+            if not question or parsed is None or not self._typed(parsed[0]):
                 self.skipped += 1
                 continue
             answer, solution = parsed
@@ -125,6 +129,9 @@ class JsonlTask(Task):
             if solution is not None and self.format == "chat":
                 self._demos[pid] = self._worked_demo(solution, answer)
         return problems
+
+    def _typed(self, answer: str) -> bool:
+        return self.answer_type == "expression" or literal_value(answer, self.answer_type) is not None
 
     @staticmethod
     def _worked_demo(solution: str, answer: str) -> str:

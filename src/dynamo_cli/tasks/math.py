@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_format, stable_unit
+from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,18 @@ class MathTask(Task):
     plain_cue = "="
 
     def __init__(
-        self, *, seed: int, num_train: int, num_test_per_level: int, levels: list[str], format: str
+        self,
+        *,
+        seed: int,
+        num_train: int,
+        num_test_per_level: int,
+        levels: list[str],
+        format: str,
+        answer_type: str = "integer",  # the answers are integers by construction
+        answer_fallback: str = "auto",
     ):
         self.format = check_format(format)
+        self.answer_type, self.answer_fallback = check_answer_rules(answer_type, answer_fallback, format)
         unknown = [level for level in levels if level not in LEVELS]
         if unknown or not levels:
             raise TaskError(f"unknown math levels {unknown or levels}; known: {list(LEVELS)}")
