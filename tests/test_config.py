@@ -82,6 +82,24 @@ def test_tasks_build(task):
 
 
 @pytest.mark.parametrize(
+    "overrides, answer_type, fallback",
+    [
+        ([], "integer", "last_number"),  # math, plain
+        (["task.format=chat"], "integer", "none"),  # auto: no last-number fallback in chat
+        (["task.format=chat", "task.answer_fallback=last_number", "task.answer_type=rational"], "rational", "last_number"),
+        (["task=gsm8k"], "rational", "none"),
+        (["task=jsonl", f"task.path={FIXTURE}"], "rational", "none"),
+        (["task=jsonl", f"task.path={FIXTURE}", "task.format=plain"], "rational", "last_number"),
+    ],
+)
+def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fallback):
+    cfg = compose_schema("eval", overrides)
+    assert cfg.task.answer_type == answer_type
+    built = builders.build_task(cfg.task)
+    assert (built.answer_type, built.answer_fallback) == (answer_type, fallback)
+
+
+@pytest.mark.parametrize(
     "overrides, expected",
     [
         (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
@@ -99,6 +117,9 @@ def test_tasks_build(task):
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
         (["modulator.scope=micro_batch"], "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size"),
+        (["task.answer_type=float"], "task.answer_type='float' is not allowed; choose one of: integer, rational, expression"),
+        (["task=gsm8k", "task.answer_fallback=first"],
+         "task.answer_fallback='first' is not allowed; choose one of: auto, none, last_number"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
@@ -116,6 +137,7 @@ def test_bad_config_is_one_clear_line(overrides, expected):
         (["train", "optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
         (["train", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
         (["eval", "model.path=/no/such/dir"], "model.path='/no/such/dir' is not a directory"),
+        (["eval", "task.answer_type=number"], "task.answer_type='number' is not allowed; choose one of: integer, rational, expression"),
         (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
         (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
         (["frobnicate"], "unknown command 'frobnicate'"),

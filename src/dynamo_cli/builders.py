@@ -20,11 +20,13 @@ def build_task(cfg):
 
     if isinstance(cfg, MathTaskConfig):
         return MathTask(seed=cfg.seed, num_train=cfg.num_train, num_test_per_level=cfg.num_test_per_level,
-                        levels=list(cfg.levels), format=cfg.format)
+                        levels=list(cfg.levels), format=cfg.format, answer_type=cfg.answer_type,
+                        answer_fallback=cfg.answer_fallback)
     if isinstance(cfg, JsonlTaskConfig):
         return JsonlTask(path=cfg.path, test_path=cfg.test_path, question_field=cfg.question_field,
                          answer_field=cfg.answer_field, level_field=cfg.level_field, id_field=cfg.id_field,
-                         test_fraction=cfg.test_fraction, seed=cfg.seed, format=cfg.format, max_problems=cfg.max_problems)
+                         test_fraction=cfg.test_fraction, seed=cfg.seed, format=cfg.format, max_problems=cfg.max_problems,
+                         answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
     raise TypeError(f"no task for {type(cfg).__name__}")
 
 

@@ -116,9 +116,17 @@ class TaskConfig:
     name: str = MISSING
     format: str = "plain"  # plain: the bare question and a cue; chat: rendered with the tokenizer's chat template
     max_new_tokens: Optional[int] = None  # completion length limit for rollouts and eval; None: 8 plain, 256 chat
+    # integer ("-1,234") | rational (also "2.5", "3/4" in lowest terms) | expression (compared by math-verify);
+    # integer and rational answers must be literals: "68*3" is an expression, never 204. Default: per task below
+    answer_type: str = MISSING
+    # no \boxed{} and no "the answer is": none scores 0, last_number takes the last number; auto: none in chat
+    # (where the last number is as often one echoed from the question), last_number in plain
+    answer_fallback: str = "auto"
 
     def __post_init__(self) -> None:
         _one_of("task.format", self.format, ("plain", "chat"))
+        _one_of("task.answer_type", self.answer_type, ("integer", "rational", "expression"))
+        _one_of("task.answer_fallback", self.answer_fallback, ("auto", "none", "last_number"))
         if self.max_new_tokens is None:  # a chat model reasons before its answer; a plain completion is the answer
             self.max_new_tokens = 256 if self.format == "chat" else 8
         _positive("task.max_new_tokens", self.max_new_tokens)
@@ -137,6 +145,7 @@ class MathTaskConfig(TaskConfig):
     num_train: int = 30000  # training problems, spread evenly over the levels
     num_test_per_level: int = 100  # test problems per level (identical for every seed)
     levels: list[str] = field(default_factory=lambda: list(MATH_LEVELS))
+    answer_type: str = "integer"  # the answers are integers by construction
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -161,6 +170,7 @@ class JsonlTaskConfig(TaskConfig):
     test_fraction: float = 0.1  # share of `path` held out as test when there is no test_path
     seed: int = 1234
     max_problems: Optional[int] = None  # cap on rows read (handy for smoke runs)
+    answer_type: str = "rational"  # any number; expression for symbolic (MATH-style) data. Rows of another type are skipped
 
     def __post_init__(self) -> None:
         super().__post_init__()
