@@ -50,6 +50,7 @@ def test_eval_writes_eval_json_and_prints_run_dir_last(sft_checkpoint, tmp_path)
     assert overall["pass@1"] <= overall["pass@2"] <= overall["pass@3"]
     assert abs(overall["pass@1"] - overall["mean@n"]) < 1e-9  # pass@1 is the mean success rate
     assert set(report["levels"]) and "greedy" in result.stdout
+    assert {p["greedy_rule"] for p in report["problems"]} <= {"boxed", "answer_cue", "last_number", "none"}
 
 
 def test_wandb_offline_by_default_writes_into_the_run_dir(sft_checkpoint, tmp_path):
@@ -68,11 +69,12 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     steps = [r for r in records if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for key in ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "train/clip_frac", "train/grad_norm",
-                "mod/beta_comp_mean", "mod/beta_stab_mean", "time/tokens_per_s", "alloc/counts_p50"]:
+                "mod/beta_comp_mean", "mod/beta_stab_mean", "time/tokens_per_s", "alloc/counts_p50",
+                "rollout/extract_last_number_frac", "rollout/extract_none_frac"]:
         assert key in steps[-1], key
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     assert len(rollouts) == sum(r["rollout/count"] for r in steps) == 2 * 8 * 4  # budget B = n * P, exactly
-    assert {"step", "prompt_id", "prompt", "completion", "reward", "n_alloc", "advantage"} <= set(rollouts[0])
+    assert {"step", "prompt_id", "prompt", "completion", "reward", "rule", "n_alloc", "advantage"} <= set(rollouts[0])
     assert (tmp_path / "eval.json").is_file() and (tmp_path / "config.yaml").is_file()
     first = records[0]  # step 0: the eval before RL and the batch sizes chosen
     assert first["step"] == 0 and first["resources/train_micro_batch"] == 16  # set explicitly in TRAIN_SMALL
@@ -105,7 +107,7 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
             "allocator.n_min=1", "allocator.explore_min_attempts=0", "eval.max_problems=4", "logger.console=plain"]))
     train_recipe.run(cfg, tmp_path)
     rows = read_jsonl(tmp_path / "rollouts.jsonl")
-    assert rows and all(r["reward"] == 1.0 for r in rows)
+    assert rows and all(r["reward"] == 1.0 and r["rule"] == "last_number" for r in rows)  # plain: the bare answer
     assert all(r["prompt_id"].endswith("/" + r["prompt"].rstrip("=")) for r in rows)
     for step in {r["step"] for r in rows}:
         sizes = {}
@@ -115,6 +117,22 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
         assert all(len(v) == v[0] for v in sizes.values())  # n_alloc = the group's actual size
         assert sum(len(v) for v in sizes.values()) == 8 * 4
     assert all(r["advantage"] == 0.0 for r in rows)  # all-correct groups carry no signal, explicitly
+
+
+def test_score_judges_each_row_against_its_own_problem_and_names_its_rule():
+    from types import SimpleNamespace
+
+    from dynamo_cli.recipes.train import score
+    from dynamo_cli.tasks import MathTask, Problem
+    from dynamo_cli.tasks.answers import RULES
+
+    task = MathTask(seed=0, num_train=6, num_test_per_level=1, levels=["L1"], format="chat")
+    problems = [Problem("math/L1/3+5", "3+5", "8", "L1"), Problem("math/L6/68*3", "68*3", "204", "L6")]
+    rollouts = SimpleNamespace(prompt_index=torch.tensor([0, 1, 1, 0]),
+                               texts=["\\boxed{8}", "The answer is 68*3", "\\boxed{204}", "3 + 5 = 8"])
+    rewards, rules = score(task, problems, rollouts)
+    assert rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert [RULES[k] for k in rules.tolist()] == ["boxed", "answer_cue", "boxed", "none"]
 
 
 def _final_metrics(run_dir: Path) -> dict:

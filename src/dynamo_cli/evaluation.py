@@ -41,7 +41,8 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                       max_batch_size=batch_size)
-    greedy_ok = [task.verify(text, mine[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
+    verdicts = [task.judge(text, mine[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
+    greedy_ok, greedy_rules = [v.reward for v in verdicts], [v.rule for v in verdicts]
     greedy_texts = greedy.texts
     n = settings.n_samples
     correct = [0] * len(mine)
@@ -52,8 +53,8 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         for i, text in zip(sampled.prompt_index.tolist(), sampled.texts, strict=True):
             correct[i] += int(task.verify(text, mine[i]) > 0)
     if dp is not None and dp.distributed:
-        shares = dp.gather_objects((greedy_ok, greedy_texts, correct))
-        greedy_ok, greedy_texts, correct = ([x for share in shares for x in share[k]] for k in range(3))
+        shares = dp.gather_objects((greedy_ok, greedy_texts, greedy_rules, correct))
+        greedy_ok, greedy_texts, greedy_rules, correct = ([x for share in shares for x in share[k]] for k in range(4))
     ks = sorted(k for k in settings.ks if k <= n)
 
     def summarise(rows: list[int]) -> dict[str, float]:
@@ -72,6 +73,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         "overall": summarise(list(range(len(problems)))),
         "levels": {level: summarise(rows) for level, rows in sorted(by_level.items())},
         "problems": [{"id": p.id, "level": p.level, "greedy": greedy_ok[i], "greedy_completion": greedy_texts[i],
+                      "greedy_rule": greedy_rules[i],
                       **({"correct": correct[i]} if n else {})} for i, p in enumerate(problems)],
     }
 

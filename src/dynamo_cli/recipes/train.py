@@ -33,6 +33,7 @@ from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.resources import longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import Rollouts, stream_seed
 from dynamo_cli.rollout_vllm import VLLMUnavailable
+from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.tracking import (
     BudgetRow,
     Tracker,
@@ -84,10 +85,12 @@ class StepBatch:
         return self.input_ids.shape[0]
 
 
-def score(task, problems, rollouts: Rollouts) -> torch.Tensor:
-    """(N,) rewards. Completion r is verified against *its own* prompt's problem, problems[prompt_index[r]]."""
-    return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)],
-                        dtype=torch.float32)
+def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) rewards and (N,) answer rules (indices into RULES). Completion r is judged against *its own* prompt's
+    problem, problems[prompt_index[r]]."""
+    verdicts = [task.judge(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)]
+    return (torch.tensor([v.reward for v in verdicts], dtype=torch.float32),
+            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long))
 
 
 def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor:
@@ -312,7 +315,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
 
             # 3. verify, gather the rewards, group advantages (unequal group sizes), old log-probs and entropies
             t0 = time.perf_counter()
-            rewards = dp.gather_rows(score(task, problems, rollouts))  # (B,), global row order
+            rewards, rules = (dp.gather_rows(t) for t in score(task, problems, rollouts))  # (B,) each, global row order
             all_advantages, zero_signal = estimate_advantages(rewards=rewards, group_index=group_index, num_groups=P)
             advantages = all_advantages[lo:hi]
             old_logprobs, old_entropy = batched_token_stats(
@@ -362,6 +365,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 "rollout/response_length": lengths.float().mean().item(),
                 "rollout/truncated_frac": (~finished).float().mean().item(),
                 "rollout/count": len(rewards),
+                **{f"rollout/extract_{rule}_frac": (rules == k).float().mean().item() for k, rule in enumerate(RULES)},
                 "rollout/total_rollouts": totals["rollouts"],
                 "rollout/total_tokens": totals["tokens"],
                 "train/entropy": entropy_sum / max(generated_tokens, 1),
@@ -382,7 +386,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 texts = [text for share in dp.gather_objects(rollouts.texts) for text in share]
                 if rollouts_file:
                     dump_rollouts(rollouts_file, step=step, problems=problems, prompts=prompts, prompt_index=group_index,
-                                  texts=texts, rewards=rewards, counts=allocation.counts, advantages=all_advantages)
+                                  texts=texts, rewards=rewards, rules=rules, counts=allocation.counts, advantages=all_advantages)
             if step == cfg.trainer.steps or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
                 last_eval = run_eval(step)
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
@@ -413,12 +417,12 @@ def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tens
             for i, p in enumerate(problems)]
 
 
-def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, texts, rewards, counts, advantages) -> None:
+def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, texts, rewards, rules, counts, advantages) -> None:
     """One line per completion: anyone can re-check every reward and every allocation."""
     with path.open("a") as f:
         for r, i in enumerate(prompt_index.tolist()):
             f.write(json.dumps({"step": step, "prompt_id": problems[i].id, "prompt": prompts[i], "completion": texts[r],
-                                "answer": problems[i].answer, "reward": float(rewards[r]), "n_alloc": int(counts[i]),
+                                "answer": problems[i].answer, "reward": float(rewards[r]), "rule": RULES[rules[r]], "n_alloc": int(counts[i]),
                                 "advantage": float(advantages[r])}) + "\n")
 
 
