@@ -422,8 +422,8 @@ def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, tex
     with path.open("a") as f:
         for r, i in enumerate(prompt_index.tolist()):
             f.write(json.dumps({"step": step, "prompt_id": problems[i].id, "prompt": prompts[i], "completion": texts[r],
-                                "answer": problems[i].answer, "reward": float(rewards[r]), "rule": RULES[rules[r]], "n_alloc": int(counts[i]),
-                                "advantage": float(advantages[r])}) + "\n")
+                                "answer": problems[i].answer, "reward": float(rewards[r]), "rule": RULES[rules[r]],
+                                "n_alloc": int(counts[i]), "advantage": float(advantages[r])}) + "\n")
 
 
 def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:
