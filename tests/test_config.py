@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
@@ -58,6 +59,14 @@ def test_every_allocator_and_modulator_composes_and_builds(allocator, modulator)
     builders.build_modulator(cfg)
 
 
+def test_tag_prior_composes_and_builds():
+    cfg = compose_schema("train", ["allocator.prior=tag", "allocator.prior_strength=2"])
+    allocator = builders.build_allocator(cfg)
+    assert allocator.prior_strength == 2.0
+    allocator.update(["a", "b"], successes=torch.tensor([1.0, 2.0]), attempts=torch.tensor([4.0, 4.0]), tags=["L1", "L1"])
+    assert allocator.allocate(["a", "c"], tags=["L1", "L1"]).metrics["alloc/prior_weight"] > 0
+
+
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_composes(experiment):
     cfg = compose_schema("train", [f"experiment={experiment}"])
@@ -99,6 +108,10 @@ def test_tasks_build(task):
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
         (["modulator.scope=micro_batch"], "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size"),
+        (["allocator.prior=level"], "allocator.prior='level' is not allowed; choose one of: none, tag"),
+        (["allocator.prior=tag", "allocator.prior_strength=-1"], "allocator.prior_strength=-1.0 must be > 0"),
+        (["allocator=uniform", "allocator.decay=0"], "allocator.decay=0.0 must be in (0, 1]"),
+        (["allocator=uniform", "allocator.prior=tag"], "allocator.prior is not a config key"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
