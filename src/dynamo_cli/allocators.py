@@ -297,6 +297,9 @@ class UniformAllocator:
 
     @staticmethod
     def _gather(values: Tensor, rows: Tensor, missing: float = 0) -> Tensor:
+        """values[rows], `missing` where rows == -1 (unseen prompts)."""
+        if len(rows) and int(rows.min()) >= 0:  # every prompt seen (each step once the pool has been visited)
+            return values[rows]
         seen = rows >= 0
         out = torch.full((len(rows),), missing, dtype=values.dtype)
         out[seen] = values[rows[seen]]
