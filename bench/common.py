@@ -94,15 +94,12 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
     shared warm-up draw of `rollouts_per_prompt` rollouts per prompt."""
     import torch
 
-    from dynamo_cli.allocators import VarianceAllocator
+    from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
     from dynamo_cli.recipes.train import score
     from dynamo_cli.rollout import generate
 
-    a = VarianceAllocatorConfig()
-    allocator = VarianceAllocator(n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
-                                  mastered_threshold=a.mastered_threshold, floor=a.floor,
-                                  unexplored_priority=a.unexplored_priority, weight=a.weight, decay=a.decay)
+    allocator = allocator_from_config(VarianceAllocatorConfig(), n=n)
     counts = torch.full((len(problems),), rollouts_per_prompt, dtype=torch.long)
     prompts = [task.prompt_text(p, tokenizer) for p in problems]
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,

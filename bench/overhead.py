@@ -39,31 +39,34 @@ def train_overhead(ckpt: Path, *, steps: int, quick: bool) -> dict[str, float]:
             "generate": total["time/generate_s"] / total["time/step_s"], "update": total["time/update_s"] / total["time/step_s"]}
 
 
-def allocation_time(num_prompts: int, *, seed: int = 0, repeats: int = 3) -> dict[str, float]:
-    """Best-of-`repeats` seconds of allocate() over num_prompts prompts, and of its pure tensor part."""
-    from dynamo_cli.allocators import (
-        VarianceAllocator,
-        allocate_rollouts,
-        variance_priority,
-    )
+def allocation_time(num_prompts: int, *, seed: int = 0, repeats: int = 3, prior: str = "none") -> dict[str, float]:
+    """Best-of-`repeats` seconds of allocate() over num_prompts prompts (6 tags), and of its pure tensor part."""
+    from dynamo_cli.allocators import allocate_rollouts, exploration_need, shrunk_estimates, variance_priority
+    from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
 
-    a = VarianceAllocatorConfig()
-    allocator = VarianceAllocator(n=8, n_min=a.n_min, n_max=a.n_max)
+    a = VarianceAllocatorConfig(prior=prior)
+    allocator = allocator_from_config(a, n=8)
     g = torch.Generator().manual_seed(seed)
     ids = [f"p{i}" for i in range(num_prompts)]
+    tags = [f"L{i % 6 + 1}" for i in range(num_prompts)]
     attempts = torch.randint(0, 41, (num_prompts,), generator=g).double()  # 0..40 lifetime rollouts: some unexplored
     successes = torch.binomial(attempts, torch.rand(num_prompts, generator=g).double(), generator=g)
-    allocator.update(ids, successes=successes, attempts=attempts)
+    allocator.update(ids, successes=successes, attempts=attempts, tags=tags)
     full, pure = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        counts = allocator.allocate(ids).counts
+        counts = allocator.allocate(ids, tags=tags).counts
         full.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        priority, unexplored = variance_priority(successes=successes, attempts=attempts)
-        allocate_rollouts(priority=priority, unexplored=unexplored, budget=8 * num_prompts, n_min=a.n_min, n_max=a.n_max,
-                          explore_target=max(a.n_min, a.explore_min_attempts))
+        zeros = torch.zeros(num_prompts, dtype=torch.float64)
+        acc, variance = shrunk_estimates(successes=successes, attempts=attempts, prior_rate=zeros, prior_variance=zeros,
+                                         prior_strength=zeros)
+        priority = variance_priority(acc=acc, variance=variance, unknown=attempts < a.explore_min_attempts,
+                                     mastered_threshold=a.mastered_threshold, floor=a.floor,
+                                     unexplored_priority=a.unexplored_priority, weight=a.weight)
+        explore_need = exploration_need(attempts=attempts, explore_min_attempts=a.explore_min_attempts)
+        allocate_rollouts(priority=priority, explore_need=explore_need, budget=8 * num_prompts, n_min=a.n_min, n_max=a.n_max)
         pure.append(time.perf_counter() - t0)
     assert int(counts.sum()) == 8 * num_prompts
     return {"seconds": min(full), "pure_seconds": min(pure)}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
@@ -56,6 +57,14 @@ def test_every_allocator_and_modulator_composes_and_builds(allocator, modulator)
     assert cfg.allocator.name == allocator and cfg.modulator.name == modulator
     builders.build_allocator(cfg).allocate(["a", "b", "c"])
     builders.build_modulator(cfg)
+
+
+def test_tag_prior_composes_and_builds():
+    cfg = compose_schema("train", ["allocator.prior=tag", "allocator.prior_strength=2"])
+    allocator = builders.build_allocator(cfg)
+    assert allocator.prior_strength == 2.0
+    allocator.update(["a", "b"], successes=torch.tensor([1.0, 2.0]), attempts=torch.tensor([4.0, 4.0]), tags=["L1", "L1"])
+    assert allocator.allocate(["a", "c"], tags=["L1", "L1"]).metrics["alloc/prior_weight"] > 0
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -120,6 +129,10 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["task.answer_type=float"], "task.answer_type='float' is not allowed; choose one of: integer, rational, expression"),
         (["task=gsm8k", "task.answer_fallback=first"],
          "task.answer_fallback='first' is not allowed; choose one of: auto, none, last_number"),
+        (["allocator.prior=level"], "allocator.prior='level' is not allowed; choose one of: none, tag"),
+        (["allocator.prior=tag", "allocator.prior_strength=-1"], "allocator.prior_strength=-1.0 must be > 0"),
+        (["allocator=uniform", "allocator.decay=0"], "allocator.decay=0.0 must be in (0, 1]"),
+        (["allocator=uniform", "allocator.prior=tag"], "allocator.prior is not a config key"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):

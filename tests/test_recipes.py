@@ -70,7 +70,7 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     assert [r["step"] for r in steps] == [1, 2]
     for key in ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "train/clip_frac", "train/grad_norm",
                 "mod/beta_comp_mean", "mod/beta_stab_mean", "time/tokens_per_s", "alloc/counts_p50",
-                "rollout/extract_last_number_frac", "rollout/extract_none_frac"]:
+                "rollout/extract_last_number_frac", "rollout/extract_none_frac", "alloc/history_coverage", "alloc/cv"]:
         assert key in steps[-1], key
     rollouts = read_jsonl(tmp_path / "rollouts.jsonl")
     assert len(rollouts) == sum(r["rollout/count"] for r in steps) == 2 * 8 * 4  # budget B = n * P, exactly

@@ -5,7 +5,8 @@ allocators that keep the per-prompt history the training loop saves in its check
 
 Why: the summed variance of per-prompt gradient estimates, sum_i sigma_i^2 / n_i with sum_i n_i = B, is
 minimised by n_i ∝ sigma_i (Neyman allocation). The paper's proxy for sigma_i^2 is the unbiased Bernoulli
-variance of the prompt's 0/1 success history.
+variance of the prompt's 0/1 success history. Every hyperparameter is a required keyword here: its default
+and its check live in the schema (config.py), once.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import torch
 from torch import Tensor
 
 WEIGHTS = ("variance", "std")
+PRIORS = ("none", "tag")
+TIE_BREAK = 1e-6  # P + 1e-6 (1 - acc): among equal variances the harder prompt wins (the reference's term)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -32,40 +35,98 @@ def bernoulli_variance(*, successes: Tensor, attempts: Tensor) -> Tensor:
     return torch.where(enough, (k * (g - k) / denom).clamp(min=0), torch.zeros_like(g))
 
 
+def sum_of_squares(*, successes: Tensor, attempts: Tensor) -> tuple[Tensor, Tensor]:
+    """Within-prompt sum of squares SS = k (G - k) / G of the 0/1 outcomes and its degrees of freedom G - 1,
+    both 0 where G < 2, so SS / dof is `bernoulli_variance`. Sums of (SS, dof) over prompts pool variances.
+    Returns (SS (P,), dof (P,)) float64."""
+    k, g = successes.double(), attempts.double()  # (P,), (P,)
+    enough = g >= 2
+    ss = (k * (g - k) / g.clamp(min=2)).clamp_(min=0).mul_(enough)  # in place: this runs over every stored prompt
+    return ss, (g - 1).mul_(enough)
+
+
+@dataclass
+class TagPool:
+    """Pooled (decayed) statistics of every stored prompt of each tag; (T,) float64 each."""
+
+    rate: Tensor  # Σ k / Σ G: the tag's success rate
+    variance: Tensor  # Σ SS / Σ dof: the tag's pooled *within-prompt* Bernoulli variance
+    has_evidence: Tensor  # bool, Σ dof > 0; a tag without evidence lends nothing (prior weight 0)
+
+
+def tag_pool(*, successes: Tensor, attempts: Tensor, tag_ids: Tensor, num_tags: int) -> TagPool:
+    """Pool prompts by tag (tag_ids (N,) long in [0, num_tags), -1 = untagged and left out); vectorised.
+
+    The variance pools sums of squares, not rates: a tag whose prompts are each always or never solved has
+    rate .5 but within-prompt variance 0, and 0 is what a new prompt of that tag most likely has.
+    """
+    k, g = successes.double(), attempts.double()  # (N,), (N,)
+    ss, dof = sum_of_squares(successes=k, attempts=g)
+    bins = torch.where(tag_ids >= 0, tag_ids, num_tags)  # untagged rows go to an extra bin, dropped below
+    tk, tg, tss, tdof = (torch.bincount(bins, weights=v, minlength=num_tags + 1)[:num_tags] for v in (k, g, ss, dof))
+    return TagPool(rate=tk / tg.clamp(min=1e-12), variance=tss / tdof.clamp(min=1e-12), has_evidence=tdof > 0)
+
+
+def shrunk_estimates(
+    *, successes: Tensor, attempts: Tensor, prior_rate: Tensor, prior_variance: Tensor, prior_strength: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Each prompt's success rate and Bernoulli variance, its own evidence plus m pseudo-observations of its tag:
+
+        acc = (k + m p_tag) / (G + m)            m pseudo-attempts at the tag's success rate
+        P   = (SS + m V_tag) / (dof + m)         m pseudo-degrees of freedom at the tag's pooled variance
+
+    SS, dof from `sum_of_squares` (0 where G < 2). m = 0 gives the paper's acc = k / G and P = k (G-k) / (G (G-1)).
+    Where dof + m = 0 (G < 2 and no prior) P is the plug-in acc (1 - acc): 0 for integer G <= 1, defined for
+    the fractional G that decay leaves. prior_* are (P,) float64, prior_strength = m per prompt (0: no prior).
+    Returns (acc (P,), P (P,)) float64.
+    """
+    k, g, m = successes.double(), attempts.double(), prior_strength.double()  # (P,) each
+    ss, dof = sum_of_squares(successes=k, attempts=g)
+    acc = (k + m * prior_rate) / (g + m).clamp(min=1e-12)
+    pooled = dof + m
+    variance = torch.where(pooled > 0, (ss + m * prior_variance) / pooled.clamp(min=1e-12), acc * (1 - acc))
+    return acc, variance
+
+
 def variance_priority(
     *,
-    successes: Tensor,
-    attempts: Tensor,
-    explore_min_attempts: float = 4,
-    mastered_threshold: float = 0.85,
-    floor: float = 0.01,
-    unexplored_priority: float = 0.25,
-    weight: str = "variance",
-) -> tuple[Tensor, Tensor]:
-    """Informativeness of each prompt, as in the reference code (algorithm.md, "Reference-code behaviour").
+    acc: Tensor,
+    variance: Tensor,
+    unknown: Tensor,
+    mastered_threshold: float,
+    floor: float,
+    unexplored_priority: float,
+    weight: str,
+) -> Tensor:
+    """Informativeness of each prompt (algorithm.md, "Reference-code behaviour"), from `shrunk_estimates`.
 
-    - G < explore_min_attempts (g0): "unexplored"; priority `unexplored_priority`. Our choice: 0.25 is the
-      largest p (1 - p), i.e. nothing known -> maximal uncertainty. (The unbiased estimator can exceed it
-      for tiny G, e.g. k = 2, G = 4 gives 1/3, so well-explored 50/50 prompts still outrank unknown ones.)
-    - success rate >= mastered_threshold: `floor` (mastered prompts teach little).
-    - otherwise max(P + 1e-6 (1 - acc), floor); the 1e-6 term breaks ties towards harder prompts and
+    - unknown (unexplored, nothing borrowed): `unexplored_priority`, a variance. Our choice: 0.25 is the
+      largest p (1 - p), i.e. nothing known -> maximal uncertainty.
+    - acc >= mastered_threshold: `floor` (mastered prompts teach little).
+    - otherwise max(w(P + 1e-6 (1 - acc)), floor); the 1e-6 term breaks ties towards harder prompts and
       never-solved prompts (P = 0) land on the floor.
-    weight="std" takes sqrt of the *final* priority (floor and unexplored values included), giving the
-    Neyman-optimal n_i ∝ sigma_i instead of the reference's n_i ∝ sigma_i^2.
-
-    Returns (priority (P,) float64, unexplored (P,) bool).
+    w is the identity (weight="variance", the reference's n_i ∝ sigma_i^2) or sqrt (weight="std", Neyman's
+    n_i ∝ sigma_i), applied to the variances (unexplored_priority included) *before* the floor, so `floor`
+    is the smallest final weight in both modes (README, "Allocator: our choices" (b)).
+    Returns priority (P,) float64, every value >= floor.
     """
     if weight not in WEIGHTS:
         raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
-    k, g = successes.double(), attempts.double()  # (P,), (P,)
-    unexplored = g < explore_min_attempts
-    acc = k / g.clamp(min=1e-12)
-    explored_priority = (bernoulli_variance(successes=k, attempts=g) + 1e-6 * (1 - acc)).clamp(min=floor)
-    priority = torch.where(acc >= mastered_threshold, torch.full_like(g, floor), explored_priority)
-    priority = torch.where(unexplored, torch.full_like(g, unexplored_priority), priority)
+    a, v = acc.double(), variance.double()  # (P,), (P,)
+    v, fixed = v + TIE_BREAK * (1 - a), unexplored_priority
     if weight == "std":
-        priority = priority.sqrt()
-    return priority, unexplored
+        v, fixed = v.sqrt(), fixed**0.5
+    priority = v.clamp(min=floor)
+    priority = torch.where(a >= mastered_threshold, torch.full_like(a, floor), priority)
+    return torch.where(unknown, torch.full_like(a, max(fixed, floor)), priority)
+
+
+def exploration_need(*, attempts: Tensor, explore_min_attempts: int) -> Tensor:
+    """Rollouts each prompt still needs to reach g0 = explore_min_attempts lifetime attempts: ceil(g0 - A)^+.
+
+    A = *undecayed* lifetime attempts (README, "Allocator: our choices" (a), (c)): A = 3 of g0 = 4 needs 1.
+    Returns (P,) long."""
+    return (explore_min_attempts - attempts.double()).ceil().clamp(min=0).long()
 
 
 def water_fill(*, weights: Tensor, caps: Tensor, budget: int) -> Tensor:
@@ -116,15 +177,13 @@ def uniform_rollouts(num_prompts: int, n: int) -> Tensor:
     return torch.full((num_prompts,), n, dtype=torch.long)
 
 
-def allocate_rollouts(
-    *, priority: Tensor, unexplored: Tensor, budget: int, n_min: int, n_max: int, explore_target: int
-) -> Tensor:
+def allocate_rollouts(*, priority: Tensor, explore_need: Tensor, budget: int, n_min: int, n_max: int) -> Tensor:
     """Rollouts per prompt: n_min <= n_i <= n_max and sum == budget clipped to [n_min P, n_max P].
 
-    Our fill order (algorithm.md, "Our choices"): (1) every prompt gets n_min; (2) unexplored prompts are
-    topped up toward explore_target (capped at n_max) -- if the budget cannot cover every need it is shared
-    ∝ need by largest remainder; (3) the rest is water-filled ∝ priority with caps n_max - n_i.
-    The reference does (2) before (1), which can leave prompts below n_min (defect 5).
+    Our fill order (algorithm.md, "Our choices"): (1) every prompt gets n_min; (2) prompts short of g0 attempts
+    are topped up to their `explore_need` (`exploration_need`; capped at n_max) -- if the budget cannot cover
+    every need it is shared ∝ need by largest remainder; (3) the rest is water-filled ∝ priority with caps
+    n_max - n_i. The reference does (2) before (1), which can leave prompts below n_min (defect 5).
     Returns (P,) long.
     """
     if n_min < 0 or n_max < n_min:
@@ -136,7 +195,7 @@ def allocate_rollouts(
     counts = uniform_rollouts(num, n_min)  # (1)
     left = budget - n_min * num
 
-    need = torch.where(unexplored, torch.full_like(counts, max(min(explore_target, n_max) - n_min, 0)), 0)
+    need = (explore_need.long().clamp(max=n_max) - n_min).clamp(min=0)  # (P,) beyond n_min
     if int(need.sum()) <= left:  # (2)
         counts += need
         left -= int(need.sum())
@@ -160,87 +219,131 @@ class Allocation:
 
 
 def _count_metrics(counts: Tensor) -> dict[str, float]:
+    """Spread of the step's allocation; alloc/cv = std / mean is scale-free, so runs with different n compare
+    (uniform: 0). Quantiles of the counts are logged by the recipe (alloc/counts_p*)."""
     c = counts.double()
+    mean, std = float(c.mean()), float(c.std(unbiased=False))
     return {
         "alloc/min": float(c.min()),
         "alloc/max": float(c.max()),
-        "alloc/mean": float(c.mean()),
-        "alloc/std": float(c.std(unbiased=False)),
+        "alloc/mean": mean,
+        "alloc/std": std,
+        "alloc/cv": std / mean if mean > 0 else 0.0,
         "alloc/budget": float(c.sum()),
     }
 
 
 class UniformAllocator:
-    """n rollouts per prompt. Still records each prompt's success history (for logs and display).
+    """n rollouts per prompt. Still records each prompt's success history (for logs, display and the
+    alloc/history_coverage metric, so GRPO runs report the same evidence as DynaMO runs).
 
-    History is keyed by the stable prompt id string. `update` first multiplies *all* stored statistics by
-    `decay` (per call, i.e. per training step, not per visit of that prompt), then adds this step's counts;
-    decay = 1.0 keeps the cumulative history of the reference code.
+    History is keyed by the stable prompt id string. `update` first multiplies *all* stored (successes,
+    attempts) by `decay` (per call, i.e. per training step, not per visit of that prompt), then adds this
+    step's counts; decay = 1.0 keeps the cumulative history of the reference code. Alongside, each prompt keeps
+    its *undecayed* attempt count (exploration status and coverage, README "Allocator: our choices" (c)) and
+    its tag (`tags=`, e.g. the difficulty level; the variance allocator's prior pools by it).
     """
 
-    def __init__(self, *, n: int, decay: float = 1.0):
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        if not 0 < decay <= 1:
-            raise ValueError(f"decay must be in (0, 1], got {decay}")
-        self.n, self.decay = n, decay
+    def __init__(self, *, n: int, explore_min_attempts: int, decay: float):
+        self.n, self.explore_min_attempts, self.decay = n, explore_min_attempts, decay
         self._index: dict[str, int] = {}  # prompt id -> row in the stats tensors
-        self._successes = torch.zeros(0, dtype=torch.float64)
-        self._attempts = torch.zeros(0, dtype=torch.float64)
+        self._tag_index: dict[str, int] = {}  # tag -> tag id
+        self._successes = torch.zeros(0, dtype=torch.float64)  # (N,) decayed
+        self._attempts = torch.zeros(0, dtype=torch.float64)  # (N,) decayed
+        self._total_attempts = torch.zeros(0, dtype=torch.float64)  # (N,) undecayed
+        self._tag_of = torch.zeros(0, dtype=torch.long)  # (N,) tag id, -1 = none given
 
-    def allocate(self, prompt_ids: list[str]) -> Allocation:
+    def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
         if not prompt_ids:
             raise ValueError("allocate needs at least one prompt")
         counts = uniform_rollouts(len(prompt_ids), self.n)
-        return Allocation(counts=counts, priority=torch.ones(len(prompt_ids)), metrics=_count_metrics(counts))
+        rows = self._rows(prompt_ids)
+        metrics = _count_metrics(counts) | {"alloc/history_coverage": self._coverage(rows)}
+        return Allocation(counts=counts, priority=torch.ones(len(prompt_ids)), metrics=metrics)
 
-    def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor) -> None:
-        """Add this step's per-prompt counts (duplicates in prompt_ids accumulate)."""
+    def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor, tags: list[str] | None = None) -> None:
+        """Add this step's per-prompt counts (duplicates in prompt_ids accumulate); `tags` aligned with prompt_ids."""
         successes, attempts = successes.double().flatten(), attempts.double().flatten()
         if not len(prompt_ids) == len(successes) == len(attempts):
             raise ValueError(f"got {len(prompt_ids)} ids, {len(successes)} successes, {len(attempts)} attempts")
+        if tags is not None and len(tags) != len(prompt_ids):
+            raise ValueError(f"got {len(tags)} tags for {len(prompt_ids)} prompts")
         if (successes < 0).any() or (successes > attempts).any():
             raise ValueError("need 0 <= successes <= attempts")
         for pid in prompt_ids:
             if pid not in self._index:
                 self._index[pid] = len(self._index)
         grow = len(self._index) - len(self._attempts)
-        self._successes = torch.cat([self._successes * self.decay, torch.zeros(grow, dtype=torch.float64)])
-        self._attempts = torch.cat([self._attempts * self.decay, torch.zeros(grow, dtype=torch.float64)])
+        zeros = torch.zeros(grow, dtype=torch.float64)
+        self._successes = torch.cat([self._successes * self.decay, zeros])
+        self._attempts = torch.cat([self._attempts * self.decay, zeros])
+        self._total_attempts = torch.cat([self._total_attempts, zeros])
+        self._tag_of = torch.cat([self._tag_of, torch.full((grow,), -1, dtype=torch.long)])
         rows = torch.tensor([self._index[pid] for pid in prompt_ids], dtype=torch.long)
         self._successes.index_add_(0, rows, successes)
         self._attempts.index_add_(0, rows, attempts)
+        self._total_attempts.index_add_(0, rows, attempts)
+        if tags is not None:
+            self._tag_of[rows] = torch.tensor([self._tag_index.setdefault(t, len(self._tag_index)) for t in tags],
+                                              dtype=torch.long)
 
     def history(self, prompt_ids: list[str]) -> tuple[Tensor, Tensor]:
         """Lifetime (decayed) (successes (P,), attempts (P,)) float64; zeros for unseen prompts."""
-        rows = torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)  # -1: unseen
+        rows = self._rows(prompt_ids)
+        return self._gather(self._successes, rows), self._gather(self._attempts, rows)
+
+    def _rows(self, prompt_ids: list[str]) -> Tensor:
+        return torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)  # (P,) -1: unseen
+
+    @staticmethod
+    def _gather(values: Tensor, rows: Tensor, missing: float = 0) -> Tensor:
+        """values[rows], `missing` where rows == -1 (unseen prompts)."""
+        if len(rows) and int(rows.min()) >= 0:  # every prompt seen (each step once the pool has been visited)
+            return values[rows]
         seen = rows >= 0
-        successes = torch.zeros(len(prompt_ids), dtype=torch.float64)
-        attempts = torch.zeros(len(prompt_ids), dtype=torch.float64)
-        successes[seen], attempts[seen] = self._successes[rows[seen]], self._attempts[rows[seen]]
-        return successes, attempts
+        out = torch.full((len(rows),), missing, dtype=values.dtype)
+        out[seen] = values[rows[seen]]
+        return out
+
+    def _coverage(self, rows: Tensor) -> float:
+        """alloc/history_coverage: share of the prompts with >= explore_min_attempts undecayed attempts."""
+        return float((self._gather(self._total_attempts, rows) >= self.explore_min_attempts).double().mean())
 
     def state_dict(self) -> dict:
-        """Plain python types (str / float lists), saveable with torch.save or json."""
+        """Plain python types (str / float / int lists), saveable with torch.save or json. Tag pools are
+        recomputed from these per-prompt rows at every allocate, so a resumed run pools exactly the same."""
         return {
             "prompt_ids": list(self._index),
             "successes": self._successes.tolist(),
             "attempts": self._attempts.tolist(),
+            "total_attempts": self._total_attempts.tolist(),
+            "tags": list(self._tag_index),
+            "tag_of": self._tag_of.tolist(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         ids = list(state["prompt_ids"])
-        if not len(ids) == len(state["successes"]) == len(state["attempts"]):
-            raise ValueError("allocator state: prompt_ids, successes and attempts differ in length")
+        if "total_attempts" not in state:  # a checkpoint from before undecayed counts and tags: exact when decay = 1
+            state = {**state, "total_attempts": state["attempts"], "tags": [], "tag_of": [-1] * len(ids)}
+        columns = ("successes", "attempts", "total_attempts", "tag_of")
+        if any(len(state[c]) != len(ids) for c in columns):
+            raise ValueError(f"allocator state: prompt_ids and {', '.join(columns)} differ in length")
         self._index = {pid: i for i, pid in enumerate(ids)}
+        self._tag_index = {tag: i for i, tag in enumerate(state["tags"])}
         self._successes = torch.tensor(state["successes"], dtype=torch.float64)
         self._attempts = torch.tensor(state["attempts"], dtype=torch.float64)
+        self._total_attempts = torch.tensor(state["total_attempts"], dtype=torch.float64)
+        self._tag_of = torch.tensor(state["tag_of"], dtype=torch.long)
 
 
 class VarianceAllocator(UniformAllocator):
     """DynaMO's variance-based allocator: B = n P rollouts split by `variance_priority` + `allocate_rollouts`.
 
-    Unexplored prompts are topped up toward max(n_min, explore_min_attempts) rollouts this step.
+    prior="none" is the paper: a prompt with fewer than g0 = explore_min_attempts (undecayed) attempts gets
+    the fixed `unexplored_priority`. prior="tag" (beyond the paper) gives every prompt its tag's pooled
+    statistics as `prior_strength` pseudo-observations (`tag_pool`, `shrunk_estimates`), so an unexplored
+    prompt starts from its tag's variance and its own evidence takes over as it accumulates. Either way a
+    prompt short of g0 attempts is topped up by the rollouts it still needs (`exploration_need`).
     """
 
     def __init__(
@@ -249,56 +352,68 @@ class VarianceAllocator(UniformAllocator):
         n: int,
         n_min: int,
         n_max: int,
-        explore_min_attempts: int = 4,
-        mastered_threshold: float = 0.85,
-        floor: float = 0.01,
-        unexplored_priority: float = 0.25,
-        weight: str = "variance",
-        decay: float = 1.0,
+        explore_min_attempts: int,
+        mastered_threshold: float,
+        floor: float,
+        unexplored_priority: float,
+        weight: str,
+        decay: float,
+        prior: str,
+        prior_strength: float,
     ):
-        super().__init__(n=n, decay=decay)
-        if n_min < 1:
-            raise ValueError(f"n_min must be >= 1, got {n_min}")
-        if not n_min <= n <= n_max:
-            raise ValueError(f"need n_min <= n <= n_max, got n_min={n_min}, n={n}, n_max={n_max}")
-        if explore_min_attempts < 0:
-            raise ValueError(f"explore_min_attempts must be >= 0, got {explore_min_attempts}")
-        if not 0 < mastered_threshold <= 1:
-            raise ValueError(f"mastered_threshold must be in (0, 1], got {mastered_threshold}")
-        if floor <= 0:
-            raise ValueError(f"floor must be > 0, got {floor}")
-        if unexplored_priority <= 0:
-            raise ValueError(f"unexplored_priority must be > 0, got {unexplored_priority}")
-        if weight not in WEIGHTS:
-            raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
-        self.n_min, self.n_max = n_min, n_max
-        self.explore_min_attempts, self.mastered_threshold = explore_min_attempts, mastered_threshold
+        super().__init__(n=n, explore_min_attempts=explore_min_attempts, decay=decay)
+        if prior not in PRIORS:
+            raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
+        self.n_min, self.n_max, self.mastered_threshold = n_min, n_max, mastered_threshold
         self.floor, self.unexplored_priority, self.weight = floor, unexplored_priority, weight
+        self.prior_strength = prior_strength if prior == "tag" else 0.0  # prior="none" is m = 0
 
-    def allocate(self, prompt_ids: list[str]) -> Allocation:
+    def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
         if not prompt_ids:
             raise ValueError("allocate needs at least one prompt")
-        successes, attempts = self.history(prompt_ids)  # (P,), (P,)
-        priority, unexplored = variance_priority(
-            successes=successes,
-            attempts=attempts,
-            explore_min_attempts=self.explore_min_attempts,
-            mastered_threshold=self.mastered_threshold,
-            floor=self.floor,
-            unexplored_priority=self.unexplored_priority,
-            weight=self.weight,
-        )
-        counts = allocate_rollouts(
-            priority=priority,
-            unexplored=unexplored,
-            budget=self.n * len(prompt_ids),
-            n_min=self.n_min,
-            n_max=self.n_max,
-            explore_target=max(self.n_min, self.explore_min_attempts),
-        )
-        mastered = ~unexplored & (successes / attempts.clamp(min=1e-12) >= self.mastered_threshold)
+        rows = self._rows(prompt_ids)  # (P,)
+        successes, attempts = self._gather(self._successes, rows), self._gather(self._attempts, rows)  # (P,), (P,)
+        total = self._gather(self._total_attempts, rows)  # (P,) undecayed
+        explored = total >= self.explore_min_attempts  # (P,)
+        prior_rate, prior_variance, strength = self._prior(rows, tags)  # (P,) each
+        acc, variance = shrunk_estimates(successes=successes, attempts=attempts, prior_rate=prior_rate,
+                                         prior_variance=prior_variance, prior_strength=strength)
+        unknown = ~explored & (strength == 0)
+        priority = variance_priority(acc=acc, variance=variance, unknown=unknown, mastered_threshold=self.mastered_threshold,
+                                     floor=self.floor, unexplored_priority=self.unexplored_priority, weight=self.weight)
+        need = exploration_need(attempts=total, explore_min_attempts=self.explore_min_attempts)
+        counts = allocate_rollouts(priority=priority, explore_need=need, budget=self.n * len(prompt_ids),
+                                   n_min=self.n_min, n_max=self.n_max)
+        mastered = ~unknown & (acc >= self.mastered_threshold)
         metrics = _count_metrics(counts) | {
-            "alloc/unexplored_frac": float(unexplored.double().mean()),
+            "alloc/history_coverage": float(explored.double().mean()),
+            "alloc/unexplored_frac": float((~explored).double().mean()),
             "alloc/mastered_frac": float(mastered.double().mean()),
+            # weight of the tag's pseudo-observations in the success rates, m / (G + m): 0 without a prior
+            "alloc/prior_weight": float((strength / (attempts + strength).clamp(min=1e-12)).mean()),
         }
         return Allocation(counts=counts, priority=priority, metrics=metrics)
+
+    def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor, tags: list[str] | None = None) -> None:
+        if self.prior_strength and tags is None:
+            raise ValueError("prior=tag needs update(..., tags=[...]) aligned with prompt_ids")
+        super().update(prompt_ids, successes=successes, attempts=attempts, tags=tags)
+
+    def _prior(self, rows: Tensor, tags: list[str] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(p_tag, V_tag, m) per prompt; m = 0 without a prior or where the tag has no evidence yet."""
+        zeros = torch.zeros(len(rows), dtype=torch.float64)
+        if not self.prior_strength:
+            return zeros, zeros, zeros
+        if tags is None or len(tags) != len(rows):
+            raise ValueError("prior=tag needs allocate(..., tags=[...]) aligned with prompt_ids")
+        if not self._tag_index:  # no tagged history yet: nothing to lend
+            return zeros, zeros, zeros
+        tag_ids = self._gather(self._tag_of, rows, missing=-1)  # (P,) stored tags; look up only the rest
+        missing = (tag_ids < 0).nonzero().flatten().tolist()  # unseen (or stored untagged) prompts only
+        tag_ids[missing] = torch.tensor([self._tag_index.get(tags[i], -1) for i in missing], dtype=torch.long)
+        pool = tag_pool(successes=self._successes, attempts=self._attempts, tag_ids=self._tag_of,
+                        num_tags=len(self._tag_index))
+        ids = tag_ids.clamp(min=0)
+        lends = (tag_ids >= 0) & pool.has_evidence[ids]  # (P,)
+        strength = torch.where(lends, torch.full_like(zeros, self.prior_strength), zeros)
+        return torch.where(lends, pool.rate[ids], zeros), torch.where(lends, pool.variance[ids], zeros), strength

@@ -31,14 +31,18 @@ def build_task(cfg):
 
 
 def build_allocator(cfg: TrainConfig):
-    a, n = cfg.allocator, cfg.rollout.n
+    return allocator_from_config(cfg.allocator, n=cfg.rollout.n)
+
+
+def allocator_from_config(a, *, n: int):
+    """The allocator of a validated allocator schema, with budget n rollouts per prompt (benchmarks use it too)."""
     if isinstance(a, UniformAllocatorConfig):
-        return allocators.UniformAllocator(n=n)
+        return allocators.UniformAllocator(n=n, explore_min_attempts=a.explore_min_attempts, decay=a.decay)
     if isinstance(a, VarianceAllocatorConfig):
         return allocators.VarianceAllocator(
             n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
             mastered_threshold=a.mastered_threshold, floor=a.floor, unexplored_priority=a.unexplored_priority,
-            weight=a.weight, decay=a.decay)
+            weight=a.weight, decay=a.decay, prior=a.prior, prior_strength=a.prior_strength)
     raise TypeError(f"no allocator for {type(a).__name__}")
 
 

@@ -183,35 +183,49 @@ class JsonlTaskConfig(TaskConfig):
 
 # --------------------------------------------------------------------------------------- allocation
 @dataclass
-class UniformAllocatorConfig:
-    """n rollouts for every prompt (GRPO)."""
+class AllocatorConfig:
+    """What every allocator keeps: each prompt's success history (README, "Allocator: our choices")."""
+
+    name: str = MISSING
+    explore_min_attempts: int = 4  # g0: prompts with fewer (undecayed) lifetime attempts are 'unexplored'
+    decay: float = 1.0  # per-step multiplicative decay of the success history; 1.0 = cumulative
+
+    def __post_init__(self) -> None:
+        _check(self.explore_min_attempts >= 0, f"allocator.explore_min_attempts={self.explore_min_attempts} must be >= 0")
+        _check(0 < self.decay <= 1, f"allocator.decay={self.decay} must be in (0, 1]")
+
+
+@dataclass
+class UniformAllocatorConfig(AllocatorConfig):
+    """n rollouts for every prompt (GRPO); the history only feeds logs, the live table and alloc/history_coverage."""
 
     name: str = "uniform"
 
 
 @dataclass
-class VarianceAllocatorConfig:
+class VarianceAllocatorConfig(AllocatorConfig):
     """DynaMO allocation: rollouts in proportion to each prompt's Bernoulli variance (algorithm.md, Part 1)."""
 
     name: str = "variance"
     n_min: int = 2  # fewest rollouts a prompt gets in a step
     n_max: int = 16  # most rollouts a prompt gets in a step
-    explore_min_attempts: int = 4  # g0: prompts with fewer lifetime attempts are 'unexplored'
     mastered_threshold: float = 0.85  # success rate at which a prompt counts as mastered (gets the floor)
-    floor: float = 0.01  # smallest priority, for mastered and never-solved prompts
-    unexplored_priority: float = 0.25  # priority of unexplored prompts (the largest Bernoulli variance)
+    floor: float = 0.01  # smallest final weight, for mastered and never-solved prompts (std: after the sqrt)
+    unexplored_priority: float = 0.25  # variance assumed for unexplored prompts without a prior (max p(1-p))
     weight: str = "variance"  # variance (the reference, ∝ P_i) | std (Neyman optimum, ∝ sqrt(P_i))
-    decay: float = 1.0  # per-step multiplicative decay of the success history; 1.0 = cumulative
+    prior: str = "none"  # none (the paper: unexplored = unexplored_priority) | tag (pool by the prompt's level)
+    prior_strength: float = 4.0  # m: pseudo-attempts (rate) and pseudo-dof (variance) a prompt borrows from its tag
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.n_min >= 1, f"allocator.n_min={self.n_min} must be >= 1")
         _check(self.n_min <= self.n_max, f"allocator.n_min={self.n_min} must be <= allocator.n_max={self.n_max}")
-        _check(self.explore_min_attempts >= 0, f"allocator.explore_min_attempts={self.explore_min_attempts} must be >= 0")
         _check(0 < self.mastered_threshold <= 1, f"allocator.mastered_threshold={self.mastered_threshold} must be in (0, 1]")
         _positive("allocator.floor", self.floor)
         _positive("allocator.unexplored_priority", self.unexplored_priority)
         _one_of("allocator.weight", self.weight, ("variance", "std"))
-        _check(0 < self.decay <= 1, f"allocator.decay={self.decay} must be in (0, 1]")
+        _one_of("allocator.prior", self.prior, ("none", "tag"))
+        _positive("allocator.prior_strength", self.prior_strength)
 
 
 # --------------------------------------------------------------------------------------- modulation

@@ -186,8 +186,10 @@ STEP_KEYS = [
 ]
 
 
-def budget_table(rows: list[BudgetRow], *, top: int) -> Table:
-    table = Table(title="rollout budget (this step)", expand=False, show_lines=False)
+def budget_table(rows: list[BudgetRow], *, top: int, coverage: float | None = None) -> Table:
+    """`coverage`: alloc/history_coverage, the share of this step's prompts with >= g0 lifetime attempts."""
+    title = "rollout budget (this step)" + ("" if coverage is None else f", history coverage {coverage:.0%}")
+    table = Table(title=title, expand=False, show_lines=False)
     for name, justify in (("prompt", "left"), ("snippet", "left"), ("attempts", "right"), ("success", "right"),
                           ("var", "right"), ("n now", "right"), ("ok now", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
@@ -221,8 +223,8 @@ class TrainView:
     """rich Live: the rollout-budget table beside the step metrics, above a progress bar with ETA.
     Without a terminal: one plain line per step."""
 
-    PLAIN_KEYS = ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "alloc/min", "train/loss",
-                  "train/clip_frac", "train/entropy", "train/grad_norm", "eval/greedy_pass1", "time/tokens_per_s", "time/step_s"]
+    PLAIN_KEYS = ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "alloc/min", "alloc/history_coverage",
+                  "train/loss", "train/clip_frac", "train/entropy", "train/grad_norm", "eval/greedy_pass1", "time/tokens_per_s", "time/step_s"]
 
     def __init__(self, console: Console, *, total: int, start: int, rows: int):
         self.console = console
@@ -233,7 +235,8 @@ class TrainView:
             self.live = Live(self._render([], {}), console=console, refresh_per_second=4, transient=False)
 
     def _render(self, rows: list[BudgetRow], metrics: dict[str, Any]):
-        return Group(Columns([budget_table(rows, top=self.rows), metrics_table(metrics)]), self.progress.progress)
+        table = budget_table(rows, top=self.rows, coverage=metrics.get("alloc/history_coverage"))
+        return Group(Columns([table, metrics_table(metrics)]), self.progress.progress)
 
     def __enter__(self) -> "TrainView":
         if self.live is not None:

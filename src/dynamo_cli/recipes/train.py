@@ -299,7 +299,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             problems = [train_problems[i] for i in step_prompt_indices(step, num_problems=len(train_problems), per_step=P, seed=cfg.seed)]
             prompt_ids = [p.id for p in problems]
             t0 = time.perf_counter()
-            allocation = allocator.allocate(prompt_ids)
+            allocation = allocator.allocate(prompt_ids, tags=[p.level for p in problems])
             group_index = torch.repeat_interleave(torch.arange(P), allocation.counts)  # (B,): the prompt of each rollout
             alloc_seconds = time.perf_counter() - t0
 
@@ -344,7 +344,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             # 5. the allocator learns from this step's rewards (every step, not once an epoch)
             successes = torch.zeros(P).index_add_(0, group_index, (rewards > 0).float())
             t0 = time.perf_counter()
-            allocator.update(prompt_ids, successes=successes, attempts=allocation.counts.float())
+            allocator.update(prompt_ids, successes=successes, attempts=allocation.counts.float(), tags=[p.level for p in problems])
             alloc_seconds += time.perf_counter() - t0
 
             # 6. log, dump, eval, checkpoint
