@@ -71,11 +71,11 @@ def load(checkpoint_dir: Path):
     import torch
 
     from dynamo_cli.builders import build_task
-    from dynamo_cli.cli import _quiet_libraries
+    from dynamo_cli.cli import quiet_libraries
     from dynamo_cli.config import MathTaskConfig, TinyModelConfig
     from dynamo_cli.models import load_policy
 
-    _quiet_libraries()  # offline, no progress bars
+    quiet_libraries()  # offline, no progress bars
     model, tokenizer = load_policy(TinyModelConfig(path=str(checkpoint_dir)), torch.device("cpu"))
     return model, tokenizer, build_task(MathTaskConfig())
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from dynamo_cli import checkpoint
 from dynamo_cli.builders import build_task
-from dynamo_cli.cli import DynamoError
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.config import SFTConfig
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch

@@ -22,7 +22,7 @@ from dynamo_cli import checkpoint
 from dynamo_cli.advantages import ADVANTAGE_ESTIMATORS
 from dynamo_cli.allocators import bernoulli_variance
 from dynamo_cli.builders import build_allocator, build_modulator, build_rollout_engine, build_task
-from dynamo_cli.cli import DynamoError
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.config import AlgorithmConfig, TrainConfig
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
