@@ -96,7 +96,7 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
 
     from dynamo_cli.allocators import VarianceAllocator
     from dynamo_cli.config import VarianceAllocatorConfig
-    from dynamo_cli.recipes.train import score
+    from dynamo_cli.stages.collect import score
     from dynamo_cli.rollout import generate
 
     a = VarianceAllocatorConfig()

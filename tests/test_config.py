@@ -6,7 +6,7 @@ from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli import builders
-from dynamo_cli.cli import CONF_DIR, register_resolvers, describe_error, to_schema
+from dynamo_cli.cli import CONF_DIR, describe_error, register_resolvers, to_schema
 from dynamo_cli.config import (
     ConfigError,
     DynamoModulatorConfig,

@@ -201,8 +201,8 @@ def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refus
 
     from accelerate.utils import DistributedType
 
-    from dynamo_cli.errors import DynamoError
     from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.errors import DynamoError
 
     accelerator = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType[kind],
                                   state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))

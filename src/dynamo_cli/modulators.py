@@ -26,6 +26,7 @@ class TokenShaping:
     loss_mask: Tensor  # (N, L) bool, tokens that enter the loss
     metrics: dict[str, float] = field(default_factory=dict)  # mod/...
     distributions: dict[str, Tensor] = field(default_factory=dict)  # 1-D valid-token values, for histograms
+    extra_terms: list = field(default_factory=list)  # loss terms (terms.Weighted) this mini-batch adds, e.g. KL-Cov
 
 
 def _fp32(t: Tensor | None) -> Tensor | None:

@@ -1,0 +1,109 @@
+"""collect: a step's prompts, their rollouts and rewards, as Trajectories with the rollout policy's log-probs.
+
+    sampler (which prompts) -> allocator (n_i per prompt, Σ n_i = B) -> rollout engine (this process's share of
+    the Σ n_i completions) -> verifier (rewards, every process's) -> old (and reference) log-probs
+
+Every process draws the same prompts and allocates from its copy of the global statistics (checked each step:
+dist/replica_alloc_diff). Sampling is counter-based on (seed, step, global row): the same completions on 1 or
+N processes. An allocator implementing protocols.RoundAllocator could ask for further rounds after seeing
+rewards; today's allocators allocate once (one round), see `Collector.__call__`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from dynamo_cli.allocators import Allocation
+from dynamo_cli.distributed import DataParallel, shard_counts
+from dynamo_cli.policy import batched_token_stats
+from dynamo_cli.protocols import Allocator, RolloutEngine, Sampler
+from dynamo_cli.rollout import Rollouts, stream_seed
+from dynamo_cli.trajectory import Trajectories
+
+
+def score(task, problems, rollouts: Rollouts) -> torch.Tensor:
+    """(N,) rewards. Completion r is verified against *its own* prompt's problem, problems[prompt_index[r]]."""
+    return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)],
+                        dtype=torch.float32)
+
+
+@dataclass
+class Collected:
+    """One step's data. Global tensors (B,) hold every process's rows in rank order; `batch` is this process's."""
+
+    problems: list  # (P) the drawn problems
+    prompts: list[str]  # (P) their prompt texts
+    allocation: Allocation  # counts (P,) sum to B
+    group_index: Tensor  # (B,) the prompt of each rollout
+    rewards: Tensor  # (B,)
+    rollouts: Rollouts  # this process's rows [rows.start, rows.stop)
+    rows: slice
+    batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
+    seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        return [p.id for p in self.problems]
+
+    @property
+    def successes(self) -> Tensor:  # (P,) rollouts with a positive reward, per prompt
+        return torch.zeros(len(self.problems)).index_add_(0, self.group_index, (self.rewards > 0).float())
+
+
+class Collector:
+    def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
+                 policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
+                 top_p: float, generation_batch: int, logprob_batch: int):
+        self.task, self.problems, self.tokenizer = task, problems, tokenizer
+        self.sampler, self.allocator, self.engine = sampler, allocator, engine
+        self.policy, self.reference, self.dp = policy, reference, dp
+        self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
+
+    def __call__(self, step: int) -> Collected:
+        dp, P = self.dp, self.per_step
+        problems = [self.problems[i] for i in self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)]
+        t0 = time.perf_counter()
+        allocation = self.allocator.allocate([p.id for p in problems])
+        group_index = torch.repeat_interleave(torch.arange(P), allocation.counts)  # (B,): the prompt of each rollout
+        seconds = {"alloc": time.perf_counter() - t0}
+
+        # this process's share [lo, hi) of the Σ n_i completions; row r answers problems[prompt_index[r]]
+        t0 = time.perf_counter()
+        lo, hi = dp.shard(len(group_index))
+        prompts = [self.task.prompt_text(p, self.tokenizer) for p in problems]
+        rollouts = self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
+                                        temperature=self.temperature, top_p=self.top_p, seed=stream_seed(self.seed, step),
+                                        streams=torch.arange(lo, hi), max_batch_size=self.generation_batch)
+        seconds["generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rewards = dp.gather_rows(score(self.task, problems, rollouts))  # (B,), global row order
+        batch = self.rollout_statistics(Trajectories.single_turn(rollouts))
+        seconds["score"] = time.perf_counter() - t0
+        return Collected(problems=problems, prompts=prompts, allocation=allocation, group_index=group_index, rewards=rewards,
+                         rollouts=rollouts, rows=slice(lo, hi), batch=batch, seconds=seconds)
+
+    def rollout_statistics(self, batch: Trajectories) -> Trajectories:
+        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term)."""
+        device, stats = self.dp.device, dict(prompt_width=batch.prompt_width, temperature=self.temperature,
+                                             micro_batch_size=self.logprob_batch)
+        input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        old_logprobs, old_entropy = batched_token_stats(self.policy, input_ids=input_ids, attention_mask=attention_mask, **stats)
+        ref_logprobs = None
+        if self.reference is not None:
+            ref_logprobs, _ = batched_token_stats(self.reference, input_ids=input_ids, attention_mask=attention_mask,
+                                                  with_entropy=False, **stats)
+            ref_logprobs = ref_logprobs.cpu()
+        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs)
+
+    def learn(self, collected: Collected) -> float:
+        """The allocator (every step, not once an epoch) and the sampler learn from this step's rewards. Seconds."""
+        t0 = time.perf_counter()
+        self.allocator.update(collected.prompt_ids, successes=collected.successes, attempts=collected.allocation.counts.float())
+        self.sampler.update(collected.prompt_ids, rewards=collected.rewards, group_index=collected.group_index)
+        return time.perf_counter() - t0
