@@ -96,8 +96,8 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
 
     from dynamo_cli.allocators import VarianceAllocator
     from dynamo_cli.config import VarianceAllocatorConfig
-    from dynamo_cli.stages.collect import score
     from dynamo_cli.rollout import generate
+    from dynamo_cli.stages.collect import score
 
     a = VarianceAllocatorConfig()
     allocator = VarianceAllocator(n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,

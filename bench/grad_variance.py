@@ -39,8 +39,8 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
     from dynamo_cli.config import AlgorithmConfig
     from dynamo_cli.losses import aggregate, ppo_clip_loss
     from dynamo_cli.policy import completion_token_stats
-    from dynamo_cli.stages.collect import score
     from dynamo_cli.rollout import generate
+    from dynamo_cli.stages.collect import score
 
     algo = AlgorithmConfig()
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
