@@ -157,3 +157,50 @@ def test_registry_refuses_unknown_names_and_duplicates():
 
     with pytest.raises(KeyError, match="no thing for 'b'; registered: a"):
         registry.build(Cfg())
+
+
+def test_collect_runs_the_rounds_a_round_allocator_asks_for():
+    """A RoundAllocator sees round 0's rewards and asks for 3 more rollouts of every prompt whose group is all
+    equal (DAPO-like), once. The merged batch stays aligned (each reward is its own prompt's) and padding a
+    round to the merged widths leaves its log-probs unchanged."""
+    from dynamo_cli.allocators import Allocation, UniformAllocator
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.policy import batched_token_stats
+    from dynamo_cli.protocols import RoundAllocator
+    from dynamo_cli.rollout import PolicyRollouts, stream_seed
+    from dynamo_cli.stages.collect import Collector
+    from dynamo_cli.tasks import MathTask
+
+    class Refill(UniformAllocator):
+        def next_round(self, prompt_ids, *, rewards, group_index, round):
+            if round > 1:
+                return None
+            hi = torch.full((len(prompt_ids),), -1.0).scatter_reduce(0, group_index, rewards, "amax")
+            lo = torch.full((len(prompt_ids),), 2.0).scatter_reduce(0, group_index, rewards, "amin")
+            counts = torch.where(hi == lo, 3, 0)
+            return Allocation(counts=counts, priority=torch.ones(len(prompt_ids)))
+
+    assert isinstance(Refill(n=2), RoundAllocator) and not isinstance(UniformAllocator(n=2), RoundAllocator)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    task = MathTask(seed=1, num_train=40, num_test_per_level=2, levels=["L1", "L5"], format="plain")  # prompts of two widths
+    collect = Collector(task=task, problems=task.train_problems(), tokenizer=tokenizer, sampler=UniformSampler(seed=0),
+                        allocator=Refill(n=2), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
+                        dp=DataParallel.start("cpu"), per_step=4, seed=0, max_new_tokens=5, temperature=1.0, top_p=1.0,
+                        generation_batch=16, logprob_batch=16)
+    got = collect(1)
+    counts = got.allocation.counts
+    assert got.allocation.metrics["alloc/rounds"] == 2.0 and int(counts.sum()) > 8  # the random policy solves ~nothing
+    assert torch.bincount(got.group_index, minlength=4).tolist() == counts.tolist()
+    assert len(got.batch) == len(got.rewards) == int(counts.sum())
+    for r, (i, text) in enumerate(zip(got.group_index.tolist(), got.rollouts.texts, strict=True)):
+        assert got.rewards[r] == task.verify(text, got.problems[i])
+    first = collect.engine.generate(got.prompts, counts=torch.full((4,), 2), max_new_tokens=5, temperature=1.0, top_p=1.0,
+                                    seed=stream_seed(0, 1),
+                                    streams=torch.arange(8), max_batch_size=16)
+    alone, _ = batched_token_stats(model, input_ids=first.input_ids, attention_mask=first.attention_mask,
+                                   prompt_width=first.prompt_width, temperature=1.0, micro_batch_size=16)
+    assert first.texts == got.rollouts.texts[:8]  # round 0 is the rows it would be alone
+    mask = first.completion_mask
+    torch.testing.assert_close(got.batch.old_logprobs[:8, :alone.shape[1]][mask], alone[mask], atol=1e-5, rtol=1e-5)

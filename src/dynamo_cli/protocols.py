@@ -6,7 +6,7 @@ of the response region (every position after the prompt; see trajectory.py).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol
+from typing import Any, Optional, Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -43,9 +43,12 @@ class Allocator(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@runtime_checkable
 class RoundAllocator(Allocator, Protocol):
     """An allocator that looks at a round's rewards and may ask for another round within the same step
-    (DAPO's dynamic sampling, GRESO). `collect` calls `next_round` after each round until it returns None."""
+    (DAPO's dynamic sampling, GRESO). `collect` calls `next_round` with every round's rewards and prompt index
+    so far (all processes) until it returns None; a returned Allocation's counts (P,) are *extra* rollouts for
+    the same prompts, and must split evenly over the processes. `update` then sees the summed counts."""
 
     def next_round(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor, round: int) -> Optional[Allocation]: ...
 

@@ -5,8 +5,9 @@
 
 Every process draws the same prompts and allocates from its copy of the global statistics (checked each step:
 dist/replica_alloc_diff). Sampling is counter-based on (seed, step, global row): the same completions on 1 or
-N processes. An allocator implementing protocols.RoundAllocator could ask for further rounds after seeing
-rewards; today's allocators allocate once (one round), see `Collector.__call__`.
+N processes. An allocator implementing protocols.RoundAllocator sees each round's rewards and may ask for
+another round of rollouts for the same prompts (DAPO-style refills); today's allocators allocate once.
+Rows are in rank-major order: every process's rows of every round, process by process.
 """
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from dynamo_cli.allocators import Allocation
 from dynamo_cli.distributed import DataParallel, shard_counts
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.policy import batched_token_stats
-from dynamo_cli.protocols import Allocator, RolloutEngine, Sampler
+from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
 from dynamo_cli.rollout import Rollouts, stream_seed
 from dynamo_cli.trajectory import Trajectories
 
@@ -28,6 +31,23 @@ def score(task, problems, rollouts: Rollouts) -> torch.Tensor:
     """(N,) rewards. Completion r is verified against *its own* prompt's problem, problems[prompt_index[r]]."""
     return torch.tensor([task.verify(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)],
                         dtype=torch.float32)
+
+
+def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
+    """Rounds of rollouts as one batch: prompts left-padded, completions right-padded to the widest round
+    (padding has attention 0 and no loss; positions come from the attention mask, so nothing moves)."""
+    if len(parts) == 1:
+        return parts[0]
+    pw, cw = max(p.prompt_width for p in parts), max(p.input_ids.shape[1] - p.prompt_width for p in parts)
+
+    def widen(t: Tensor, p: Rollouts, value) -> Tensor:  # (n, Tp + Tc) -> (n, pw + cw)
+        return F.pad(t, (pw - p.prompt_width, cw - (t.shape[1] - p.prompt_width)), value=value)
+
+    return Rollouts(prompt_index=torch.cat([p.prompt_index for p in parts]),
+                    input_ids=torch.cat([widen(p.input_ids, p, pad_id) for p in parts]),
+                    attention_mask=torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
+                    completion_mask=torch.cat([F.pad(p.completion_mask, (0, cw - p.completion_mask.shape[1]), value=False) for p in parts]),
+                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]))
 
 
 @dataclass
@@ -67,26 +87,46 @@ class Collector:
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
         problems = [self.problems[i] for i in self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)]
+        prompt_ids, prompts = [p.id for p in problems], [self.task.prompt_text(p, self.tokenizer) for p in problems]
+        seconds = {"alloc": 0.0, "generate": 0.0, "score": 0.0}
         t0 = time.perf_counter()
-        allocation = self.allocator.allocate([p.id for p in problems])
-        group_index = torch.repeat_interleave(torch.arange(P), allocation.counts)  # (B,): the prompt of each rollout
-        seconds = {"alloc": time.perf_counter() - t0}
+        allocation = first = self.allocator.allocate(prompt_ids)
+        seconds["alloc"] += time.perf_counter() - t0
+        parts, local_rewards, counts, rounds = [], [], torch.zeros(P, dtype=torch.long), 0
+        while allocation is not None:
+            if rounds > 0 and int(allocation.counts.sum()) % dp.world_size:
+                raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
+                                  f"rollouts, which do not split evenly over {dp.world_size} processes")
+            # this process's share [lo, hi) of the round's completions; row r answers problems[prompt_index[r]]
+            t0 = time.perf_counter()
+            lo, hi = dp.shard(int(allocation.counts.sum()))
+            seed = stream_seed(self.seed, step) if rounds == 0 else stream_seed(self.seed, step, rounds)
+            parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
+                                              temperature=self.temperature, top_p=self.top_p, seed=seed,
+                                              streams=torch.arange(lo, hi), max_batch_size=self.generation_batch))
+            seconds["generate"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            local_rewards.append(score(self.task, problems, parts[-1]))
+            counts, rounds = counts + allocation.counts, rounds + 1
+            seconds["score"] += time.perf_counter() - t0
+            allocation = None
+            if isinstance(self.allocator, RoundAllocator):  # sees every round so far, asks for more or stops
+                t0 = time.perf_counter()
+                allocation = self.allocator.next_round(prompt_ids, rewards=dp.gather_rows(torch.cat(local_rewards)), round=rounds,
+                                                       group_index=dp.gather_rows(torch.cat([p.prompt_index for p in parts])))
+                seconds["alloc"] += time.perf_counter() - t0
 
-        # this process's share [lo, hi) of the Σ n_i completions; row r answers problems[prompt_index[r]]
         t0 = time.perf_counter()
-        lo, hi = dp.shard(len(group_index))
-        prompts = [self.task.prompt_text(p, self.tokenizer) for p in problems]
-        rollouts = self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
-                                        temperature=self.temperature, top_p=self.top_p, seed=stream_seed(self.seed, step),
-                                        streams=torch.arange(lo, hi), max_batch_size=self.generation_batch)
-        seconds["generate"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        rewards = dp.gather_rows(score(self.task, problems, rollouts))  # (B,), global row order
+        rollouts = merge_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
+        rewards = dp.gather_rows(torch.cat(local_rewards))  # (B,), global (rank-major) row order
+        group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
+        lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
         batch = self.rollout_statistics(Trajectories.single_turn(rollouts))
-        seconds["score"] = time.perf_counter() - t0
-        return Collected(problems=problems, prompts=prompts, allocation=allocation, group_index=group_index, rewards=rewards,
-                         rollouts=rollouts, rows=slice(lo, hi), batch=batch, seconds=seconds)
+        seconds["score"] += time.perf_counter() - t0
+        if rounds > 1:
+            first = Allocation(counts=counts, priority=first.priority, metrics={**first.metrics, "alloc/rounds": float(rounds)})
+        return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards,
+                         rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch, seconds=seconds)
 
     def rollout_statistics(self, batch: Trajectories) -> Trajectories:
         """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term)."""
