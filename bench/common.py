@@ -71,11 +71,11 @@ def load(checkpoint_dir: Path):
     import torch
 
     from dynamo_cli.builders import build_task
-    from dynamo_cli.cli import _quiet_libraries
+    from dynamo_cli.cli import quiet_libraries
     from dynamo_cli.config import MathTaskConfig, TinyModelConfig
     from dynamo_cli.models import load_policy
 
-    _quiet_libraries()  # offline, no progress bars
+    quiet_libraries()  # offline, no progress bars
     model, tokenizer = load_policy(TinyModelConfig(path=str(checkpoint_dir)), torch.device("cpu"))
     return model, tokenizer, build_task(MathTaskConfig())
 
@@ -96,8 +96,8 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
 
     from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
-    from dynamo_cli.recipes.train import score
     from dynamo_cli.rollout import generate
+    from dynamo_cli.stages.collect import score
 
     allocator = allocator_from_config(VarianceAllocatorConfig(), n=n)
     counts = torch.full((len(problems),), rollouts_per_prompt, dtype=torch.long)

@@ -39,8 +39,8 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
     from dynamo_cli.config import AlgorithmConfig
     from dynamo_cli.losses import aggregate, ppo_clip_loss
     from dynamo_cli.policy import completion_token_stats
-    from dynamo_cli.recipes.train import score
     from dynamo_cli.rollout import generate
+    from dynamo_cli.stages.collect import score
 
     algo = AlgorithmConfig()
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
@@ -50,7 +50,7 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
     num_tokens, num_seqs = int(rollouts.completion_mask.sum()), len(rollouts)
     model.zero_grad(set_to_none=True)
     model.train()
-    for start in range(0, num_seqs, micro_batch_size):  # gradient accumulation, as in train.policy_update
+    for start in range(0, num_seqs, micro_batch_size):  # gradient accumulation, as in stages/update.py
         rows = slice(start, start + micro_batch_size)
         mask = rollouts.completion_mask[rows]
         logprobs, _ = completion_token_stats(model, input_ids=rollouts.input_ids[rows], attention_mask=rollouts.attention_mask[rows],

@@ -31,10 +31,10 @@ from bench.common import (
 @torch.no_grad()
 def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batch_size: int) -> float:
     """Seconds for prefill + (steps − 1) cached decode steps over `rows`, chunked like generate()."""
-    from dynamo_cli.rollout import _cache_kwarg, _cache_of, position_ids_from_mask
+    from dynamo_cli.rollout import cache_kwarg, cache_of, position_ids_from_mask
 
     model.eval()
-    cache_kwarg = _cache_kwarg(model)
+    cache_key = cache_kwarg(model)
     start = time.perf_counter()
     for first in range(0, len(rows), max_batch_size):
         chunk = rows[first:first + max_batch_size]
@@ -51,7 +51,7 @@ def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batc
             token = out.logits[:, -1].argmax(-1, keepdim=True)  # (B, 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model(input_ids=token, attention_mask=mask, position_ids=position, use_cache=True,
-                        **{cache_kwarg: _cache_of(out)})
+                        **{cache_key: cache_of(out)})
             position = position + 1
     return time.perf_counter() - start
 

@@ -7,7 +7,7 @@ from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli import builders
-from dynamo_cli.cli import CONF_DIR, _register_resolvers, describe_error, to_schema
+from dynamo_cli.cli import CONF_DIR, describe_error, register_resolvers, to_schema
 from dynamo_cli.config import (
     ConfigError,
     DynamoModulatorConfig,
@@ -20,7 +20,7 @@ from dynamo_cli.config import (
 )
 
 register_schemas()
-_register_resolvers()
+register_resolvers()
 COMMANDS = ["sft", "train", "eval"]
 FIXTURE = CONF_DIR.parent / "tests" / "fixtures" / "arith_word_problems.jsonl"
 

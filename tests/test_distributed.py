@@ -85,7 +85,7 @@ def test_a_share_of_the_batch_generates_what_the_whole_batch_generated():
 
 
 def test_uneven_layouts_are_refused_with_one_clear_line():
-    from dynamo_cli.cli import DynamoError
+    from dynamo_cli.errors import DynamoError
     from dynamo_cli.recipes.train import check_batch_layout
 
     check_batch_layout(rollouts_per_step=512, world_size=8, mini_batches=4)
@@ -201,8 +201,8 @@ def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refus
 
     from accelerate.utils import DistributedType
 
-    from dynamo_cli.cli import DynamoError
     from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.errors import DynamoError
 
     accelerator = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType[kind],
                                   state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynamo_cli.checkpoint import load_trainer_state
-from dynamo_cli.cli import CONF_DIR, _register_resolvers, to_schema
+from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import ConfigError, ExportConfig, LoraConfig, TinyModelConfig, register_schemas
 from dynamo_cli.models import BASE_DIR, is_peft_model, load_checkpoint, load_policy, reference_policy
 from dynamo_cli.recipes import eval as eval_recipe
@@ -25,7 +25,7 @@ from dynamo_cli.recipes import sft as sft_recipe
 from dynamo_cli.recipes import train as train_recipe
 
 register_schemas()
-_register_resolvers()
+register_resolvers()
 LORA = ["model.lora.enabled=true", "model.lora.r=8", "model.lora.alpha=16"]
 PROMPTS = ["3+4=", "7*8=", "45+6=", "2+2="]
 

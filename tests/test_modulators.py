@@ -15,6 +15,8 @@ from dynamo_cli.modulators import (
 MASK = torch.tensor([[True, True, True], [True, True, False]])
 WHOLE = torch.tensor([0, 0])  # one scope: the whole batch
 PER_SEQ = torch.tensor([0, 1])
+# the reference's "decay6" values with the paper's clip range, stated here: the hand-worked values below depend on them
+DECAY6 = dict(compensate=True, stabilise=True, mu_max=1.2, lambda_min=0.6, gamma=50.0, tau=0.99, eps_low=0.2, eps_high=0.28)
 
 
 def close(actual, expected):
@@ -131,7 +133,7 @@ def test_dynamo_modulator_hand_values_and_metrics():
     #   seq 0 (A > 0): 1 + .2 (3.38629 - H) / 2.69315 = 1.12574, 1.0, 1.17722;  seq 1 (A < 0): 1
     # beta_stab (defaults): only seq 1 token 0 (x = 1) is damped, to .75102
     # A_final = [[1.12574, 1.0, 1.17722], [-.75102, -1.0, 0 (padding)]]
-    shaping = DynamoModulator()(**stats, scope_index=WHOLE)
+    shaping = DynamoModulator(**DECAY6)(**stats, scope_index=WHOLE)
     close(shaping.advantages, [[1.12574, 1.0, 1.17722], [-0.75102, -1.0, 0.0]])
     assert torch.equal(shaping.loss_mask, MASK)
     m = shaping.metrics
@@ -146,25 +148,25 @@ def test_dynamo_modulator_hand_values_and_metrics():
 
 def test_dynamo_modulator_switches():
     stats = policy_stats()
-    both = DynamoModulator()(**stats, scope_index=WHOLE).advantages
-    comp_only = DynamoModulator(stabilise=False)(**stats, scope_index=WHOLE).advantages
-    stab_only = DynamoModulator(compensate=False)(**stats, scope_index=WHOLE).advantages
+    both = DynamoModulator(**DECAY6)(**stats, scope_index=WHOLE).advantages
+    comp_only = DynamoModulator(**{**DECAY6, "stabilise": False})(**stats, scope_index=WHOLE).advantages
+    stab_only = DynamoModulator(**{**DECAY6, "compensate": False})(**stats, scope_index=WHOLE).advantages
     close(comp_only, [[1.12574, 1.0, 1.17722], [-1.0, -1.0, 0.0]])  # beta_stab = 1
     close(stab_only, [[1.0, 1.0, 1.0], [-0.75102, -1.0, 0.0]])  # beta_comp = 1
     torch.testing.assert_close(both, comp_only * stab_only / torch.where(MASK, stats["advantages"], 1.0))
-    off = DynamoModulator(compensate=False, stabilise=False)
+    off = DynamoModulator(**{**DECAY6, "compensate": False, "stabilise": False})
     assert not off.needs_policy_stats
     close(off(advantages=stats["advantages"], mask=MASK).advantages, [[1.0, 1.0, 1.0], [-1.0, -1.0, 0.0]])
 
 
 def test_dynamo_modulator_default_scope_is_whole_batch_and_outputs_have_no_grad():
     stats = {k: v.clone().requires_grad_(k != "mask") for k, v in policy_stats().items()}
-    shaping = DynamoModulator()(**stats)
+    shaping = DynamoModulator(**DECAY6)(**stats)
     assert not shaping.advantages.requires_grad
     assert not any(d.requires_grad for d in shaping.distributions.values())
     close(shaping.advantages, [[1.12574, 1.0, 1.17722], [-0.75102, -1.0, 0.0]])
     with pytest.raises(ValueError, match="entropy"):
-        DynamoModulator()(advantages=stats["advantages"], mask=MASK)
+        DynamoModulator(**DECAY6)(advantages=stats["advantages"], mask=MASK)
 
 
 def test_no_modulator_is_identity_on_valid_tokens():
@@ -183,7 +185,7 @@ def test_a_scope_spread_over_processes_gives_the_factors_of_the_whole_batch():
     inputs = dict(advantages=torch.randn(n, 1, generator=g).expand(n, length).clone(),
                   mask=torch.rand(n, length, generator=g) > 0.2, entropy=torch.rand(n, length, generator=g) * 2,
                   logprobs=-torch.rand(n, length, generator=g), old_logprobs=-torch.rand(n, length, generator=g))
-    modulator = DynamoModulator()
+    modulator = DynamoModulator(**DECAY6)
     whole = modulator(**inputs)
     halves = [{k: v[rows] for k, v in inputs.items()} for rows in (slice(0, 4), slice(4, 8))]
 
@@ -201,3 +203,12 @@ def test_a_scope_spread_over_processes_gives_the_factors_of_the_whole_batch():
     assert torch.allclose(torch.cat(outputs), whole.advantages, atol=1e-6)
     alone = torch.cat([modulator(**half).advantages for half in halves])  # without the sync: each half its own scope
     assert not torch.allclose(alone, whole.advantages, atol=1e-4)
+
+
+def test_the_schema_defaults_are_decay6():
+    """The one home of the modulator's defaults is its schema; the values stated above must be those."""
+    from dynamo_cli.config import AlgorithmConfig, DynamoModulatorConfig
+
+    m, algo = DynamoModulatorConfig(), AlgorithmConfig()
+    assert {k: getattr(m, k) for k in ("compensate", "stabilise", "mu_max", "lambda_min", "gamma", "tau")} | {
+        "eps_low": algo.eps_low, "eps_high": algo.eps_high} == DECAY6

@@ -15,7 +15,7 @@ from conftest import ENV, REPO, dynamo
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dynamo_cli.cli import CONF_DIR, _register_resolvers, to_schema
+from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import register_schemas
 
 TRAIN_SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "allocator.n_min=2", "allocator.n_max=8",
@@ -98,7 +98,7 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
 
     monkeypatch.setattr(rollout_module, "generate", oracle_generate)  # what rollout=hf calls
     register_schemas()
-    _register_resolvers()
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = to_schema(compose(config_name="train", overrides=[
             # every level: distinct prompts within a step, so each prompt id is exactly one group

@@ -12,7 +12,7 @@ import yaml
 from conftest import dynamo
 
 from dynamo_cli import aggregate as agg
-from dynamo_cli.cli import CONF_DIR, _register_resolvers
+from dynamo_cli.cli import CONF_DIR, register_resolvers
 from dynamo_cli.config import (
     ConfigError,
     SweepConfig,
@@ -22,7 +22,7 @@ from dynamo_cli.config import (
 from dynamo_cli.recipes import sweep as sweep_recipe
 
 register_schemas()
-_register_resolvers()
+register_resolvers()
 
 
 # ------------------------------------------------------------------------------------ CI maths

@@ -1,33 +1,100 @@
-"""The edge where validated configs become objects: each swappable part is chosen here, once."""
+"""The edge where validated configs become objects: each swappable part is chosen here, once, by its config
+`name` (registry.py). To add a part: its class in its own module, a builder registered below, its schema in
+config.py, a YAML in conf/<group>/, a test.
+"""
 from __future__ import annotations
 
 from dynamo_cli import allocators, modulators
-from dynamo_cli.config import (
-    DynamoModulatorConfig,
-    HFRolloutConfig,
-    JsonlTaskConfig,
-    MathTaskConfig,
-    NoModulatorConfig,
-    TrainConfig,
-    UniformAllocatorConfig,
-    VarianceAllocatorConfig,
-    VLLMRolloutConfig,
-)
+from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages
+from dynamo_cli.config import JsonlTaskConfig, MathTaskConfig, TrainConfig
+from dynamo_cli.registry import Registry
+from dynamo_cli.samplers import UniformSampler
+from dynamo_cli.stages.estimate import GroupEstimator
+
+TASKS = Registry("task", key=type)  # keyed by schema: several YAMLs (jsonl, gsm8k) share one schema
+SAMPLERS = Registry("sampler")
+ALLOCATORS = Registry("allocator")
+MODULATORS = Registry("modulator")
+ROLLOUT_ENGINES = Registry("rollout backend")
+ESTIMATORS = Registry("advantage estimator", key=lambda algorithm: algorithm.advantage)
 
 
+# ------------------------------------------------------------------------------------------ tasks
+@TASKS.register(MathTaskConfig)
+def _math(cfg: MathTaskConfig):
+    from dynamo_cli.tasks import MathTask
+
+    return MathTask(seed=cfg.seed, num_train=cfg.num_train, num_test_per_level=cfg.num_test_per_level, levels=list(cfg.levels),
+                    format=cfg.format, answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
+
+
+@TASKS.register(JsonlTaskConfig)
+def _jsonl(cfg: JsonlTaskConfig):
+    from dynamo_cli.tasks import JsonlTask
+
+    return JsonlTask(path=cfg.path, test_path=cfg.test_path, question_field=cfg.question_field, answer_field=cfg.answer_field,
+                     level_field=cfg.level_field, id_field=cfg.id_field, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                     format=cfg.format, max_problems=cfg.max_problems, answer_type=cfg.answer_type,
+                     answer_fallback=cfg.answer_fallback)
+
+
+# -------------------------------------------------------------------------------- collect's parts
+@SAMPLERS.register("uniform")
+def _uniform_sampler(cfg, *, run: TrainConfig):
+    return UniformSampler(seed=run.seed)
+
+
+@ALLOCATORS.register("uniform")
+def _uniform_allocator(a, *, n: int):
+    return allocators.UniformAllocator(n=n, explore_min_attempts=a.explore_min_attempts, decay=a.decay)
+
+
+@ALLOCATORS.register("variance")
+def _variance_allocator(a, *, n: int):
+    return allocators.VarianceAllocator(
+        n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
+        mastered_threshold=a.mastered_threshold, floor=a.floor, unexplored_priority=a.unexplored_priority,
+        weight=a.weight, decay=a.decay, prior=a.prior, prior_strength=a.prior_strength)
+
+
+@ROLLOUT_ENGINES.register("hf")
+def _hf(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
+    from dynamo_cli.rollout import PolicyRollouts
+
+    return PolicyRollouts(policy, tokenizer)
+
+
+@ROLLOUT_ENGINES.register("vllm")
+def _vllm(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
+    from dynamo_cli.rollout_vllm import VLLMRollouts
+
+    return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed)
+
+
+# ------------------------------------------------------------------------------- estimate's parts
+for _name, _fn in (("grpo", grpo_advantages), ("drgrpo", drgrpo_advantages), ("rloo", rloo_advantages)):
+    ESTIMATORS.register(_name)(lambda algorithm, fn=_fn: GroupEstimator(fn))
+
+
+# --------------------------------------------------------------------------------- update's parts
+@MODULATORS.register("none")
+def _no_modulator(cfg, *, run: TrainConfig):
+    return modulators.NoModulator()
+
+
+@MODULATORS.register("dynamo")
+def _dynamo_modulator(m, *, run: TrainConfig):
+    return modulators.DynamoModulator(compensate=m.compensate, stabilise=m.stabilise, mu_max=m.mu_max, lambda_min=m.lambda_min,
+                                      gamma=m.gamma, tau=m.tau, eps_low=run.algorithm.eps_low, eps_high=run.algorithm.eps_high)
+
+
+# ------------------------------------------------------------------------- the names recipes call
 def build_task(cfg):
-    from dynamo_cli.tasks import JsonlTask, MathTask
+    return TASKS.build(cfg)
 
-    if isinstance(cfg, MathTaskConfig):
-        return MathTask(seed=cfg.seed, num_train=cfg.num_train, num_test_per_level=cfg.num_test_per_level,
-                        levels=list(cfg.levels), format=cfg.format, answer_type=cfg.answer_type,
-                        answer_fallback=cfg.answer_fallback)
-    if isinstance(cfg, JsonlTaskConfig):
-        return JsonlTask(path=cfg.path, test_path=cfg.test_path, question_field=cfg.question_field,
-                         answer_field=cfg.answer_field, level_field=cfg.level_field, id_field=cfg.id_field,
-                         test_fraction=cfg.test_fraction, seed=cfg.seed, format=cfg.format, max_problems=cfg.max_problems,
-                         answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
-    raise TypeError(f"no task for {type(cfg).__name__}")
+
+def build_sampler(cfg: TrainConfig):
+    return SAMPLERS.build(cfg.sampler, run=cfg)
 
 
 def build_allocator(cfg: TrainConfig):
@@ -36,35 +103,17 @@ def build_allocator(cfg: TrainConfig):
 
 def allocator_from_config(a, *, n: int):
     """The allocator of a validated allocator schema, with budget n rollouts per prompt (benchmarks use it too)."""
-    if isinstance(a, UniformAllocatorConfig):
-        return allocators.UniformAllocator(n=n, explore_min_attempts=a.explore_min_attempts, decay=a.decay)
-    if isinstance(a, VarianceAllocatorConfig):
-        return allocators.VarianceAllocator(
-            n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
-            mastered_threshold=a.mastered_threshold, floor=a.floor, unexplored_priority=a.unexplored_priority,
-            weight=a.weight, decay=a.decay, prior=a.prior, prior_strength=a.prior_strength)
-    raise TypeError(f"no allocator for {type(a).__name__}")
+    return ALLOCATORS.build(a, n=n)
 
 
 def build_modulator(cfg: TrainConfig):
-    m = cfg.modulator
-    if isinstance(m, NoModulatorConfig):
-        return modulators.NoModulator()
-    if isinstance(m, DynamoModulatorConfig):
-        return modulators.DynamoModulator(
-            compensate=m.compensate, stabilise=m.stabilise, mu_max=m.mu_max, lambda_min=m.lambda_min,
-            gamma=m.gamma, tau=m.tau, eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high)
-    raise TypeError(f"no modulator for {type(m).__name__}")
+    return MODULATORS.build(cfg.modulator, run=cfg)
+
+
+def build_estimator(cfg: TrainConfig):
+    return ESTIMATORS.build(cfg.algorithm)
 
 
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):
     """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update."""
-    from dynamo_cli.rollout import PolicyRollouts
-
-    if isinstance(cfg.rollout, HFRolloutConfig):
-        return PolicyRollouts(policy, tokenizer)
-    if isinstance(cfg.rollout, VLLMRolloutConfig):
-        from dynamo_cli.rollout_vllm import VLLMRollouts
-
-        return VLLMRollouts(cfg.rollout, policy, tokenizer, max_model_len=max_model_len, seed=cfg.seed)
-    raise TypeError(f"no rollout backend for {type(cfg.rollout).__name__}")
+    return ROLLOUT_ENGINES.build(cfg.rollout, run=cfg, policy=policy, tokenizer=tokenizer, max_model_len=max_model_len)

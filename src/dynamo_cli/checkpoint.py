@@ -13,14 +13,19 @@ from typing import Any, Optional
 import torch
 
 from dynamo_cli import atomic
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.models import save_checkpoint_files
 
 TRAINER_STATE = "trainer_state.pt"
 
 
-def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optional[dict[str, Any]] = None) -> Path:
+def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optional[dict[str, Any]] = None,
+                    extra_models: Optional[dict[str, Any]] = None) -> Path:
+    """The policy in HF format at the top of `directory`; each extra module (a critic) in `directory/<name>/`."""
     def write(tmp: Path) -> None:
         save_checkpoint_files(model, tokenizer, tmp)
+        for name, module in (extra_models or {}).items():
+            save_checkpoint_files(module, tokenizer, tmp / name)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_STATE)
 
@@ -63,3 +68,15 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:
+    """trainer.resume: never -> None; auto -> the latest checkpoint under `checkpoints` (None: start fresh); a dir."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest(checkpoints)
+    path = Path(resume)
+    if not (path / TRAINER_STATE).is_file():
+        raise DynamoError(f"trainer.resume={resume!r} holds no {TRAINER_STATE}: not a train checkpoint")
+    return path

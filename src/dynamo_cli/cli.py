@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dynamo_cli.config import ConfigError, register_schemas
+from dynamo_cli.errors import DynamoError  # noqa: F401 - re-exported: `from dynamo_cli.cli import DynamoError` keeps working
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -32,14 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dynamo_cli.recipes.export", "write a checkpoint as one plain HF model (a LoRA adapter merged)"),
     "sweep": ("dynamo_cli.recipes.sweep", "run a sweep preset and aggregate it into tables and plots"),
 }
-HYDRA_CONFIG_GROUPS = ("model", "task", "allocator", "modulator", "rollout", "logger", "experiment", "sweep")
+HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "logger", "experiment", "sweep")
 
 
-class DynamoError(Exception):
-    """An error the user can fix (bad input, missing file). Printed as one line, exit code 2."""
-
-
-def _register_resolvers() -> None:
+def register_resolvers() -> None:
     if not OmegaConf.has_resolver("name_suffix"):
         OmegaConf.register_new_resolver("name_suffix", lambda name: f"-{name}" if name else "")
     if not OmegaConf.has_resolver("dynamo_groups"):  # `dynamo <command> --help`: that command's groups only
@@ -92,7 +89,7 @@ def describe_error(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def _compose_variants(overrides: list[str]) -> list[list[str]]:
+def compose_variants(overrides: list[str]) -> list[list[str]]:
     """Override lists to validate: sweep overrides (`seed=0,1`) are expanded one value at a time."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -121,7 +118,7 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
 
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
     try:
-        variants = _compose_variants(job_overrides) if multirun else [job_overrides]
+        variants = compose_variants(job_overrides) if multirun else [job_overrides]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             for variant in variants:
                 to_schema(compose(config_name=command, overrides=variant))
@@ -134,7 +131,7 @@ def _hydra_app(command: str) -> Callable[[], None]:
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=command)
     def app(cfg: DictConfig) -> None:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-        _quiet_libraries()
+        quiet_libraries()
         recipe = importlib.import_module(COMMANDS[command][0]).run  # torch & co. load only for a real run
         try:
             recipe(to_schema(cfg), run_dir)
@@ -146,7 +143,7 @@ def _hydra_app(command: str) -> Callable[[], None]:
     return app
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever fetched from a model hub
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -196,7 +193,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(f"dynamo: error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}", file=sys.stderr)
         raise SystemExit(2)
     register_schemas()
-    _register_resolvers()
+    register_resolvers()
     if command == "sweep":  # a driver of its own over many train runs
         importlib.import_module(COMMANDS[command][0]).main(rest)
         return

@@ -228,16 +228,35 @@ class VarianceAllocatorConfig(AllocatorConfig):
         _positive("allocator.prior_strength", self.prior_strength)
 
 
+# ----------------------------------------------------------------------------------------- sampling
+@dataclass
+class UniformSamplerConfig:
+    """Every training problem once per epoch, in an order fixed by the run's seed (samplers.py)."""
+
+    name: str = "uniform"
+
+
 # --------------------------------------------------------------------------------------- modulation
 @dataclass
-class NoModulatorConfig:
-    """Sequence advantages are used as they are."""
+class ModulatorConfig:
+    """Fields every modulator shares."""
+
+    name: str = MISSING
+    scope: str = "mini_batch"  # where H_min/H_max and max|ΔH| are taken: micro_batch (per process) | mini_batch | sequence
+
+    def __post_init__(self) -> None:
+        _one_of("modulator.scope", self.scope, ("micro_batch", "mini_batch", "sequence"))
+
+
+@dataclass
+class NoModulatorConfig(ModulatorConfig):
+    """Sequence advantages are used as they are (`scope` has nothing to normalise)."""
 
     name: str = "none"
 
 
 @dataclass
-class DynamoModulatorConfig:
+class DynamoModulatorConfig(ModulatorConfig):
     """DynaMO's token-level modulation (algorithm.md, Part 2)."""
 
     name: str = "dynamo"
@@ -247,13 +266,12 @@ class DynamoModulatorConfig:
     lambda_min: float = 0.6  # smallest stabilisation factor
     gamma: float = 50.0  # steepness of the stabilisation sigmoid
     tau: float = 0.99  # sigmoid midpoint on the normalised |ΔH|
-    scope: str = "mini_batch"  # where H_min/H_max and max|ΔH| are taken: micro_batch (per process) | mini_batch | sequence
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check(self.mu_max >= 1, f"modulator.mu_max={self.mu_max} must be >= 1")
         _check(0 <= self.lambda_min <= 1, f"modulator.lambda_min={self.lambda_min} must be in [0, 1]")
         _positive("modulator.gamma", self.gamma)
-        _one_of("modulator.scope", self.scope, ("micro_batch", "mini_batch", "sequence"))
 
 
 # ----------------------------------------------------------------------------------- optimisation
@@ -457,6 +475,7 @@ class SFTConfig(RunConfig):
 
 @dataclass
 class TrainConfig(RunConfig):
+    sampler: Any = MISSING  # the `sampler` group: which problems a step draws
     allocator: Any = MISSING
     modulator: Any = MISSING
     rollout: Any = MISSING  # the `rollout` group: hf | vllm
@@ -466,7 +485,7 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(getattr(self.modulator, "scope", None) != "micro_batch" or self.algorithm.micro_batch_size != "auto",
+        _check(self.modulator.scope != "micro_batch" or self.algorithm.micro_batch_size != "auto",
                "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size (auto follows free memory, "
                "which would change the normalisation scope from machine to machine)")
         if isinstance(self.allocator, VarianceAllocatorConfig):
@@ -554,6 +573,7 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="gguf", node=GGUFModelConfig)
     cs.store(group="schema/task", name="math", node=MathTaskConfig)
     cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
+    cs.store(group="schema/sampler", name="uniform", node=UniformSamplerConfig)
     cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)
     cs.store(group="schema/allocator", name="variance", node=VarianceAllocatorConfig)
     cs.store(group="schema/rollout", name="hf", node=HFRolloutConfig)

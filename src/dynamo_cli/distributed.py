@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as torch_dist
 
-from dynamo_cli.cli import DynamoError
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import clip_gradients
 
 

@@ -230,7 +230,7 @@ def reference_policy(model: torch.nn.Module, *, cfg: ModelConfig, device: torch.
     return start.eval().requires_grad_(False)
 
 
-def _base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The base weights under a LoRA PeftModel: lora_* tensors dropped, peft's `.base_layer.` unwrapped."""
     state = model.get_base_model().state_dict()
     return {key.replace(".base_layer.", "."): value for key, value in state.items() if "lora_" not in key}
@@ -251,7 +251,7 @@ def save_checkpoint_files(model: torch.nn.Module, tokenizer, directory: Path) ->
             base_dir = directory.parent / BASE_DIR
             if not (base_dir / "config.json").is_file():
                 def write(tmp: Path) -> None:
-                    model.get_base_model().save_pretrained(tmp, state_dict=_base_state_dict(model), safe_serialization=True)
+                    model.get_base_model().save_pretrained(tmp, state_dict=base_state_dict(model), safe_serialization=True)
                     tokenizer.save_pretrained(tmp)
 
                 atomic.write_dir(base_dir, write)

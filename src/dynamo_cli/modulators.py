@@ -26,6 +26,7 @@ class TokenShaping:
     loss_mask: Tensor  # (N, L) bool, tokens that enter the loss
     metrics: dict[str, float] = field(default_factory=dict)  # mod/...
     distributions: dict[str, Tensor] = field(default_factory=dict)  # 1-D valid-token values, for histograms
+    extra_terms: list = field(default_factory=list)  # loss terms (terms.Weighted) this mini-batch adds, e.g. KL-Cov
 
 
 def _fp32(t: Tensor | None) -> Tensor | None:
@@ -127,33 +128,16 @@ class NoModulator:
 
 
 class DynamoModulator:
-    """DynaMO: A * beta_comp * beta_stab. Defaults = the reference's "decay6" mode (algorithm.md).
+    """DynaMO: A * beta_comp * beta_stab (algorithm.md). The values, their defaults ("decay6") and their checks
+    live in the schema (config.DynamoModulatorConfig; eps from AlgorithmConfig), built by builders.py.
 
     `compensate` / `stabilise` switch each factor off (factor 1) for ablations. `advantages` is token-level
     (N, L): the sequence advantage broadcast over its tokens. entropy / logprobs come from the *current*
     policy at each position, old_logprobs from the policy that generated the rollouts.
     """
 
-    def __init__(
-        self,
-        *,
-        compensate: bool = True,
-        stabilise: bool = True,
-        mu_max: float = 1.2,
-        lambda_min: float = 0.6,
-        gamma: float = 50.0,
-        tau: float = 0.99,
-        eps_low: float = 0.2,
-        eps_high: float = 0.28,
-    ):
-        if mu_max < 1:
-            raise ValueError(f"mu_max must be >= 1, got {mu_max}")
-        if not 0 <= lambda_min <= 1:
-            raise ValueError(f"lambda_min must be in [0, 1], got {lambda_min}")
-        if gamma <= 0:
-            raise ValueError(f"gamma must be > 0, got {gamma}")
-        if eps_low < 0 or eps_high < 0:
-            raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low}, {eps_high}")
+    def __init__(self, *, compensate: bool, stabilise: bool, mu_max: float, lambda_min: float, gamma: float, tau: float,
+                 eps_low: float, eps_high: float):
         self.compensate, self.stabilise = compensate, stabilise
         self.mu_max, self.lambda_min, self.gamma, self.tau = mu_max, lambda_min, gamma, tau
         self.eps_low, self.eps_high = eps_low, eps_high

@@ -111,13 +111,13 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, unifo
     return token.clamp(max=probs.shape[-1] - 1)
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """transformers 5.2x calls the KV cache `cache`; earlier releases `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
 
 
-def _cache_of(output):
+def cache_of(output):
     return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
 
 
@@ -132,9 +132,9 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
         mask[row, width - len(p):] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = position_ids_from_mask(mask)
-    cache_kwarg = _cache_kwarg(model)
+    cache_key = cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache, logits = _cache_of(out), out.logits[:, -1]
+    cache, logits = cache_of(out), out.logits[:, -1]
     next_position = positions[:, -1:] + 1  # (B, 1)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     tokens = []
@@ -148,8 +148,8 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                    use_cache=True, **{cache_kwarg: cache})
-        cache, logits = _cache_of(out), out.logits[:, -1]
+                    use_cache=True, **{cache_key: cache})
+        cache, logits = cache_of(out), out.logits[:, -1]
         next_position = next_position + 1
     completion = torch.stack(tokens, dim=1)  # (B, Tc)
     # a token counts if no EOS came strictly before it (the EOS itself counts: the policy chose to stop)

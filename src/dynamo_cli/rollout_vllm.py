@@ -32,13 +32,13 @@ def require_vllm() -> None:
 
 def policy_weights(policy) -> dict[str, torch.Tensor]:
     """The policy's full weights under Hugging Face names (a LoRA adapter merged into its base)."""
-    from dynamo_cli.models import _base_state_dict, is_peft_model
+    from dynamo_cli.models import base_state_dict, is_peft_model
 
     if not is_peft_model(policy):
         return {name: tensor.detach() for name, tensor in policy.state_dict().items()}
     policy.merge_adapter()
     try:
-        return {name: tensor.detach().clone() for name, tensor in _base_state_dict(policy).items()}
+        return {name: tensor.detach().clone() for name, tensor in base_state_dict(policy).items()}
     finally:
         policy.unmerge_adapter()
 

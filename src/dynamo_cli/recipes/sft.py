@@ -10,9 +10,9 @@ from omegaconf import OmegaConf
 
 from dynamo_cli import checkpoint
 from dynamo_cli.builders import build_task
-from dynamo_cli.cli import DynamoError
 from dynamo_cli.config import SFTConfig
 from dynamo_cli.distributed import DataParallel
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.models import count_parameters, load_policy
 from dynamo_cli.optim import make_optimizer

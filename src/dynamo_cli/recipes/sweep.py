@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from dynamo_cli import aggregate as agg
-from dynamo_cli.cli import CONF_DIR, _compose_variants, describe_error, fail, to_schema
+from dynamo_cli.cli import CONF_DIR, compose_variants, describe_error, fail, to_schema
 from dynamo_cli.config import SweepConfig, SweepPresetConfig
 
 USAGE = """usage: dynamo sweep [sweep=<preset>] [sweep.<key>=<value> ...] [out_dir=<dir>] [-- <train overrides>]
@@ -90,7 +90,7 @@ def check_composes(command: str, overrides: list[str], *, multirun: bool) -> Non
     job_overrides = [o for o in overrides if not o.lstrip("+~").startswith(("hydra.", "hydra/"))]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            for variant in (_compose_variants(job_overrides) if multirun else [job_overrides]):
+            for variant in (compose_variants(job_overrides) if multirun else [job_overrides]):
                 to_schema(hydra_compose(config_name=command, overrides=variant))
     except Exception as error:  # noqa: BLE001
         fail("sweep", f"the {command} runs of this sweep would fail: {describe_error(error)}")

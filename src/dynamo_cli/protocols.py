@@ -1,0 +1,98 @@
+"""The contracts of dynamo's swappable parts. A part implements one of these and registers a builder for its
+config name (registry.py, builders.py); the stages (stages/) only ever call these methods.
+
+Shapes: P prompts in a step, B rollouts in the step (all processes), N rollouts on this process, L positions
+of the response region (every position after the prompt; see trajectory.py).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Protocol, runtime_checkable
+
+from torch import Tensor
+
+from dynamo_cli.allocators import Allocation
+from dynamo_cli.modulators import ScopeSync, TokenShaping
+from dynamo_cli.rollout import Rollouts
+from dynamo_cli.trajectory import ModelOutputs, Trajectories
+
+
+class Sampler(Protocol):
+    """Which training problems step `step` (1-based) draws. A pure function of (step, its own state): resumable."""
+
+    def prompt_indices(self, step: int, *, num_problems: int, per_step: int) -> list[int]: ...
+
+    def update(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor) -> None:
+        """After a step's rewards are known (a curriculum re-weights here; uniform does nothing)."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class Allocator(Protocol):
+    """How many rollouts each drawn prompt gets: (P,) counts summing to the step's budget."""
+
+    def allocate(self, prompt_ids: list[str]) -> Allocation: ...
+
+    def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor) -> None: ...
+
+    def history(self, prompt_ids: list[str]) -> tuple[Tensor, Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@runtime_checkable
+class RoundAllocator(Allocator, Protocol):
+    """An allocator that looks at a round's rewards and may ask for another round within the same step
+    (DAPO's dynamic sampling, GRESO). `collect` calls `next_round` with every round's rewards and prompt index
+    so far (all processes) until it returns None; a returned Allocation's counts (P,) are *extra* rollouts for
+    the same prompts, and must split evenly over the processes. `update` then sees the summed counts."""
+
+    def next_round(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor, round: int) -> Optional[Allocation]: ...
+
+
+class RolloutEngine(Protocol):
+    """Generation only: prompts x counts -> Rollouts (no rewards). `sync` after every policy update."""
+
+    def generate(self, prompts: list[str], *, counts: Tensor, max_new_tokens: int, temperature: float, top_p: float,
+                 seed: int | None, streams: Tensor, max_batch_size: int) -> Rollouts: ...
+
+    def sync(self, policy: Any) -> None: ...
+
+
+class AdvantageEstimator(Protocol):
+    """estimate: rewards (B,) of the whole step (every process) -> per-token advantages of this process's rows.
+
+    `rows` = [lo, hi): this process's share. Group estimators need the whole group, hence the global rewards;
+    a value-based one (GAE) reads `batch.values`. Returns (advantages (N, L), 0 off the loss mask; sequence
+    advantages (B,) for logs; zero_signal (B,) bool)."""
+
+    def __call__(self, batch: Trajectories, *, rewards: Tensor, group_index: Tensor, num_groups: int,
+                 rows: slice) -> tuple[Tensor, Tensor, Tensor]: ...
+
+
+class Modulator(Protocol):
+    """Token-level shaping inside `update`, once per mini-batch: advantages (N, L) -> TokenShaping (advantages,
+    loss mask, and optionally extra loss terms). `needs_policy_stats`: wants the current policy's entropy and
+    log-probs (a forward pass) rather than the rollout policy's."""
+
+    needs_policy_stats: bool
+
+    def __call__(self, *, advantages: Tensor, mask: Tensor, entropy: Tensor | None = None, logprobs: Tensor | None = None,
+                 old_logprobs: Tensor | None = None, scope_index: Tensor | None = None,
+                 scope_sync: ScopeSync | None = None) -> TokenShaping: ...
+
+
+class LossTerm(Protocol):
+    """One term of the loss: (batch, model outputs) -> (per-token loss (n, L), per-token metrics).
+
+    `Loss` (terms.py) aggregates the per-token loss over `batch.loss_mask` (token or sequence mean), weights it,
+    logs the aggregate as `train/<name>`, and logs every metric as its token mean over the loss mask.
+    `needs`: the ModelOutputs fields it reads beyond log-probs (e.g. {"entropy"}, {"values"})."""
+
+    name: str
+    needs: frozenset[str]
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]: ...

@@ -1,0 +1,162 @@
+"""collect: a step's prompts, their rollouts and rewards, as Trajectories with the rollout policy's log-probs.
+
+    sampler (which prompts) -> allocator (n_i per prompt, Σ n_i = B) -> rollout engine (this process's share of
+    the Σ n_i completions) -> verifier (rewards, every process's) -> old (and reference) log-probs
+
+Every process draws the same prompts and allocates from its copy of the global statistics (checked each step:
+dist/replica_alloc_diff). Sampling is counter-based on (seed, step, global row): the same completions on 1 or
+N processes. An allocator implementing protocols.RoundAllocator sees each round's rewards and may ask for
+another round of rollouts for the same prompts (DAPO-style refills); today's allocators allocate once.
+Rows are in rank-major order: every process's rows of every round, process by process.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from dynamo_cli.allocators import Allocation
+from dynamo_cli.distributed import DataParallel, shard_counts
+from dynamo_cli.errors import DynamoError
+from dynamo_cli.policy import batched_token_stats
+from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
+from dynamo_cli.rollout import Rollouts, stream_seed
+from dynamo_cli.tasks.answers import RULES
+from dynamo_cli.trajectory import Trajectories
+
+
+def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) rewards and (N,) answer rules (indices into tasks.answers.RULES). Completion r is judged against *its own*
+    prompt's problem, problems[prompt_index[r]]."""
+    verdicts = [task.judge(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)]
+    return (torch.tensor([v.reward for v in verdicts], dtype=torch.float32),
+            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long))
+
+
+def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
+    """Rounds of rollouts as one batch: prompts left-padded, completions right-padded to the widest round
+    (padding has attention 0 and no loss; positions come from the attention mask, so nothing moves)."""
+    if len(parts) == 1:
+        return parts[0]
+    pw, cw = max(p.prompt_width for p in parts), max(p.input_ids.shape[1] - p.prompt_width for p in parts)
+
+    def widen(t: Tensor, p: Rollouts, value) -> Tensor:  # (n, Tp + Tc) -> (n, pw + cw)
+        return F.pad(t, (pw - p.prompt_width, cw - (t.shape[1] - p.prompt_width)), value=value)
+
+    return Rollouts(prompt_index=torch.cat([p.prompt_index for p in parts]),
+                    input_ids=torch.cat([widen(p.input_ids, p, pad_id) for p in parts]),
+                    attention_mask=torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
+                    completion_mask=torch.cat([F.pad(p.completion_mask, (0, cw - p.completion_mask.shape[1]), value=False) for p in parts]),
+                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]))
+
+
+@dataclass
+class Collected:
+    """One step's data. Global tensors (B,) hold every process's rows in rank order; `batch` is this process's."""
+
+    problems: list  # (P) the drawn problems
+    prompts: list[str]  # (P) their prompt texts
+    allocation: Allocation  # counts (P,) sum to B
+    group_index: Tensor  # (B,) the prompt of each rollout
+    rewards: Tensor  # (B,)
+    rules: Tensor  # (B,) which extraction rule found each answer (index into tasks.answers.RULES)
+    rollouts: Rollouts  # this process's rows [rows.start, rows.stop)
+    rows: slice
+    batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
+    seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
+
+    @property
+    def prompt_ids(self) -> list[str]:
+        return [p.id for p in self.problems]
+
+    @property
+    def tags(self) -> list[str]:  # (P) difficulty tags: what allocator.prior=tag pools over
+        return [p.level for p in self.problems]
+
+    @property
+    def successes(self) -> Tensor:  # (P,) rollouts with a positive reward, per prompt
+        return torch.zeros(len(self.problems)).index_add_(0, self.group_index, (self.rewards > 0).float())
+
+
+class Collector:
+    def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
+                 policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
+                 top_p: float, generation_batch: int, logprob_batch: int):
+        self.task, self.problems, self.tokenizer = task, problems, tokenizer
+        self.sampler, self.allocator, self.engine = sampler, allocator, engine
+        self.policy, self.reference, self.dp = policy, reference, dp
+        self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
+
+    def __call__(self, step: int) -> Collected:
+        dp, P = self.dp, self.per_step
+        problems = [self.problems[i] for i in self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)]
+        prompt_ids, prompts = [p.id for p in problems], [self.task.prompt_text(p, self.tokenizer) for p in problems]
+        seconds = {"alloc": 0.0, "generate": 0.0, "score": 0.0}
+        t0 = time.perf_counter()
+        tags = [p.level for p in problems]
+        allocation = first = self.allocator.allocate(prompt_ids, tags=tags)
+        seconds["alloc"] += time.perf_counter() - t0
+        parts, local_rewards, local_rules, counts, rounds = [], [], [], torch.zeros(P, dtype=torch.long), 0
+        while allocation is not None:
+            if rounds > 0 and int(allocation.counts.sum()) % dp.world_size:
+                raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
+                                  f"rollouts, which do not split evenly over {dp.world_size} processes")
+            # this process's share [lo, hi) of the round's completions; row r answers problems[prompt_index[r]]
+            t0 = time.perf_counter()
+            lo, hi = dp.shard(int(allocation.counts.sum()))
+            seed = stream_seed(self.seed, step) if rounds == 0 else stream_seed(self.seed, step, rounds)
+            parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
+                                              temperature=self.temperature, top_p=self.top_p, seed=seed,
+                                              streams=torch.arange(lo, hi), max_batch_size=self.generation_batch))
+            seconds["generate"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            round_rewards, round_rules = score(self.task, problems, parts[-1])
+            local_rewards.append(round_rewards)
+            local_rules.append(round_rules)
+            counts, rounds = counts + allocation.counts, rounds + 1
+            seconds["score"] += time.perf_counter() - t0
+            allocation = None
+            if isinstance(self.allocator, RoundAllocator):  # sees every round so far, asks for more or stops
+                t0 = time.perf_counter()
+                allocation = self.allocator.next_round(prompt_ids, rewards=dp.gather_rows(torch.cat(local_rewards)), round=rounds,
+                                                       group_index=dp.gather_rows(torch.cat([p.prompt_index for p in parts])))
+                seconds["alloc"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rollouts = merge_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
+        rewards = dp.gather_rows(torch.cat(local_rewards))  # (B,), global (rank-major) row order
+        rules = dp.gather_rows(torch.cat(local_rules))  # (B,)
+        group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
+        lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
+        batch = self.rollout_statistics(Trajectories.single_turn(rollouts))
+        seconds["score"] += time.perf_counter() - t0
+        if rounds > 1:
+            first = Allocation(counts=counts, priority=first.priority, metrics={**first.metrics, "alloc/rounds": float(rounds)})
+        return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards, rules=rules,
+                         rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch, seconds=seconds)
+
+    def rollout_statistics(self, batch: Trajectories) -> Trajectories:
+        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term)."""
+        device, stats = self.dp.device, dict(prompt_width=batch.prompt_width, temperature=self.temperature,
+                                             micro_batch_size=self.logprob_batch)
+        input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        old_logprobs, old_entropy = batched_token_stats(self.policy, input_ids=input_ids, attention_mask=attention_mask, **stats)
+        ref_logprobs = None
+        if self.reference is not None:
+            ref_logprobs, _ = batched_token_stats(self.reference, input_ids=input_ids, attention_mask=attention_mask,
+                                                  with_entropy=False, **stats)
+            ref_logprobs = ref_logprobs.cpu()
+        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs)
+
+    def learn(self, collected: Collected) -> float:
+        """The allocator (every step, not once an epoch) and the sampler learn from this step's rewards. Seconds."""
+        t0 = time.perf_counter()
+        self.allocator.update(collected.prompt_ids, successes=collected.successes, attempts=collected.allocation.counts.float(),
+                              tags=collected.tags)
+        self.sampler.update(collected.prompt_ids, rewards=collected.rewards, group_index=collected.group_index)
+        return time.perf_counter() - t0

@@ -1,0 +1,120 @@
+"""update: PPO epochs x mini-batches x micro-batches over the Loss, stepping every Trainable per mini-batch.
+
+    for each epoch: shuffle rows; split into exactly `mini_batches` mini-batches (tensor_split)
+        modulator (once per mini-batch: token advantages, loss mask, extra terms)
+        for each micro-batch: forward -> ModelOutputs -> Loss (terms.py) -> backward (accumulate)
+        clip + optimiser + scheduler step of every trainable
+
+A mini-batch is every process's chunk of the same index; its loss is a mean over the *global* mini-batch
+(token or sequence counts summed over processes) and the engine averages gradients over processes, so each
+process scales its share by their number: one process and N processes take the same gradient step.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from dynamo_cli.distributed import DataParallel
+from dynamo_cli.errors import DynamoError
+from dynamo_cli.modulators import TokenShaping
+from dynamo_cli.policy import batched_token_stats, completion_token_stats
+from dynamo_cli.protocols import Modulator
+from dynamo_cli.terms import Loss
+from dynamo_cli.trainable import Trainable
+from dynamo_cli.trajectory import ModelOutputs, Trajectories
+
+
+def check_batch_layout(*, rollouts_per_step: int, world_size: int, mini_batches: int) -> None:
+    """Every process gets the same number of rollouts, and at least one per mini-batch: then every process runs
+    the same sequence of forward/backward calls, which the engines' collectives require."""
+    if rollouts_per_step % world_size:
+        raise DynamoError(f"trainer.prompts_per_step x rollout.n = {rollouts_per_step} rollouts per step do not split "
+                          f"evenly over {world_size} processes; choose a multiple of {world_size}")
+    if rollouts_per_step // world_size < mini_batches:
+        raise DynamoError(f"algorithm.mini_batches={mini_batches} needs at least {mini_batches} rollouts per process; "
+                          f"each of the {world_size} processes has {rollouts_per_step // world_size}")
+
+
+def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor:
+    """The normalisation group of each sequence for the modulator's min/max (algorithm.md: our choice)."""
+    if scope == "sequence":
+        return torch.arange(size)
+    if scope == "micro_batch":
+        return torch.arange(size) // micro_batch_size
+    return torch.zeros(size, dtype=torch.long)
+
+
+class PolicyUpdate:
+    def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
+                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float):
+        self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
+        self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
+        self.modulator_scope, self.temperature = modulator_scope, temperature
+
+    @property
+    def policy(self) -> Trainable:
+        return self.trainables[0]
+
+    def __call__(self, batch: Trajectories, *, generator: torch.Generator) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """One step's update over this process's rows. Returns (metrics, modulation distributions)."""
+        dp = self.dp
+        sums = dict.fromkeys(self.loss.metric_names(), 0.0)
+        grad_norm_sum, modulate_seconds, updates = 0.0, 0.0, 0
+        modulation_metrics: dict[str, float] = {}
+        distributions: dict[str, list[torch.Tensor]] = {}
+        for epoch in range(self.ppo_epochs):
+            order = torch.randperm(len(batch), generator=generator)
+            for mb_index, rows in enumerate(order.tensor_split(self.mini_batches)):  # exactly mini_batches parts
+                mb = batch.select(rows)
+                num_tokens, num_seqs = int(dp.sum(int(mb.loss_mask.sum()))), int(dp.sum(len(mb)))
+                t0 = time.perf_counter()
+                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0))
+                modulate_seconds += time.perf_counter() - t0
+                for key, value in shaping.metrics.items():
+                    modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
+                for key, value in shaping.distributions.items():
+                    distributions.setdefault(key, []).append(value.cpu())
+
+                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask)
+                starts = range(0, len(mb), self.micro_batch_size)
+                for start in starts:
+                    micro = shaped.select(slice(start, start + self.micro_batch_size)).to(dp.device)
+                    with dp.accumulate(self.policy.model, sync=start == starts[-1]):  # gradients cross processes once per mini-batch
+                        loss, metrics = self.loss(micro, self.forward(micro, extra=shaping.extra_terms), num_tokens=num_tokens,
+                                                  num_sequences=num_seqs, extra=shaping.extra_terms)
+                        dp.backward(loss * dp.world_size)  # the engine averages over processes; the global mean wants their sum
+                    for key, value in metrics.items():
+                        sums[key] = sums.get(key, 0.0) + value
+                grad_norms = [t.step(dp) for t in self.trainables]
+                grad_norm_sum += grad_norms[0]
+                updates += 1
+        # each process summed its share of every global mean: the sum over processes is the mean over the global batch
+        metrics = {f"train/{k}": dp.sum(v) / updates for k, v in sums.items()}
+        metrics["train/grad_norm"] = grad_norm_sum / updates  # of the all-reduced gradient: the same on every process
+        metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
+        metrics["train/lr"] = self.policy.scheduler.get_last_lr()[0]
+        metrics["time/modulate_s"] = modulate_seconds
+        return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
+
+    def shape(self, mb: Trajectories, *, first: bool) -> TokenShaping:
+        """The modulator's view of a mini-batch, with the *current* policy's entropy and log-probs when it needs
+        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch."""
+        device, modulator = self.dp.device, self.modulator
+        if modulator.needs_policy_stats and not first:
+            logprobs_now, entropy_now = batched_token_stats(  # rank-local, no gradient: on the unwrapped module
+                self.dp.unwrap(self.policy.model), input_ids=mb.input_ids.to(device), attention_mask=mb.attention_mask.to(device),
+                prompt_width=mb.prompt_width, temperature=self.temperature, micro_batch_size=self.micro_batch_size)
+        else:
+            logprobs_now, entropy_now = mb.old_logprobs.to(device), mb.old_entropy.to(device)
+        scope_sync = self.dp.scope_sync() if self.modulator_scope == "mini_batch" else None  # a mini-batch spans the processes
+        return modulator(advantages=mb.advantages.to(device), mask=mb.loss_mask.to(device), entropy=entropy_now,
+                         logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync,
+                         scope_index=scope_index(len(mb), scope=self.modulator_scope, micro_batch_size=self.micro_batch_size).to(device))
+
+    def forward(self, micro: Trajectories, *, extra=()) -> ModelOutputs:
+        """The policy's differentiable outputs over a micro-batch's response region; entropy only if a term reads it."""
+        logprobs, entropy = completion_token_stats(
+            self.policy.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
+            temperature=self.temperature, with_entropy=self.loss.needs("entropy", extra))
+        return ModelOutputs(logprobs=logprobs, entropy=entropy)

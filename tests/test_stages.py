@@ -1,0 +1,206 @@
+"""The step's stages and their parts: loss terms, the Loss aggregation, estimate, update's mini-batch split,
+the sampler, trajectories, and the registries behind every config group."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dynamo_cli import builders
+from dynamo_cli.advantages import grpo_advantages
+from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
+from dynamo_cli.config import TinyModelConfig, register_schemas
+from dynamo_cli.registry import Registry
+from dynamo_cli.samplers import UniformSampler
+from dynamo_cli.stages.estimate import GroupEstimator
+from dynamo_cli.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
+from dynamo_cli.trajectory import ModelOutputs, Trajectories
+
+register_schemas()
+register_resolvers()
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_schema(compose(config_name="train", overrides=overrides))
+
+
+def batch(**fields) -> Trajectories:
+    # 2 rows, 3 response positions; row 1's last position is padding
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    base = dict(input_ids=torch.zeros(2, 4, dtype=torch.long), attention_mask=torch.ones(2, 4, dtype=torch.long),
+                loss_mask=mask, prompt_index=torch.tensor([0, 0]), prompt_width=1)
+    return Trajectories(**{**base, **fields})
+
+
+# ----------------------------------------------------------------------------------------- terms
+def test_loss_weights_and_aggregates_each_term_by_token_mean():
+    # policy: old = new log-probs -> ratio 1 -> per-token loss -A; A = [[1, 1, 1], [-2, -2, x]]
+    #   token mean over 5 tokens: (-1 -1 -1 +2 +2) / 5 = 0.2
+    # kl: ref = logp - 1 -> d = -1 -> e^-1 + 1 - 1 = 0.36788 on every token; mean 0.36788, weight 0.1
+    # entropy: 2.0 on every token; mean 2.0, weight -0.5 (a bonus) -> total 0.2 + 0.036788 - 1.0
+    logprobs = torch.full((2, 3), -1.0)
+    b = batch(advantages=torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, 99.0]]), old_logprobs=logprobs.clone(),
+              ref_logprobs=logprobs - 1)
+    out = ModelOutputs(logprobs=logprobs, entropy=torch.full((2, 3), 2.0))
+    loss = Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.28), 1.0), Weighted(ReferenceKL(), 0.1),
+                       Weighted(EntropyBonus(), -0.5)], mode="token_mean")
+    value, metrics = loss(b, out, num_tokens=5, num_sequences=2)
+    assert math.isclose(value.item(), 0.2 + 0.1 * math.exp(-1) - 1.0, rel_tol=1e-6)
+    assert math.isclose(metrics["pg_loss"], 0.2, rel_tol=1e-6)
+    assert math.isclose(metrics["kl_ref"], math.exp(-1), rel_tol=1e-6)
+    assert metrics["entropy_bonus"] == 2.0 and metrics["clip_frac"] == 0.0 and metrics["approx_kl"] == 0.0
+    assert math.isclose(metrics["loss"], value.item())
+
+
+def test_a_term_with_weight_zero_is_never_computed_but_still_logged():
+    def explode(batch, out):
+        raise AssertionError("a weight-0 term must not run")
+
+    class Off:
+        name, needs = "off_term", frozenset({"entropy"})
+        __call__ = staticmethod(explode)
+
+    b = batch(advantages=torch.ones(2, 3), old_logprobs=torch.zeros(2, 3))
+    loss = Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0), Weighted(Off(), 0.0)], mode="seq_mean")
+    _, metrics = loss(b, ModelOutputs(logprobs=torch.zeros(2, 3)), num_tokens=5, num_sequences=2)
+    assert "off_term" not in metrics and "off_term" in loss.metric_names()
+    assert not loss.needs("entropy")  # no forward pass computes an entropy for it
+
+
+def test_build_loss_follows_the_coefficients():
+    loss = build_loss(compose_train(["algorithm.kl_coef=0.05"]))
+    assert [(w.term.name, w.weight) for w in loss.terms] == [("pg_loss", 1.0), ("kl_ref", 0.05), ("entropy_bonus", -0.0)]
+    assert not loss.needs("entropy") and loss.needs("ref_logprobs")
+    assert build_loss(compose_train(["algorithm.entropy_coef=0.01"])).needs("entropy")
+
+
+# -------------------------------------------------------------------------------------- estimate
+def test_group_estimator_puts_the_sequence_advantage_on_policy_tokens_of_this_process():
+    # rewards [1, 0 | 1, 1]: group 0 -> GRPO (+0.7071, -0.7071); group 1 all equal -> 0. This process has rows [0, 2)
+    b = batch()
+    tokens, sequence, zero = GroupEstimator(grpo_advantages)(b, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
+                                                             group_index=torch.tensor([0, 0, 1, 1]), num_groups=2, rows=slice(0, 2))
+    a = 1 / math.sqrt(2)
+    torch.testing.assert_close(tokens, torch.tensor([[a, a, a], [-a, -a, 0.0]]), atol=1e-5, rtol=1e-5)
+    assert sequence.shape == (4,) and zero.tolist() == [False, False, True, True]
+
+
+# ---------------------------------------------------------------------------------------- update
+@pytest.mark.parametrize("rows, mini_batches", [(9, 6), (8, 3), (4, 4)])
+def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
+    """torch.chunk splits 9 rows into chunks of ceil(9/6) = 2, i.e. 5 mini-batches; tensor_split gives exactly 6."""
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.modulators import NoModulator
+    from dynamo_cli.stages.update import PolicyUpdate
+    from dynamo_cli.trainable import Trainable
+
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), build_char_tokenizer())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    ids = torch.randint(4, 40, (rows, 6), generator=torch.Generator().manual_seed(0))
+    b = Trajectories(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=torch.ones(rows, 4, dtype=torch.bool),
+                     prompt_index=torch.zeros(rows, dtype=torch.long), prompt_width=2, advantages=torch.randn(rows, 4),
+                     old_logprobs=torch.full((rows, 4), -3.0), old_entropy=torch.ones(rows, 4))
+    update = PolicyUpdate(trainables=[Trainable("policy", model, optimizer, scheduler, grad_clip=1.0)],
+                          loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0)], mode="token_mean"),
+                          modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=2, mini_batches=mini_batches,
+                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
+    update(b, generator=torch.Generator().manual_seed(0))
+    assert scheduler.last_epoch == 2 * mini_batches
+
+
+# -------------------------------------------------------------------------------- collect's parts
+def test_uniform_sampler_visits_every_problem_once_per_epoch_and_replays():
+    sampler = UniformSampler(seed=7)
+    first_epoch = [i for step in (1, 2, 3) for i in sampler.prompt_indices(step, num_problems=12, per_step=4)]
+    assert sorted(first_epoch) == list(range(12))
+    assert UniformSampler(seed=7).prompt_indices(2, num_problems=12, per_step=4) == first_epoch[4:8]  # a pure function
+
+
+def test_trajectories_single_turn_and_select():
+    from dynamo_cli.rollout import Rollouts
+
+    rollouts = Rollouts(prompt_index=torch.tensor([0, 1]), input_ids=torch.arange(8).view(2, 4), attention_mask=torch.ones(2, 4),
+                        completion_mask=torch.tensor([[True, False], [True, True]]), prompt_width=2, texts=["a", "bc"],
+                        finished=torch.tensor([True, True]))
+    t = Trajectories.single_turn(rollouts)
+    assert t.loss_mask.tolist() == [[True, False], [True, True]] and t.turns is None
+    picked = t.select(torch.tensor([1]))
+    assert picked.input_ids.tolist() == [[4, 5, 6, 7]] and picked.prompt_width == 2 and len(picked) == 1
+
+
+# ---------------------------------------------------------------------------------- registries
+@pytest.mark.parametrize("group, registry", [("sampler", builders.SAMPLERS), ("allocator", builders.ALLOCATORS),
+                                             ("modulator", builders.MODULATORS), ("rollout", builders.ROLLOUT_ENGINES)])
+def test_every_option_of_a_group_has_a_builder(group, registry):
+    for path in (CONF_DIR / group).glob("*.yaml"):
+        assert getattr(compose_train([f"{group}={path.stem}"]), group).name in registry.names()
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
+def test_every_advantage_estimator_builds(advantage):
+    assert isinstance(builders.build_estimator(compose_train([f"algorithm.advantage={advantage}"])), GroupEstimator)
+
+
+def test_registry_refuses_unknown_names_and_duplicates():
+    registry = Registry("thing")
+    registry.register("a")(lambda cfg: 1)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("a")(lambda cfg: 2)
+
+    class Cfg:
+        name = "b"
+
+    with pytest.raises(KeyError, match="no thing for 'b'; registered: a"):
+        registry.build(Cfg())
+
+
+def test_collect_runs_the_rounds_a_round_allocator_asks_for():
+    """A RoundAllocator sees round 0's rewards and asks for 3 more rollouts of every prompt whose group is all
+    equal (DAPO-like), once. The merged batch stays aligned (each reward is its own prompt's) and padding a
+    round to the merged widths leaves its log-probs unchanged."""
+    from dynamo_cli.allocators import Allocation, UniformAllocator
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.policy import batched_token_stats
+    from dynamo_cli.protocols import RoundAllocator
+    from dynamo_cli.rollout import PolicyRollouts, stream_seed
+    from dynamo_cli.stages.collect import Collector
+    from dynamo_cli.tasks import MathTask
+
+    class Refill(UniformAllocator):
+        def next_round(self, prompt_ids, *, rewards, group_index, round):
+            if round > 1:
+                return None
+            hi = torch.full((len(prompt_ids),), -1.0).scatter_reduce(0, group_index, rewards, "amax")
+            lo = torch.full((len(prompt_ids),), 2.0).scatter_reduce(0, group_index, rewards, "amin")
+            counts = torch.where(hi == lo, 3, 0)
+            return Allocation(counts=counts, priority=torch.ones(len(prompt_ids)))
+
+    assert isinstance(Refill(n=2), RoundAllocator) and not isinstance(UniformAllocator(n=2), RoundAllocator)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    task = MathTask(seed=1, num_train=40, num_test_per_level=2, levels=["L1", "L5"], format="plain")  # prompts of two widths
+    collect = Collector(task=task, problems=task.train_problems(), tokenizer=tokenizer, sampler=UniformSampler(seed=0),
+                        allocator=Refill(n=2), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
+                        dp=DataParallel.start("cpu"), per_step=4, seed=0, max_new_tokens=5, temperature=1.0, top_p=1.0,
+                        generation_batch=16, logprob_batch=16)
+    got = collect(1)
+    counts = got.allocation.counts
+    assert got.allocation.metrics["alloc/rounds"] == 2.0 and int(counts.sum()) > 8  # the random policy solves ~nothing
+    assert torch.bincount(got.group_index, minlength=4).tolist() == counts.tolist()
+    assert len(got.batch) == len(got.rewards) == int(counts.sum())
+    for r, (i, text) in enumerate(zip(got.group_index.tolist(), got.rollouts.texts, strict=True)):
+        assert got.rewards[r] == task.verify(text, got.problems[i])
+    first = collect.engine.generate(got.prompts, counts=torch.full((4,), 2), max_new_tokens=5, temperature=1.0, top_p=1.0,
+                                    seed=stream_seed(0, 1),
+                                    streams=torch.arange(8), max_batch_size=16)
+    alone, _ = batched_token_stats(model, input_ids=first.input_ids, attention_mask=first.attention_mask,
+                                   prompt_width=first.prompt_width, temperature=1.0, micro_batch_size=16)
+    assert first.texts == got.rollouts.texts[:8]  # round 0 is the rows it would be alone
+    mask = first.completion_mask
+    torch.testing.assert_close(got.batch.old_logprobs[:8, :alone.shape[1]][mask], alone[mask], atol=1e-5, rtol=1e-5)
