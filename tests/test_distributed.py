@@ -152,7 +152,9 @@ def test_two_processes_train_like_one(sft_checkpoint, tmp_path):
         assert a["dist/replica_param_diff"] == 0.0 and a["dist/replica_alloc_diff"] == 0.0  # after every step
         assert a["rollout/reward_mean"] == b["rollout/reward_mean"] and a["alloc/max"] == b["alloc/max"]
         for key in ("train/loss", "train/grad_norm", "train/entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), key
+            # abs 1e-6: the loss is a mean of O(1) terms of both signs that nearly cancel (here ~1e-3), so float32
+            # sums in another order move it by ~1e-7 absolute, which can exceed 1e-4 of its small value
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
     rollouts_two, rollouts_one = _records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl")
     assert len(rollouts_two) == len(rollouts_one) == 3 * 8 * 4
     for a, b in zip(rollouts_two, rollouts_one, strict=True):
