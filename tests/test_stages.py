@@ -181,12 +181,15 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
             counts = torch.where(hi == lo, 3, 0)
             return Allocation(counts=counts, priority=torch.ones(len(prompt_ids)))
 
-    assert isinstance(Refill(n=2), RoundAllocator) and not isinstance(UniformAllocator(n=2), RoundAllocator)
+    def uniform(cls):
+        return cls(n=2, explore_min_attempts=4, decay=1.0)
+
+    assert isinstance(uniform(Refill), RoundAllocator) and not isinstance(uniform(UniformAllocator), RoundAllocator)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
     task = MathTask(seed=1, num_train=40, num_test_per_level=2, levels=["L1", "L5"], format="plain")  # prompts of two widths
     collect = Collector(task=task, problems=task.train_problems(), tokenizer=tokenizer, sampler=UniformSampler(seed=0),
-                        allocator=Refill(n=2), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
+                        allocator=uniform(Refill), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
                         dp=DataParallel.start("cpu"), per_step=4, seed=0, max_new_tokens=5, temperature=1.0, top_p=1.0,
                         generation_batch=16, logprob_batch=16)
     got = collect(1)
