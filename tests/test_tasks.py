@@ -437,3 +437,27 @@ def test_jsonl_chat_prompt(fixture_task, chat_tokenizer):
     p = fixture_task.test_problems()[0]
     prompt = fixture_task.prompt_text(p, chat_tokenizer)
     assert prompt.startswith("<|user|>") and p.question in prompt and prompt.endswith("<|assistant|>")
+
+
+def test_slipped_answer_drops_only_the_units_carry():
+    from dynamo_cli.tasks.math import slipped_answer
+
+    assert slipped_answer("+", 47, 38) == 75  # 7+8=15: the 1 is not carried, 4+3=7 -> 75 (true 85)
+    assert slipped_answer("+", 99, 99) == 188  # 9+9=18 -> 8; 9+9=18 without the carry -> 188 (true 198)
+    assert slipped_answer("-", 47, 8) == 49  # 7-8 borrows: 17-8=9 and the tens stay 4 -> 49 (true 39)
+    assert slipped_answer("*", 47, 8) == 326  # 7*8=56: the 5 is not carried -> 32, 6 -> 326 (true 376)
+    assert slipped_answer("+", 41, 3) is None and slipped_answer("-", 47, 3) is None  # nothing to drop
+
+
+def test_teacher_slip_changes_demonstrations_only():
+    perfect = MathTask(seed=0, num_train=3000, num_test_per_level=20, levels=["L3", "L4"], format="plain", teacher_slip=0.0)
+    slipping = MathTask(seed=0, num_train=3000, num_test_per_level=20, levels=["L3", "L4"], format="plain", teacher_slip=0.5)
+    assert perfect.train_problems() == slipping.train_problems() and perfect.test_problems() == slipping.test_problems()
+    problems = perfect.train_problems()
+    wrong = [p for p in problems if slipping.demonstration(p) != p.answer]
+    carrying = [p for p in problems if p.question[1] + p.question[-1] and
+                (int(p.question[1]) + int(p.question[-1]) >= 10 if "+" in p.question else int(p.question[1]) < int(p.question[-1]))]
+    assert all(perfect.demonstration(p) == p.answer for p in problems)
+    assert {p.id for p in wrong} <= {p.id for p in carrying}  # only carrying problems slip
+    assert 0.4 < len(wrong) / len(carrying) < 0.6  # about half of them, chosen by a stable hash of the id
+    assert all(slipping.verify(p.answer, p) == 1.0 for p in wrong)  # the verifier still holds the true answer

@@ -7,6 +7,7 @@ allocator works on. No files, no downloads, and the test set is the same for eve
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +42,17 @@ TEST_SAMPLING_SEED = "math-test"  # fixed, so the test set does not depend on th
 
 def _answer(op: str, a: int, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def slipped_answer(op: str, a: int, b: int) -> int | None:
+    """The answer of a teacher who drops the carry (or borrow) out of the units column; None when that
+    column has none, so there is nothing to drop. 47+38 -> 75 (not 85), 47-8 -> 49 (not 39), 47*8 -> 326
+    (not 376): every other digit is computed correctly."""
+    units = (a % 10) + (b % 10) if op == "+" else (a % 10) - (b % 10) if op == "-" else (a % 10) * (b % 10)
+    carry = units // 10 if op != "-" else (1 if units < 0 else 0)
+    if carry == 0:
+        return None
+    return _answer(op, a, b) + (10 * carry if op == "-" else -10 * carry)
 
 
 def _is_test(question: str) -> bool:
@@ -103,8 +115,12 @@ class MathTask(Task):
         format: str,
         answer_type: str = "integer",  # the answers are integers by construction
         answer_fallback: str = "auto",
+        teacher_slip: float = 0.0,
     ):
         self.format = check_format(format)
+        if not 0 <= teacher_slip <= 1:
+            raise TaskError(f"teacher_slip={teacher_slip} must be in [0, 1]")
+        self.teacher_slip = teacher_slip
         self.answer_type, self.answer_fallback = check_answer_rules(answer_type, answer_fallback, format)
         unknown = [level for level in levels if level not in LEVELS]
         if unknown or not levels:
@@ -122,6 +138,17 @@ class MathTask(Task):
             test_rng = random.Random(f"{TEST_SAMPLING_SEED}/{name}")
             self._test += _sample(name, LEVELS[name], num_test_per_level, test_rng, test=True)
         rng.shuffle(self._train)  # interleave levels so every batch sees the whole spread
+
+    def demonstration(self, problem: Problem) -> str:
+        """The SFT target. With teacher_slip q, a fixed share q of the problems that carry (chosen by hash of the
+        id, the same in every run) is demonstrated with the units carry dropped: an imperfect teacher."""
+        if self.teacher_slip and stable_unit("slip/" + problem.id) < self.teacher_slip:
+            op = next(c for c in "+-*" if c in problem.question)
+            a, b = (int(x) for x in problem.question.split(op))
+            slipped = slipped_answer(op, a, b)
+            if slipped is not None:
+                return super().demonstration(dataclasses.replace(problem, answer=str(slipped)))
+        return super().demonstration(problem)
 
     def train_problems(self) -> list[Problem]:
         """Seed-dependent sample; may repeat a problem when a level (L1) has too few."""
