@@ -31,6 +31,7 @@ OVERRIDES = [
     "trainer.eval_every=0", "trainer.save_every=0", "trainer.dump_rollouts=true",
     "rollout.n=8", "rollout.max_batch_size=64", "algorithm.micro_batch_size=16", "algorithm.mini_batches=2",
     "algorithm.ppo_epochs=2", "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0.01", "optim.lr=1e-3",
+    "trainer.prompt_pool=null",  # added after recording: the task's whole list, as every run used then
 ]
 
 

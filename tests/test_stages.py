@@ -207,3 +207,12 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
     assert first.texts == got.rollouts.texts[:8]  # round 0 is the rows it would be alone
     mask = first.completion_mask
     torch.testing.assert_close(got.batch.old_logprobs[:8, :alone.shape[1]][mask], alone[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_pool_is_the_first_distinct_problems():
+    from dynamo_cli.recipes.train import prompt_pool
+    from dynamo_cli.tasks.base import Problem
+
+    a, b, c = (Problem(f"t/{q}", q, "0", "L") for q in "abc")
+    assert prompt_pool([a, b, a, c], 2) == [a, b] and prompt_pool([a, b, a, c], 9) == [a, b, c]  # repeats count once
+    assert prompt_pool([a, b, a], None) == [a, b, a]  # null: the task's list as it stands

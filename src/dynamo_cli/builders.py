@@ -25,7 +25,8 @@ def _math(cfg: MathTaskConfig):
     from dynamo_cli.tasks import MathTask
 
     return MathTask(seed=cfg.seed, num_train=cfg.num_train, num_test_per_level=cfg.num_test_per_level, levels=list(cfg.levels),
-                    format=cfg.format, answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
+                    format=cfg.format, answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback,
+                    teacher_slip=cfg.teacher_slip)
 
 
 @TASKS.register(JsonlTaskConfig)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -74,7 +74,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                  if cfg.algorithm.kl_coef > 0 else None)
     total, trainable = count_parameters(model)
     task = build_task(cfg.task)
-    train_problems, test_problems = task.train_problems(), eval_subset(task.test_problems(), cfg.eval.max_problems)
+    train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
+    test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
     sampler, allocator, modulator, estimate = build_sampler(cfg), build_allocator(cfg), build_modulator(cfg), build_estimator(cfg)
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
@@ -232,6 +233,14 @@ def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tens
     return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
                       variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
             for i, p in enumerate(problems)]
+
+
+def prompt_pool(problems: list, size: Optional[int]) -> list:
+    """The first `size` distinct problems (by id): the fixed pool RL revisits over epochs. None: the task's whole
+    training list as it stands (a task may repeat the problems of a small level)."""
+    if size is None:
+        return problems
+    return list({p.id: p for p in problems}.values())[:size]  # a dict keeps the first occurrence's order
 
 
 def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, texts, rewards, rules, counts, advantages) -> None:
