@@ -82,6 +82,19 @@ def test_dynamo_preset_states_its_values():
 def test_grpo_preset_is_uniform_without_modulation():
     cfg = compose_schema("train", ["experiment=grpo"])
     assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.modulator.name == "none"
+    assert cfg.algorithm.eps_low == cfg.algorithm.eps_high == 0.2  # plain GRPO: a symmetric clip
+
+
+def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
+    dyn, base = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=clip_higher"])
+    assert isinstance(base.allocator, UniformAllocatorConfig) and base.modulator.name == "none"
+    assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher"])
+def test_presets_take_several_updates_per_step(preset):
+    # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
+    assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
 
 
 @pytest.mark.parametrize("task", ["math", "gsm8k"])
