@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
-# make demo: sft -> train (DynaMO) -> eval on the embedded defaults, then test pass@1 before and after RL.
-# Extra arguments are passed to all three commands (e.g. `bash scripts/demo.sh logger=none`).
+# make demo: sft -> eval -> train (DynaMO) -> eval on the embedded defaults; test pass@1 before and after RL.
+# SEEDS="0 1 2" trains one RL run per seed from the same SFT checkpoint and reports the gain's 95% CI over them.
+# The summary goes to outputs/demo/<date>_<time>/demo.json; DOCS=1 also writes docs/demo.json and README's table.
+# Extra arguments are passed to every command (e.g. `bash scripts/demo.sh logger=none`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DYNAMO=${DYNAMO:-.venv/bin/dynamo}
 PY=${PY:-.venv/bin/python}
+SEEDS=${SEEDS:-0}
+out=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
+mkdir -p "$out"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-start=$(date +%s)
 
 run() {  # run a dynamo command, show its output, and leave its run dir (its last line) in $run_dir
+  local label=$1; shift
+  local t0=$(date +%s)
   "$DYNAMO" "$@" | tee "$log"
   run_dir=$(tail -n 1 "$log")
+  echo "$label $run_dir $(( $(date +%s) - t0 ))" >> "$out/runs.txt"
 }
 
-echo "== 1/3 dynamo sft task=math model=tiny"
-run sft task=math model=tiny name=demo "$@"
+echo "== 1 dynamo sft (the embedded defaults: tiny model, task=math with an imperfect teacher)"
+run sft sft name=demo "$@"
 sft_dir=$run_dir
-echo "== 2/3 dynamo train task=math allocator=variance modulator=dynamo (DynaMO) from the SFT checkpoint"
-run train task=math allocator=variance modulator=dynamo model.path="$sft_dir/checkpoints/final" name=demo "$@"
-train_dir=$run_dir
-echo "== 3/3 dynamo eval of the RL checkpoint"
-run eval task=math model.path="$train_dir/checkpoints/final" name=demo "$@"
-eval_dir=$run_dir
-
-"$PY" - "$sft_dir" "$eval_dir" "$(( $(date +%s) - start ))" <<'PY'
-import json, sys
-sft, rl = (json.load(open(f"{d}/eval.json"))["overall"] for d in sys.argv[1:3])
-print(f"\ntest greedy pass@1: after SFT {sft['greedy']:.3f} -> after RL {rl['greedy']:.3f} "
-      f"({100 * (rl['greedy'] - sft['greedy']):+.1f} points); demo took {int(sys.argv[3])} s")
-PY
+for seed in $SEEDS; do
+  echo "== 2 dynamo eval of the SFT checkpoint (seed $seed)"
+  run "sft_eval/$seed" eval model.path="$sft_dir/checkpoints/final" seed="$seed" name="demo-sft-seed$seed" "$@"
+  echo "== 3 dynamo train allocator=variance modulator=dynamo (DynaMO) from the SFT checkpoint (seed $seed)"
+  run "train/$seed" train allocator=variance modulator=dynamo model.path="$sft_dir/checkpoints/final" seed="$seed" \
+      name="demo-seed$seed" "$@"
+  train_dir=$run_dir
+  echo "== 4 dynamo eval of the RL checkpoint (seed $seed)"
+  run "rl_eval/$seed" eval model.path="$train_dir/checkpoints/final" seed="$seed" name="demo-rl-seed$seed" "$@"
+done
+"$PY" scripts/demo_report.py "$out" ${DOCS:+--docs}

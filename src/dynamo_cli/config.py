@@ -434,7 +434,7 @@ class SFTTrainerConfig:
 
 @dataclass
 class RLTrainerConfig:
-    steps: int = 300  # RL steps
+    steps: int = 400  # RL steps
     prompts_per_step: int = 64  # P: prompts drawn per step
     # RL revisits a fixed pool of prompts over epochs, as the paper does: the first N distinct training problems
     # (null: all of them). At 64 prompts a step a pool of 1024 comes back every 16 steps, so the allocator decides on

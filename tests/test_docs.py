@@ -1,0 +1,42 @@
+"""Figures that cannot drift: README's demo block is exactly what scripts/demo_report.py renders from the
+committed docs/demo.json, and neither README nor docs/ names a path of the machine they were made on."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report():
+    spec = importlib.util.spec_from_file_location("demo_report", REPO / "scripts" / "demo_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_demo_block_is_the_committed_summary():
+    report = _report()
+    summary = json.loads((REPO / "docs" / "demo.json").read_text())
+    readme = (REPO / "README.md").read_text()
+    assert report.START in readme and report.END in readme
+    block = readme[readme.index(report.START): readme.index(report.END) + len(report.END)]
+    assert block == report.readme_block(summary), "README's demo block differs from docs/demo.json: rerun DOCS=1 make demo"
+
+
+def test_demo_summary_names_its_commit_and_its_gains_add_up():
+    summary = json.loads((REPO / "docs" / "demo.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", summary["commit"])
+    for metric, gain in summary["gain"].items():
+        per_seed = [s["rl"][metric] - s["sft"][metric] for s in summary["per_seed"]]
+        assert abs(gain["mean"] - sum(per_seed) / len(per_seed)) < 1e-12
+        assert gain["seeds"] == len(per_seed)
+
+
+def test_no_machine_paths_in_docs():
+    texts = {p: p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "docs").glob("*.json"))]}
+    for path, text in texts.items():
+        found = re.findall(r"(?<![\w.~])/(?:tmp|root|home|work|Users)/[\w.-]+", text)
+        assert not found, f"{path.name} names machine paths: {found[:3]}"
