@@ -170,7 +170,8 @@ def test_curves_rollouts_to_target_and_paired_contrast_by_hand(synthetic_sweep):
     summary = agg.summarise(runs)
     text = " ".join(agg.findings(summary, [contrast], metric_label="test pass@1", start=0.4))
     assert "Highest mean final test pass@1: **dynamo** (0.750 ± 0.635, 2 seeds)" in text
-    assert "overlaps those of grpo" in text and "dynamo − grpo, paired by seed (2 seeds): +0.200 ± 0.000 (the 95% CI excludes 0)" in text
+    assert "overlaps those of grpo" in text and "dynamo − grpo, paired by seed (2 seeds): +0.200 ± 0.000 (the 95% CI excludes 0; " in text
+    assert "smallest difference these seeds detect (α 0.05, power 0.8): 0.000, 2 seeds would detect 0.03)" in text  # sd 0
     assert "scores 0.400 (step-0 eval); change over it at the end: grpo +0.200, dynamo +0.350." in text
     assert "DynaMO does not have the highest mean" not in text
     flipped = " ".join(agg.findings(summary[:1] + [dataclasses.replace(summary[1], pass1=agg.mean_ci([0.1, 0.2]))], [],
@@ -300,3 +301,12 @@ def test_jobs_that_never_started_are_listed(synthetic_sweep, tmp_path):
     ok = sweep_recipe.report(synthetic_sweep, out_dir=tmp_path / "out", preset=cfg.sweep, command="test", jobs=jobs)
     assert ok is False
     assert "- job 7 never started: `seed=3 allocator=variance`" in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_minimum_detectable_difference_hand_values():
+    # n = 3: t_{0.975, 2} = 4.303, t_{0.8, 2} = 1.061 -> (4.303 + 1.061) * 0.02 / sqrt(3) = 0.0619
+    assert agg.minimum_detectable_difference(0.02, 3) == pytest.approx(0.0619, abs=1e-4)
+    # n = 10: t_{0.975, 9} = 2.262, t_{0.8, 9} = 0.883 -> 3.145 * 0.02 / sqrt(10) = 0.0199
+    assert agg.minimum_detectable_difference(0.02, 10) == pytest.approx(0.0199, abs=1e-4)
+    assert agg.minimum_detectable_difference(0.02, 1) is None
+    assert agg.seeds_to_detect(0.02, 0.03) == 6  # n = 5 gives 0.0332, n = 6 gives 0.0285

@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -355,6 +356,12 @@ class Contrast:
     baseline: str
     seeds: list[int]
     difference: Interval
+    sd: float | None = None  # standard deviation of the paired differences over seeds (None with < 2)
+
+    @property
+    def mdd(self) -> float | None:
+        """Minimum detectable difference (α 0.05 two-sided, power 0.8) at this contrast's seeds and spread."""
+        return None if self.sd is None else minimum_detectable_difference(self.sd, len(self.seeds))
 
 
 def paired_contrasts(runs: Sequence[Run], metric: str, baseline: str = BASELINE) -> list[Contrast]:
@@ -367,8 +374,26 @@ def paired_contrasts(runs: Sequence[Run], metric: str, baseline: str = BASELINE)
             continue
         seeds = sorted(set(by_seed) & set(groups[baseline]))
         diffs = [by_seed[s].final_metric(metric) - groups[baseline][s].final_metric(metric) for s in seeds]
-        out.append(Contrast(method=method, baseline=baseline, seeds=seeds, difference=mean_ci(diffs)))
+        sd = statistics.stdev(diffs) if len(diffs) >= 2 else None
+        out.append(Contrast(method=method, baseline=baseline, seeds=seeds, difference=mean_ci(diffs), sd=sd))
     return out
+
+
+def minimum_detectable_difference(sd: float, n: int, *, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """The smallest true paired difference a two-sided paired t-test over n seeds detects with probability `power`
+    at level `alpha`, given the seeds' standard deviation of the differences: (t_{1-α/2, n-1} + t_{power, n-1})·sd/√n.
+    None with fewer than two seeds. Known value: sd 0.02, n 3 -> (4.303 + 1.061)·0.02/√3 = 0.0619."""
+    if n < 2:
+        return None
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def seeds_to_detect(sd: float, difference: float, *, alpha: float = 0.05, power: float = 0.8, most: int = 1000) -> int | None:
+    """The fewest seeds whose minimum detectable difference is <= `difference` at this sd (None beyond `most`)."""
+    for n in range(2, most + 1):
+        if minimum_detectable_difference(sd, n, alpha=alpha, power=power) <= difference:
+            return n
+    return None
 
 
 # --------------------------------------------------------------------------------------- curves
@@ -492,6 +517,9 @@ TARGET_COLUMNS = ["method", "seeds reaching", "rollouts to target", "tokens to t
 
 
 # ------------------------------------------------------------------------------------ statements
+MDD_TARGET = 0.03  # the difference the ablation is sized to detect: 3 points of pass@1 (issue 10)
+
+
 def findings(rows: Sequence[MethodSummary], contrasts: Sequence[Contrast], *, metric_label: str,
              interval_of=lambda row: row.pass1, start: float | None = None) -> list[str]:
     """Short factual sentences generated from the numbers: who has the highest mean, whether CIs overlap,
@@ -521,7 +549,13 @@ def findings(rows: Sequence[MethodSummary], contrasts: Sequence[Contrast], *, me
         verdict = {True: "the 95% CI excludes 0", False: "the 95% CI includes 0",
                    None: "too few paired seeds for a CI"}[c.difference.excludes_zero()]
         width = f" ± {c.difference.half_width:.3f}" if c.difference.half_width is not None else ""
-        lines.append(f"{c.method} − {c.baseline}, paired by seed ({_seeds(len(c.seeds))}): {c.difference.mean:+.3f}{width} ({verdict}).")
+        detect = ""
+        if c.mdd is not None:
+            need = seeds_to_detect(c.sd, MDD_TARGET) if c.sd > 0 else 2
+            detect = (f"; smallest difference these seeds detect (α 0.05, power 0.8): {c.mdd:.3f}"
+                      + (f", {need} seeds would detect {MDD_TARGET:.2f}" if need is not None else ""))
+        lines.append(f"{c.method} − {c.baseline}, paired by seed ({_seeds(len(c.seeds))}): {c.difference.mean:+.3f}{width} "
+                     f"({verdict}{detect}).")
     if start is not None:
         gains = {r.method: interval_of(r).mean - start for r in scored}
         lines.append(f"The shared starting checkpoint scores {start:.3f} (step-0 eval); change over it at the end: "
