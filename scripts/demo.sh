@@ -10,6 +10,11 @@ PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-0}
 out=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
 mkdir -p "$out"
+# what the figures came from, recorded before anything runs: the commit (with -dirty if src/, conf/ or scripts/ had
+# uncommitted changes), the torch threads (results are deterministic for a given seed and thread count), the args
+{ echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git status --porcelain src conf scripts 2>/dev/null | grep -q . && echo -dirty)"
+  echo "threads $("$PY" -c 'import torch; print(torch.get_num_threads())')"
+  echo "args $*"; } > "$out/meta.txt"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,12 +22,10 @@ START, END = "<!-- demo:start (scripts/demo_report.py writes this block) -->", "
 METRICS = {"greedy": "greedy pass@1", "pass@1": "sampled pass@1"}
 
 
-def commit() -> str:
-    """The commit the demo ran on, marked -dirty when the work tree had changes in src/, conf/ or scripts/."""
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "src", "conf", "scripts"], cwd=REPO, capture_output=True,
-                           text=True).stdout.strip()
-    return (head or "unknown") + ("-dirty" if dirty else "")
+def meta(out: Path) -> dict[str, str]:
+    """What scripts/demo.sh recorded before it ran anything: commit, torch threads, extra args."""
+    lines = (out / "meta.txt").read_text().splitlines()
+    return {key: value for key, _, value in (line.partition(" ") for line in lines)}
 
 
 def summarise(out: Path) -> dict:
@@ -53,10 +50,12 @@ def summarise(out: Path) -> dict:
     for m in METRICS:
         ci = mean_ci([s["rl"][m] - s["sft"][m] for s in per_seed])
         gains[m] = {"mean": ci.mean, "half_width_95": ci.half_width, "seeds": ci.n}
-    first = seeds[0]
+    first, recorded = seeds[0], meta(out)
+    args = f" ({recorded['args']})" if recorded.get("args") else ""
     return {
-        "commit": commit(),
-        "command": f'make demo SEEDS="{" ".join(map(str, seeds))}"',
+        "commit": recorded["commit"],
+        "command": f'make demo SEEDS="{" ".join(map(str, seeds))}"' + args,
+        "torch_threads": int(recorded["threads"]),
         "test_problems": json.loads((dirs[f"rl_eval/{first}"] / "eval.json").read_text())["overall"]["problems"],
         "eval_samples": json.loads((dirs[f"rl_eval/{first}"] / "eval.json").read_text())["n_samples"],
         "rl_steps": config["trainer"]["steps"],
@@ -85,7 +84,8 @@ def readme_block(summary: dict) -> str:
     """The README's demo section body: the headline, a per-level table (seed mean) and the per-seed gains."""
     seeds = summary["per_seed"]
     n = len(seeds)
-    lines = [START, "", f"Measured by `{summary['command']}` at commit `{summary['commit']}` (this 2-core CPU machine): "
+    lines = [START, "", f"Measured by `{summary['command']}` at commit `{summary['commit']}` on this 2-core CPU machine with "
+             f"{summary['torch_threads']} torch thread(s): "
              f"SFT {summary['seconds']['sft']} s; SFT + one RL seed with its two evals {summary['seconds']['one_seed']} s "
              f"end to end. RL: {summary['rl_steps']} steps of {summary['rollouts_per_step']} rollouts over a pool of "
              f"{summary['prompt_pool']} prompts. Test set: {summary['test_problems']} held-out problems, sampled pass@1 "
