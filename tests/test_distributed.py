@@ -129,7 +129,10 @@ def _relative_distance(a: Path, b: Path, start: Path) -> float:
 TRAIN_2P = ["logger=none", "trainer.steps=3", "trainer.prompts_per_step=8", "rollout.n=4", "allocator.n_min=2",
             "allocator.n_max=8", "eval.max_problems=12", "eval.n_samples=2", "eval.ks=[1,2]", "trainer.eval_every=0",
             "algorithm.micro_batch_size=4", "task.num_train=2000", "task.levels=[L1]", "trainer.dump_rollouts=true",
-            "optim.lr=1e-3", "trainer.save_every=2"]
+            "optim.lr=1e-3", "trainer.save_every=2",
+            # one update per step: with several, each process splits its own rows into mini-batches, which is a
+            # different (equally random) split of the global batch than one process's, so losses differ after update 1
+            "algorithm.mini_batches=1"]
 
 
 @pytest.mark.slow

@@ -131,7 +131,8 @@ def test_lora_rl_trains_only_the_adapter_and_resumes(lora_sft, tmp_path):
     overrides = [f"model.path={lora_sft}", *LORA, "trainer.prompts_per_step=4", "rollout.n=4", "allocator.n_min=2",
                  "allocator.n_max=8", "eval.max_problems=4", "eval.n_samples=0", "algorithm.micro_batch_size=16",
                  "algorithm.kl_coef=0.1", "algorithm.entropy_coef=0.05", "optim.lr=1e-2", "optim.warmup_steps=0",
-                 "trainer.save_every=1", "trainer.eval_every=0", "task.num_train=200"]
+                 "trainer.save_every=1", "trainer.eval_every=0", "task.num_train=200",
+                 "algorithm.mini_batches=1"]  # one update in step 1: its KL is the starting policy's, exactly 0
     train_recipe.run(compose_schema("train", [*overrides, "trainer.steps=2"]), tmp_path)
     checkpoints = tmp_path / "checkpoints"
     # the starting policy (the SFT adapter merged into its base) was saved as this run's base, untouched

@@ -46,7 +46,7 @@ def test_eval_writes_eval_json_and_prints_run_dir_last(sft_checkpoint, tmp_path)
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path)
     report = json.loads((tmp_path / "eval.json").read_text())
     overall = report["overall"]
-    assert overall["problems"] == 30 and report["levels"].keys() == {"L1", "L2", "L3", "L4", "L5", "L6"} and {"greedy", "mean@n", "pass@1", "pass@2", "pass@3"} <= set(overall)
+    assert overall["problems"] == 30 and report["levels"].keys() == {"L3", "L4", "L5"} and {"greedy", "mean@n", "pass@1", "pass@2", "pass@3"} <= set(overall)
     assert overall["pass@1"] <= overall["pass@2"] <= overall["pass@3"]
     assert abs(overall["pass@1"] - overall["mean@n"]) < 1e-9  # pass@1 is the mean success rate
     assert set(report["levels"]) and "greedy" in result.stdout
