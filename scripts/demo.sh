@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 DYNAMO=${DYNAMO:-.venv/bin/dynamo}
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-0}
+# one torch thread unless told otherwise: results are deterministic for a given seed *and thread count* (float sums
+# in another order move a 1000-step SFT a long way), so the default reproduces docs/demo.json exactly
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 out=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
 mkdir -p "$out"
 # what the figures came from, recorded before anything runs: the commit (with -dirty if src/, conf/ or scripts/ had
