@@ -27,6 +27,7 @@ class TokenShaping:
     metrics: dict[str, float] = field(default_factory=dict)  # mod/...
     distributions: dict[str, Tensor] = field(default_factory=dict)  # 1-D valid-token values, for histograms
     extra_terms: list = field(default_factory=list)  # loss terms (terms.Weighted) this mini-batch adds, e.g. KL-Cov
+    extra_mask: Tensor | None = None  # (N, L) bool: the tokens an extra term acts on (Trajectories.extra_mask)
 
 
 def _fp32(t: Tensor | None) -> Tensor | None:
@@ -122,6 +123,7 @@ class NoModulator:
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
         scope_sync: ScopeSync | None = None,
+        generator: torch.Generator | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         return TokenShaping(advantages=torch.where(mask, advantages, 0.0).detach(), loss_mask=mask)
@@ -154,6 +156,7 @@ class DynamoModulator:
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
         scope_sync: ScopeSync | None = None,
+        generator: torch.Generator | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         advantages, entropy, logprobs, old_logprobs = map(_fp32, (advantages, entropy, logprobs, old_logprobs))
