@@ -238,6 +238,12 @@ def test_cli_cfg_job_prints_composed_config():
     assert "eps_high: 0.28" in out and "name: variance" in out and "name: dynamo" in out
 
 
+def test_cli_cfg_job_composes_the_new_options():
+    out = dynamo("train", "--cfg", "job", "experiment=kl_cov", "algorithm.mask_truncated=true",
+                 "algorithm.overlong_penalty.factor=1.0", "algorithm.overlong_penalty.buffer=2").stdout
+    assert "name: kl_cov" in out and "coef: 1.0" in out and "mask_truncated: true" in out and "buffer: 2" in out
+
+
 def test_config_error_is_a_value_error():
     with pytest.raises(ConfigError, match="optim.lr"):
         from dynamo_cli.config import OptimConfig
