@@ -1,6 +1,8 @@
 """Tier 2: every config group option composes and instantiates; bad input ends in one clear line."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import dynamo
@@ -91,7 +93,40 @@ def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
     assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
 
 
-@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher"])
+# each token-level baseline preset is experiment=clip_higher plus its one part: what differs from it, and how
+BASELINE_PRESETS = {
+    "fork_tokens": ({"top_fraction": 0.2}, {}),  # arXiv 2506.01939
+    "entropy_advantage": ({"alpha": 0.4, "kappa": 2.0}, {}),  # arXiv 2506.14758
+    "clip_cov": ({"fraction": 2e-4, "cov_low": 1.0, "cov_high": 5.0}, {}),  # arXiv 2505.22617
+    "kl_cov": ({"fraction": 2e-4, "coef": 1.0}, {}),  # arXiv 2505.22617
+    "w_reinforce": ({}, {"advantage": "w_reinforce", "positive_weight": 0.1}),  # arXiv 2506.01347
+}
+
+
+@pytest.mark.parametrize("preset", sorted(BASELINE_PRESETS))
+def test_baseline_presets_are_clip_higher_plus_one_part_and_build(preset):
+    base, cfg = compose_schema("train", ["experiment=clip_higher"]), compose_schema("train", [f"experiment={preset}"])
+    modulator_values, algorithm_changes = BASELINE_PRESETS[preset]
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.rollout == base.rollout and cfg.optim == base.optim
+    assert cfg.modulator.name == (preset if modulator_values else "none")
+    assert {k: getattr(cfg.modulator, k) for k in modulator_values} == modulator_values
+    assert cfg.algorithm == dataclasses.replace(base.algorithm, **algorithm_changes)
+    builders.build_modulator(cfg), builders.build_estimator(cfg), builders.build_reward_shaping(cfg)
+
+
+def test_the_baseline_schema_defaults_are_the_papers():
+    from dynamo_cli import config
+
+    assert config.ForkTokensModulatorConfig().top_fraction == 0.2
+    assert (config.EntropyAdvantageModulatorConfig().alpha, config.EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
+    clip_cov, kl_cov = config.ClipCovModulatorConfig(), config.KLCovModulatorConfig()
+    assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-4, 1.0)
+    algorithm = config.AlgorithmConfig()
+    assert algorithm.positive_weight == 0.1 and algorithm.mask_truncated is False and algorithm.overlong_penalty.factor == 0.0
+    assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", *sorted(BASELINE_PRESETS)])
 def test_presets_take_several_updates_per_step(preset):
     # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
@@ -146,6 +181,15 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["allocator.prior=tag", "allocator.prior_strength=-1"], "allocator.prior_strength=-1.0 must be > 0"),
         (["allocator=uniform", "allocator.decay=0"], "allocator.decay=0.0 must be in (0, 1]"),
         (["allocator=uniform", "allocator.prior=tag"], "allocator.prior is not a config key"),
+        (["modulator=fork_tokens", "modulator.top_fraction=0"], "modulator.top_fraction=0.0 must be in (0, 1]"),
+        (["modulator=entropy_advantage", "modulator.kappa=0"], "modulator.kappa=0.0 must be > 0"),
+        (["modulator=clip_cov", "modulator.cov_low=5"], "modulator.cov_low=5.0 must be < modulator.cov_high=5.0"),
+        (["modulator=kl_cov", "modulator.fraction=2"], "modulator.fraction=2.0 must be in (0, 1]"),
+        (["modulator=none", "modulator.alpha=1"], "modulator.alpha is not a config key"),
+        (["algorithm.advantage=w_reinforce", "algorithm.positive_weight=0"], "algorithm.positive_weight=0.0 must be in (0, 1]"),
+        (["algorithm.mask_truncated=maybe"], "algorithm.mask_truncated"),
+        (["algorithm.overlong_penalty.factor=-1"], "algorithm.overlong_penalty.factor=-1.0 must be >= 0"),
+        (["algorithm.overlong_penalty.buffer=9"], "algorithm.overlong_penalty.buffer=9 must be <= its max_length=8"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
@@ -181,15 +225,23 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected):
 
 def test_cli_help_lists_commands_and_groups():
     out = dynamo("--help").stdout
-    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, none"]:
+    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, entropy_advantage"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+    assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
+    assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():
     out = dynamo("train", "--cfg", "job", "experiment=dynamo").stdout
     assert "eps_high: 0.28" in out and "name: variance" in out and "name: dynamo" in out
+
+
+def test_cli_cfg_job_composes_the_new_options():
+    out = dynamo("train", "--cfg", "job", "experiment=kl_cov", "algorithm.mask_truncated=true",
+                 "algorithm.overlong_penalty.factor=1.0", "algorithm.overlong_penalty.buffer=2").stdout
+    assert "name: kl_cov" in out and "coef: 1.0" in out and "mask_truncated: true" in out and "buffer: 2" in out
 
 
 def test_config_error_is_a_value_error():

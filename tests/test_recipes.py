@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -79,6 +80,31 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     first = records[0]  # step 0: the eval before RL and the batch sizes chosen
     assert first["step"] == 0 and first["resources/train_micro_batch"] == 16  # set explicitly in TRAIN_SMALL
     assert first["resources/generation_batch"] == 32  # auto: the whole step's 8 x 4 rollouts fit at once
+
+
+# every token-level baseline and overlong option (README "Baselines"): (overrides, a metric only that option writes)
+NEW_OPTIONS = {
+    "fork_tokens": (["modulator=fork_tokens"], "mod/kept_frac"),
+    "entropy_advantage": (["modulator=entropy_advantage"], "mod/entropy_bonus_mean"),
+    "clip_cov": (["modulator=clip_cov", "modulator.fraction=0.05"], "mod/detached_frac"),
+    "kl_cov": (["modulator=kl_cov", "modulator.fraction=0.05"], "train/kl_cov"),
+    "w_reinforce": (["algorithm.advantage=w_reinforce"], "rollout/zero_signal_frac"),
+    "overlong": (["algorithm.mask_truncated=true", "algorithm.overlong_penalty.factor=1.0",
+                  "algorithm.overlong_penalty.buffer=4"], "rollout/overlong_penalty_mean"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(NEW_OPTIONS))
+def test_train_two_steps_with_each_baseline_option(option, sft_checkpoint, tmp_path):
+    overrides, metric = NEW_OPTIONS[option]
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2", "optim.lr=1e-3",
+           "trainer.eval_every=0", *[o for o in TRAIN_SMALL if not o.startswith("eval.")], "eval.max_problems=4",
+           "eval.n_samples=0", *overrides)
+    steps = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(metric in r and math.isfinite(r[metric]) for r in steps)
+    before = AutoModelForCausalLM.from_pretrained(sft_checkpoint).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "final").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from dynamo_cli.advantages import grpo_advantages
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import TinyModelConfig, register_schemas
 from dynamo_cli.registry import Registry
+from dynamo_cli.rewards import OverlongPenalty
 from dynamo_cli.samplers import UniformSampler
 from dynamo_cli.stages.estimate import GroupEstimator
 from dynamo_cli.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
@@ -141,7 +142,7 @@ def test_every_option_of_a_group_has_a_builder(group, registry):
         assert getattr(compose_train([f"{group}={path.stem}"]), group).name in registry.names()
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
+@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo", "w_reinforce"])
 def test_every_advantage_estimator_builds(advantage):
     assert isinstance(builders.build_estimator(compose_train([f"algorithm.advantage={advantage}"])), GroupEstimator)
 
@@ -191,7 +192,8 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
     collect = Collector(task=task, problems=task.train_problems(), tokenizer=tokenizer, sampler=UniformSampler(seed=0),
                         allocator=uniform(Refill), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
                         dp=DataParallel.start("cpu"), per_step=4, seed=0, max_new_tokens=5, temperature=1.0, top_p=1.0,
-                        generation_batch=16, logprob_batch=16)
+                        generation_batch=16, logprob_batch=16, mask_truncated=False,
+                        shape_rewards=OverlongPenalty(factor=0.0, max_length=5, buffer=1))
     got = collect(1)
     counts = got.allocation.counts
     assert got.allocation.metrics["alloc/rounds"] == 2.0 and int(counts.sum()) > 8  # the random policy solves ~nothing

@@ -4,10 +4,13 @@ config.py, a YAML in conf/<group>/, a test.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from dynamo_cli import allocators, modulators
-from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages
+from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
 from dynamo_cli.config import JsonlTaskConfig, MathTaskConfig, TrainConfig
 from dynamo_cli.registry import Registry
+from dynamo_cli.rewards import OverlongPenalty
 from dynamo_cli.samplers import UniformSampler
 from dynamo_cli.stages.estimate import GroupEstimator
 
@@ -77,6 +80,11 @@ for _name, _fn in (("grpo", grpo_advantages), ("drgrpo", drgrpo_advantages), ("r
     ESTIMATORS.register(_name)(lambda algorithm, fn=_fn: GroupEstimator(fn))
 
 
+@ESTIMATORS.register("w_reinforce")
+def _w_reinforce(algorithm):
+    return GroupEstimator(partial(w_reinforce_advantages, positive_weight=algorithm.positive_weight))
+
+
 # --------------------------------------------------------------------------------- update's parts
 @MODULATORS.register("none")
 def _no_modulator(cfg, *, run: TrainConfig):
@@ -87,6 +95,29 @@ def _no_modulator(cfg, *, run: TrainConfig):
 def _dynamo_modulator(m, *, run: TrainConfig):
     return modulators.DynamoModulator(compensate=m.compensate, stabilise=m.stabilise, mu_max=m.mu_max, lambda_min=m.lambda_min,
                                       gamma=m.gamma, tau=m.tau, eps_low=run.algorithm.eps_low, eps_high=run.algorithm.eps_high)
+
+
+@MODULATORS.register("fork_tokens")
+def _fork_tokens(m, *, run: TrainConfig):
+    return modulators.ForkTokensModulator(top_fraction=m.top_fraction)
+
+
+@MODULATORS.register("entropy_advantage")
+def _entropy_advantage(m, *, run: TrainConfig):
+    return modulators.EntropyAdvantageModulator(alpha=m.alpha, kappa=m.kappa)
+
+
+@MODULATORS.register("clip_cov")
+def _clip_cov(m, *, run: TrainConfig):
+    return modulators.ClipCovModulator(fraction=m.fraction, cov_low=m.cov_low, cov_high=m.cov_high,
+                                       eps_low=run.algorithm.eps_low, eps_high=run.algorithm.eps_high)
+
+
+@MODULATORS.register("kl_cov")
+def _kl_cov(m, *, run: TrainConfig):
+    from dynamo_cli.terms import CovarianceKL, Weighted
+
+    return modulators.KLCovModulator(fraction=m.fraction, penalty=Weighted(CovarianceKL(), m.coef))
 
 
 # ------------------------------------------------------------------------- the names recipes call
@@ -113,6 +144,12 @@ def build_modulator(cfg: TrainConfig):
 
 def build_estimator(cfg: TrainConfig):
     return ESTIMATORS.build(cfg.algorithm)
+
+
+def build_reward_shaping(cfg: TrainConfig) -> OverlongPenalty:
+    """Between verifier and estimator: rewards (B,), lengths (B,) -> (the rewards the estimator learns from, metrics)."""
+    max_length, buffer = cfg.algorithm.overlong_penalty.resolved(cfg.rollout.max_new_tokens or cfg.task.max_new_tokens)
+    return OverlongPenalty(factor=cfg.algorithm.overlong_penalty.factor, max_length=max_length, buffer=buffer)
 
 
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):

@@ -281,6 +281,61 @@ class DynamoModulatorConfig(ModulatorConfig):
         _positive("modulator.gamma", self.gamma)
 
 
+@dataclass
+class ForkTokensModulatorConfig(ModulatorConfig):
+    """Fork Tokens (Wang et al., arXiv 2506.01939): the policy gradient only on the highest-entropy tokens."""
+
+    name: str = "fork_tokens"
+    top_fraction: float = 0.2  # share of a mini-batch's valid tokens kept, by entropy (the paper's top 20%)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.top_fraction <= 1, f"modulator.top_fraction={self.top_fraction} must be in (0, 1]")
+
+
+@dataclass
+class EntropyAdvantageModulatorConfig(ModulatorConfig):
+    """Entropy Advantages (Cheng et al., arXiv 2506.14758): A + min(α·H, |A|/κ), H detached."""
+
+    name: str = "entropy_advantage"
+    alpha: float = 0.4  # α: advantage bonus per nat of entropy
+    kappa: float = 2.0  # κ: the bonus is capped at |A|/κ, so it never flips the advantage's sign
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("modulator.alpha", self.alpha)
+        _positive("modulator.kappa", self.kappa)
+
+
+@dataclass
+class ClipCovModulatorConfig(ModulatorConfig):
+    """Clip-Cov (Cui et al., arXiv 2505.22617): random high-covariance tokens leave the loss (defaults: the paper's / verl's)."""
+
+    name: str = "clip_cov"
+    fraction: float = 2.0e-4  # r: tokens detached per valid token of the mini-batch (at least 1)
+    cov_low: float = 1.0  # ω_low: candidates have covariance above this
+    cov_high: float = 5.0  # ω_high: ... and below this
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.fraction <= 1, f"modulator.fraction={self.fraction} must be in (0, 1]")
+        _check(self.cov_low < self.cov_high, f"modulator.cov_low={self.cov_low} must be < modulator.cov_high={self.cov_high}")
+
+
+@dataclass
+class KLCovModulatorConfig(ModulatorConfig):
+    """KL-Cov (Cui et al., arXiv 2505.22617): the top-k covariance tokens get a penalty coef·|log π − log π_old|."""
+
+    name: str = "kl_cov"
+    fraction: float = 2.0e-4  # k: share of a mini-batch's valid tokens penalised, highest covariance first (at least 1)
+    coef: float = 1.0  # β: weight of the |log-ratio| penalty (train/kl_cov)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.fraction <= 1, f"modulator.fraction={self.fraction} must be in (0, 1]")
+        _positive("modulator.coef", self.coef)
+
+
 # ----------------------------------------------------------------------------------- optimisation
 @dataclass
 class OptimConfig:
@@ -349,10 +404,33 @@ class VLLMRolloutConfig(RolloutConfig):
 
 
 @dataclass
+class OverlongPenaltyConfig:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), added to the reward the estimator learns from:
+    0 up to L_max − L_cache tokens, then falling linearly to −1 at L_max, −1 beyond (rewards.py)."""
+
+    factor: float = 0.0  # weight of the penalty; 0 = off (DAPO: 1.0)
+    max_length: Optional[int] = None  # L_max in tokens; None: the rollout's max_new_tokens (DAPO: 20480)
+    buffer: Optional[int] = None  # L_cache in tokens; None: max(1, L_max // 5), DAPO's ratio (4096 of 20480)
+
+    def __post_init__(self) -> None:
+        _positive("algorithm.overlong_penalty.factor", self.factor, strict=False)
+        for key in ("max_length", "buffer"):
+            if getattr(self, key) is not None:
+                _positive(f"algorithm.overlong_penalty.{key}", getattr(self, key))
+
+    def resolved(self, max_new_tokens: int) -> tuple[int, int]:
+        """(L_max, L_cache) with the None defaults filled in."""
+        max_length = self.max_length or max_new_tokens
+        return max_length, self.buffer or max(1, max_length // 5)
+
+
+@dataclass
 class AlgorithmConfig:
     """The policy-gradient estimator and loss."""
 
-    advantage: str = "grpo"  # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out)
+    # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out) | w_reinforce (±1 rewards, no baseline, arXiv 2506.01347)
+    advantage: str = "grpo"
+    positive_weight: float = 0.1  # W-REINFORCE's λ: weight of correct samples' +1 (the paper's 0.1); other estimators ignore it
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
     eps_high: float = 0.28  # PPO clip: ratio <= 1 + eps_high (Clip-Higher; the paper's value, stated, not hidden)
     loss_agg: str = "token_mean"  # token_mean | seq_mean
@@ -361,9 +439,12 @@ class AlgorithmConfig:
     micro_batch_size: Any = "auto"  # sequences per forward/backward (gradient accumulation inside a mini-batch); auto: fit memory
     kl_coef: float = 0.0  # k3 KL penalty to a frozen copy of the initial policy; 0 = no reference model
     entropy_coef: float = 0.0  # entropy bonus coefficient (loss -= coef * mean entropy)
+    mask_truncated: bool = False  # drop completions cut at max_new_tokens (no EOS) from the loss (DAPO's overlong filtering)
+    overlong_penalty: OverlongPenaltyConfig = field(default_factory=OverlongPenaltyConfig)
 
     def __post_init__(self) -> None:
-        _one_of("algorithm.advantage", self.advantage, ("grpo", "drgrpo", "rloo"))
+        _one_of("algorithm.advantage", self.advantage, ("grpo", "drgrpo", "rloo", "w_reinforce"))
+        _check(0 < self.positive_weight <= 1, f"algorithm.positive_weight={self.positive_weight} must be in (0, 1]")
         _check(0 < self.eps_low < 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1)")
         _positive("algorithm.eps_high", self.eps_high)
         _one_of("algorithm.loss_agg", self.loss_agg, ("token_mean", "seq_mean"))
@@ -501,6 +582,8 @@ class TrainConfig(RunConfig):
         _check(self.modulator.scope != "micro_batch" or self.algorithm.micro_batch_size != "auto",
                "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size (auto follows free memory, "
                "which would change the normalisation scope from machine to machine)")
+        max_length, buffer = self.algorithm.overlong_penalty.resolved(self.rollout.max_new_tokens or self.task.max_new_tokens)
+        _check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
         if isinstance(self.allocator, VarianceAllocatorConfig):
             a, n = self.allocator, self.rollout.n
             _check(
@@ -593,4 +676,8 @@ def register_schemas() -> None:
     cs.store(group="schema/rollout", name="vllm", node=VLLMRolloutConfig)
     cs.store(group="schema/modulator", name="none", node=NoModulatorConfig)
     cs.store(group="schema/modulator", name="dynamo", node=DynamoModulatorConfig)
+    cs.store(group="schema/modulator", name="fork_tokens", node=ForkTokensModulatorConfig)
+    cs.store(group="schema/modulator", name="entropy_advantage", node=EntropyAdvantageModulatorConfig)
+    cs.store(group="schema/modulator", name="clip_cov", node=ClipCovModulatorConfig)
+    cs.store(group="schema/modulator", name="kl_cov", node=KLCovModulatorConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

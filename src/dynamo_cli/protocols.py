@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Generator, Tensor
 
 from dynamo_cli.allocators import Allocation
 from dynamo_cli.modulators import ScopeSync, TokenShaping
@@ -75,14 +75,15 @@ class AdvantageEstimator(Protocol):
 
 class Modulator(Protocol):
     """Token-level shaping inside `update`, once per mini-batch: advantages (N, L) -> TokenShaping (advantages,
-    loss mask, and optionally extra loss terms). `needs_policy_stats`: wants the current policy's entropy and
-    log-probs (a forward pass) rather than the rollout policy's."""
+    loss mask, and optionally extra loss terms with the tokens they act on). `needs_policy_stats`: wants the current
+    policy's entropy and log-probs (a forward pass) rather than the rollout policy's. `generator`: the step's, for
+    any random choice (replayable)."""
 
     needs_policy_stats: bool
 
     def __call__(self, *, advantages: Tensor, mask: Tensor, entropy: Tensor | None = None, logprobs: Tensor | None = None,
                  old_logprobs: Tensor | None = None, scope_index: Tensor | None = None,
-                 scope_sync: ScopeSync | None = None) -> TokenShaping: ...
+                 scope_sync: ScopeSync | None = None, generator: Generator | None = None) -> TokenShaping: ...
 
 
 class LossTerm(Protocol):

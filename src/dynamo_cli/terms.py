@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from dynamo_cli.advantages import masked_sum
@@ -57,6 +58,17 @@ class EntropyBonus:
 
     def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
         return out.entropy, {}
+
+
+class CovarianceKL:
+    """KL-Cov's penalty (arXiv 2505.22617): |log pi - log pi_old| on the tokens a modulator selected
+    (`batch.extra_mask`), 0 elsewhere; aggregated over the loss mask like every term, so with token_mean it is
+    sum over selected tokens / all tokens, as the paper's per-token replacement of the loss on those tokens."""
+
+    name, needs = "kl_cov", frozenset()
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        return torch.where(batch.extra_mask, (out.logprobs - batch.old_logprobs).abs(), 0.0), {}
 
 
 @dataclass

@@ -33,6 +33,7 @@ class Trajectories:
     old_entropy: Optional[Tensor] = None  # (N, L) full-vocabulary entropy of pi_old at each position
     ref_logprobs: Optional[Tensor] = None  # (N, L) the frozen reference policy's, when a KL term is on
     values: Optional[Tensor] = None  # (N, L) a critic's value estimates (PPO + GAE), else None
+    extra_mask: Optional[Tensor] = None  # (N, L) bool: tokens a modulator's extra loss term acts on (KL-Cov), set in `update`
     turns: Optional[Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the response region; None: one turn
 
     def __len__(self) -> int:

@@ -18,7 +18,15 @@ from omegaconf import OmegaConf
 
 from dynamo_cli import checkpoint
 from dynamo_cli.allocators import bernoulli_variance
-from dynamo_cli.builders import build_allocator, build_estimator, build_modulator, build_rollout_engine, build_sampler, build_task
+from dynamo_cli.builders import (
+    build_allocator,
+    build_estimator,
+    build_modulator,
+    build_reward_shaping,
+    build_rollout_engine,
+    build_sampler,
+    build_task,
+)
 from dynamo_cli.config import TrainConfig
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
@@ -98,7 +106,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
-                        logprob_batch=plan.training)
+                        logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
+                        shape_rewards=build_reward_shaping(cfg))
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature)
@@ -154,7 +163,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
             t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
             advantages, sequence_advantages, zero_signal = estimate(
-                step_data.batch, rewards=step_data.rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
+                step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
             step_data.seconds["score"] += time.perf_counter() - t0
             t0 = time.perf_counter()  # 3. modulate and update the policy
             update_metrics, distributions = update(step_data.batch.replace(advantages=advantages),
@@ -187,6 +196,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 "rollout/total_tokens": totals["tokens"],
                 "train/entropy": entropy_sum / max(generated_tokens, 1),
                 **step_data.allocation.metrics,
+                **step_data.metrics,
                 **update_metrics,
                 **replicas,
                 "time/alloc_s": alloc_seconds, "time/generate_s": step_data.seconds["generate"], "time/score_s": step_data.seconds["score"],

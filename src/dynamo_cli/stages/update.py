@@ -67,16 +67,18 @@ class PolicyUpdate:
             order = torch.randperm(len(batch), generator=generator)
             for mb_index, rows in enumerate(order.tensor_split(self.mini_batches)):  # exactly mini_batches parts
                 mb = batch.select(rows)
-                num_tokens, num_seqs = int(dp.sum(int(mb.loss_mask.sum()))), int(dp.sum(len(mb)))
+                # before shaping: a token a modulator drops leaves the denominator alone. At least 1: with
+                # algorithm.mask_truncated a mini-batch of truncated completions has no loss token and adds 0
+                num_tokens, num_seqs = max(int(dp.sum(int(mb.loss_mask.sum()))), 1), int(dp.sum(len(mb)))
                 t0 = time.perf_counter()
-                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0))
+                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0), generator=generator)
                 modulate_seconds += time.perf_counter() - t0
                 for key, value in shaping.metrics.items():
                     modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
                 for key, value in shaping.distributions.items():
                     distributions.setdefault(key, []).append(value.cpu())
 
-                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask)
+                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
                 starts = range(0, len(mb), self.micro_batch_size)
                 for start in starts:
                     micro = shaped.select(slice(start, start + self.micro_batch_size)).to(dp.device)
@@ -97,9 +99,10 @@ class PolicyUpdate:
         metrics["time/modulate_s"] = modulate_seconds
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
-    def shape(self, mb: Trajectories, *, first: bool) -> TokenShaping:
+    def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
         """The modulator's view of a mini-batch, with the *current* policy's entropy and log-probs when it needs
-        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch."""
+        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch.
+        `generator`: the step's, for a modulator that draws tokens at random (Clip-Cov)."""
         device, modulator = self.dp.device, self.modulator
         if modulator.needs_policy_stats and not first:
             logprobs_now, entropy_now = batched_token_stats(  # rank-local, no gradient: on the unwrapped module
@@ -109,7 +112,7 @@ class PolicyUpdate:
             logprobs_now, entropy_now = mb.old_logprobs.to(device), mb.old_entropy.to(device)
         scope_sync = self.dp.scope_sync() if self.modulator_scope == "mini_batch" else None  # a mini-batch spans the processes
         return modulator(advantages=mb.advantages.to(device), mask=mb.loss_mask.to(device), entropy=entropy_now,
-                         logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync,
+                         logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync, generator=generator,
                          scope_index=scope_index(len(mb), scope=self.modulator_scope, micro_batch_size=self.micro_batch_size).to(device))
 
     def forward(self, micro: Trajectories, *, extra=()) -> ModelOutputs:
