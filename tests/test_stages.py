@@ -81,11 +81,11 @@ def test_build_loss_follows_the_coefficients():
 def test_group_estimator_puts_the_sequence_advantage_on_policy_tokens_of_this_process():
     # rewards [1, 0 | 1, 1]: group 0 -> GRPO (+0.7071, -0.7071); group 1 all equal -> 0. This process has rows [0, 2)
     b = batch()
-    tokens, sequence, zero = GroupEstimator(grpo_advantages)(b, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
+    tokens, returns, sequence, zero = GroupEstimator(grpo_advantages)(b, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
                                                              group_index=torch.tensor([0, 0, 1, 1]), num_groups=2, rows=slice(0, 2))
     a = 1 / math.sqrt(2)
     torch.testing.assert_close(tokens, torch.tensor([[a, a, a], [-a, -a, 0.0]]), atol=1e-5, rtol=1e-5)
-    assert sequence.shape == (4,) and zero.tolist() == [False, False, True, True]
+    assert sequence.shape == (4,) and zero.tolist() == [False, False, True, True] and returns is None
 
 
 # ---------------------------------------------------------------------------------------- update
@@ -109,7 +109,7 @@ def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0)], mode="token_mean"),
                           modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=2, mini_batches=mini_batches,
                           micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
-    update(b, generator=torch.Generator().manual_seed(0))
+    update(b, generator=torch.Generator().manual_seed(0), step=1)
     assert scheduler.last_epoch == 2 * mini_batches
 
 

@@ -2,8 +2,8 @@
 
 One step is three stages (stages/), each built once from the config:
     collect   draw P prompts -> allocator: n_i per prompt, Σ n_i = B -> generate -> verify -> old log-probs
-    estimate  group advantages (groups of unequal size) -> per-token advantages
-    update    for each PPO epoch and mini-batch: modulator -> loss terms (PPO-clip, KL, entropy) -> optimiser step
+    estimate  group advantages (groups of unequal size), or GAE on a critic's values -> per-token advantages
+    update    for each PPO epoch and mini-batch: modulator -> loss terms (PPO-clip, KL, entropy, value) -> optimiser steps
 then the allocator learns from the step's rewards, and the recipe logs, evaluates and checkpoints.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from dynamo_cli import checkpoint
 from dynamo_cli.allocators import bernoulli_variance
-from dynamo_cli.builders import build_allocator, build_estimator, build_modulator, build_rollout_engine, build_sampler, build_task
+from dynamo_cli.builders import (build_allocator, build_critic, build_estimator, build_modulator, build_rollout_engine, build_sampler,
+                                 build_task, critic_trainables)
 from dynamo_cli.config import TrainConfig
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
@@ -32,16 +33,8 @@ from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `f
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.terms import build_loss
-from dynamo_cli.tracking import (
-    BudgetRow,
-    Tracker,
-    TrainView,
-    eval_table,
-    make_console,
-    quantiles,
-    truncate_jsonl,
-    write_json_atomically,
-)
+from dynamo_cli.tracking import (BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl,
+                                 write_json_atomically)
 from dynamo_cli.trainable import Trainable, load_trainables_state, trainables_state
 
 
@@ -71,12 +64,13 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     # ---------------------------------------------------------------- the parts, each chosen once from the config
     model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
     reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
-                 if cfg.algorithm.kl_coef > 0 else None)
+                 if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
+    critic = build_critic(cfg, model, device=device, resume_from=resume_from)  # the value model (critic=separate) or None
     total, trainable = count_parameters(model)
     task = build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
     test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
-    sampler, allocator, modulator, estimate = build_sampler(cfg), build_allocator(cfg), build_modulator(cfg), build_estimator(cfg)
+    sampler, allocator, modulator, estimate = build_sampler(cfg), build_allocator(cfg), build_modulator(cfg), build_estimator(cfg, dp)
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
@@ -94,11 +88,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
     policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
-    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip)]
+    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),
+                  *critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step, micro_batch_size=plan.training)]
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
-                        logprob_batch=plan.training)
+                        logprob_batch=plan.training, critic=critic)
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature)
@@ -153,11 +148,11 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             step_start = time.perf_counter()
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
             t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
-            advantages, sequence_advantages, zero_signal = estimate(
+            advantages, returns, sequence_advantages, zero_signal = estimate(
                 step_data.batch, rewards=step_data.rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
             step_data.seconds["score"] += time.perf_counter() - t0
-            t0 = time.perf_counter()  # 3. modulate and update the policy
-            update_metrics, distributions = update(step_data.batch.replace(advantages=advantages),
+            t0 = time.perf_counter()  # 3. modulate and update the policy (and the critic)
+            update_metrics, distributions = update(step_data.batch.replace(advantages=advantages, returns=returns), step=step,
                                                    generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
             engine.sync(policy)  # vLLM: copy the new weights in (hf: nothing, it generates with the policy)
             update_seconds = time.perf_counter() - t0
