@@ -134,7 +134,17 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
-        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, gae"),
+        (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate"),
+        (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
+        (["critic=shared"], "critic=shared is not an option of critic; choose one of: none, separate"),
+        (["algorithm.kl_in_reward=0.1"], "algorithm.kl_in_reward=0.1 needs algorithm.advantage=gae"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.lam=1.5"], "algorithm.lam=1.5 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.gamma=-1"], "algorithm.gamma=-1.0 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.lr=0"], "critic.lr=0.0 must be > 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.value_clip=-0.2"], "critic.value_clip=-0.2 must be >= 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=-1"], "critic.warmup_steps=-1 must be >= 0"),
+        (["critic.lr=1e-5"], "critic.lr is not a config key"),
         (["algorithm.micro_batch_size=lots"], "algorithm.micro_batch_size='lots' must be a positive integer or auto"),
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
@@ -181,15 +191,22 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected):
 
 def test_cli_help_lists_commands_and_groups():
     out = dynamo("--help").stdout
-    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, none"]:
+    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, none", "critic", "none, separate"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+    assert "critic: none, separate" in train_help and "kl_in_reward" in train_help and "lam" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():
     out = dynamo("train", "--cfg", "job", "experiment=dynamo").stdout
     assert "eps_high: 0.28" in out and "name: variance" in out and "name: dynamo" in out
+
+
+def test_cli_cfg_job_composes_ppo_with_a_critic():
+    out = dynamo("train", "--cfg", "job", "algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=2").stdout
+    for line in ["name: separate", "value_clip: 0.2", "warmup_steps: 2", "advantage: gae", "gamma: 1.0", "lam: 1.0"]:
+        assert line in out, line
 
 
 def test_config_error_is_a_value_error():
