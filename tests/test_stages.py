@@ -327,3 +327,15 @@ def test_update_trains_only_the_critic_during_its_warm_up_then_both():
     assert update.trainables[0].scheduler.last_epoch == 0 and update.trainables[1].scheduler.last_epoch == 2
     metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=2)
     assert any(not torch.equal(x, y) for x, y in zip(after[0], snapshot()[0], strict=True)) and metrics["train/grad_norm"] > 0
+
+
+def test_critic_of_a_lora_policy_copies_the_base_weights():
+    from dynamo_cli.config import LoraConfig
+    from dynamo_cli.critic import make_critic
+    from dynamo_cli.models import add_lora, base_state_dict
+
+    policy = add_lora(tiny_policy(), LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    critic = make_critic(policy, torch.device("cpu"))
+    base = base_state_dict(policy)
+    assert all(torch.equal(v, base[f"model.{k}"]) for k, v in critic.model.state_dict().items())
+    assert all(p.requires_grad for p in critic.parameters())  # the critic trains all its weights

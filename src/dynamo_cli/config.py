@@ -376,7 +376,7 @@ class SeparateCriticConfig(CriticConfig):
     warmup_steps: int = 0  # RL steps at the start in which only the critic trains (verl's critic_warmup, default 0)
     lr_warmup_steps: int = 0  # linear lr warm-up of the critic's optimiser, in optimiser steps
     grad_clip: float = 1.0  # max gradient norm of the critic; 0 disables clipping
-    value_clip: float = 0.2  # ε_v: V may move at most this far from V_old (PPO, Schulman et al. 2017; OpenAI baselines' ppo2 cliprange; verl uses 0.5); 0: off
+    value_clip: float = 0.2  # ε_v: |V − V_old| clip (PPO, Schulman et al. 2017, as baselines' ppo2; verl: 0.5); 0: off
     value_coef: float = 1.0  # weight of the value loss; the critic has its own optimiser, so it only scales the critic's gradient
 
     def __post_init__(self) -> None:

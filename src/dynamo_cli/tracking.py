@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dynamo_cli import atomic
+from dynamo_cli.allocators import bernoulli_variance
 from dynamo_cli.config import LoggerConfig
 
 
@@ -173,6 +174,17 @@ class BudgetRow:
     variance: float  # unbiased Bernoulli variance of the lifetime history
     allocated: int  # rollouts this step
     successes: int  # successes this step
+
+
+def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tensor) -> list[BudgetRow]:
+    """The live table's rows: each drawn prompt's lifetime history (from the allocator) and this step's budget."""
+    ids = [p.id for p in problems]
+    lifetime_successes, lifetime_attempts = allocator.history(ids)
+    variance = bernoulli_variance(successes=lifetime_successes, attempts=lifetime_attempts)
+    rate = lifetime_successes / lifetime_attempts.clamp(min=1)
+    return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
+                      variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
+            for i, p in enumerate(problems)]
 
 
 STEP_KEYS = [

@@ -16,10 +16,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from dynamo_cli import checkpoint
-from dynamo_cli.allocators import bernoulli_variance
-from dynamo_cli.builders import (build_allocator, build_critic, build_estimator, build_modulator, build_rollout_engine, build_sampler,
-                                 build_task, critic_trainables)
+from dynamo_cli import builders, checkpoint
 from dynamo_cli.config import TrainConfig
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
@@ -33,8 +30,16 @@ from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `f
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.terms import build_loss
-from dynamo_cli.tracking import (BudgetRow, Tracker, TrainView, eval_table, make_console, quantiles, truncate_jsonl,
-                                 write_json_atomically)
+from dynamo_cli.tracking import (
+    Tracker,
+    TrainView,
+    budget_rows,
+    eval_table,
+    make_console,
+    quantiles,
+    truncate_jsonl,
+    write_json_atomically,
+)
 from dynamo_cli.trainable import Trainable, load_trainables_state, trainables_state
 
 
@@ -65,19 +70,20 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
     reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
                  if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
-    critic = build_critic(cfg, model, device=device, resume_from=resume_from)  # the value model (critic=separate) or None
+    critic = builders.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value model (critic=separate) or None
     total, trainable = count_parameters(model)
-    task = build_task(cfg.task)
+    task = builders.build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
     test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
-    sampler, allocator, modulator, estimate = build_sampler(cfg), build_allocator(cfg), build_modulator(cfg), build_estimator(cfg, dp)
+    sampler, allocator, modulator = builders.build_sampler(cfg), builders.build_allocator(cfg), builders.build_modulator(cfg)
+    estimate = builders.build_estimator(cfg, dp)  # dp: GAE whitens its advantages over every process's tokens
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
     prompt_tokens = longest_prompt(tokenizer, task, train_problems)
     try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
-        engine = build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
+        engine = builders.build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
     except VLLMUnavailable as error:
         raise DynamoError(str(error)) from error
     plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
@@ -88,8 +94,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
     policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
-    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),
-                  *critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step, micro_batch_size=plan.training)]
+    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),  # then the critic, if any
+                  *builders.critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step,
+                                              micro_batch_size=plan.training)]
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
@@ -115,7 +122,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         truncate_jsonl(rollouts_file, max_step=totals["step"])
     processes = f", {dp.world_size} processes ({dp.accelerator.distributed_type.value})" if dp.distributed else ""
     console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
-                  f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage}, "
+                  f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage} critic={cfg.critic.name}, "
                   f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps{processes}")
     console.print(plan.note)
     console.print(f"eval {eval_plan.note}")
@@ -218,16 +225,6 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
     console.print(f"final checkpoint: {final}")
     dp.close()
-
-
-def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tensor) -> list[BudgetRow]:
-    ids = [p.id for p in problems]
-    lifetime_successes, lifetime_attempts = allocator.history(ids)
-    variance = bernoulli_variance(successes=lifetime_successes, attempts=lifetime_attempts)
-    rate = lifetime_successes / lifetime_attempts.clamp(min=1)
-    return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
-                      variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
-            for i, p in enumerate(problems)]
 
 
 def prompt_pool(problems: list, size: Optional[int]) -> list:
