@@ -195,7 +195,7 @@ def test_cli_help_lists_commands_and_groups():
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: uniform, variance" in train_help and "n_min" in train_help
-    assert "critic: none, separate" in train_help and "kl_in_reward" in train_help and "lam" in train_help
+    assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():

@@ -191,6 +191,7 @@ STEP_KEYS = [
     ("rollout/reward_mean", "reward mean"), ("rollout/pass_rate", "pass rate (any correct)"),
     ("rollout/zero_signal_frac", "zero-signal frac"), ("train/loss", "loss"), ("train/clip_frac", "clip frac"),
     ("train/entropy", "entropy"), ("train/kl_ref", "KL to ref"), ("train/grad_norm", "grad norm"),
+    ("train/value_loss", "value loss"), ("train/critic_grad_norm", "critic grad norm"),  # with a critic only
     ("mod/beta_comp_mean", "β_comp mean"), ("mod/beta_stab_mean", "β_stab mean"),
     ("eval/greedy_pass1", "eval greedy pass@1"), ("time/tokens_per_s", "gen tokens/s"),
     ("time/generate_s", "s generate"), ("time/score_s", "s score+stats"), ("time/update_s", "s update"),
