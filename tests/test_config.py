@@ -91,7 +91,13 @@ def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
     assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
 
 
-@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher"])
+def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
+    dyn, ppo = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=ppo"])
+    assert ppo.algorithm.advantage == "gae" and ppo.critic.name == "separate" and ppo.critic.value_clip == 0.2
+    assert ppo.allocator == dyn.allocator and ppo.modulator == dyn.modulator and ppo.algorithm.eps_high == dyn.algorithm.eps_high
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo"])
 def test_presets_take_several_updates_per_step(preset):
     # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
