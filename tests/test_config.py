@@ -126,7 +126,13 @@ def test_the_baseline_schema_defaults_are_the_papers():
     assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
 
 
-@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", *sorted(BASELINE_PRESETS)])
+def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
+    dyn, ppo = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=ppo"])
+    assert ppo.algorithm.advantage == "gae" and ppo.critic.name == "separate" and ppo.critic.value_clip == 0.2
+    assert ppo.allocator == dyn.allocator and ppo.modulator == dyn.modulator and ppo.algorithm.eps_high == dyn.algorithm.eps_high
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo", *sorted(BASELINE_PRESETS)])
 def test_presets_take_several_updates_per_step(preset):
     # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
@@ -169,7 +175,17 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
-        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, gae"),
+        (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate"),
+        (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
+        (["critic=shared"], "critic=shared is not an option of critic; choose one of: none, separate"),
+        (["algorithm.kl_in_reward=0.1"], "algorithm.kl_in_reward=0.1 needs algorithm.advantage=gae"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.lam=1.5"], "algorithm.lam=1.5 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.gamma=-1"], "algorithm.gamma=-1.0 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.lr=0"], "critic.lr=0.0 must be > 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.value_clip=-0.2"], "critic.value_clip=-0.2 must be >= 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=-1"], "critic.warmup_steps=-1 must be >= 0"),
+        (["critic.lr=1e-5"], "critic.lr is not a config key"),
         (["algorithm.micro_batch_size=lots"], "algorithm.micro_batch_size='lots' must be a positive integer or auto"),
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
@@ -225,12 +241,14 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected):
 
 def test_cli_help_lists_commands_and_groups():
     out = dynamo("--help").stdout
-    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, entropy_advantage"]:
+    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, entropy_advantage",
+                 "critic", "none, separate"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: uniform, variance" in train_help and "n_min" in train_help
     assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
     assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
+    assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():
@@ -242,6 +260,12 @@ def test_cli_cfg_job_composes_the_new_options():
     out = dynamo("train", "--cfg", "job", "experiment=kl_cov", "algorithm.mask_truncated=true",
                  "algorithm.overlong_penalty.factor=1.0", "algorithm.overlong_penalty.buffer=2").stdout
     assert "name: kl_cov" in out and "coef: 1.0" in out and "mask_truncated: true" in out and "buffer: 2" in out
+
+
+def test_cli_cfg_job_composes_ppo_with_a_critic():
+    out = dynamo("train", "--cfg", "job", "algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=2").stdout
+    for line in ["name: separate", "value_clip: 0.2", "warmup_steps: 2", "advantage: gae", "gamma: 1.0", "lam: 1.0"]:
+        assert line in out, line
 
 
 def test_config_error_is_a_value_error():

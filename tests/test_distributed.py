@@ -176,6 +176,27 @@ def test_two_processes_train_like_one(sft_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
+def test_two_processes_train_ppo_with_a_critic_like_one(sft_checkpoint, tmp_path):
+    """PPO + GAE with critic=separate under DDP: whitening over both processes' tokens and the critic's all-reduced
+    gradient give the 1-process run's losses and gradient norms. One mini-batch per step, so both runs update on
+    the same rows (each process shuffles its own rows into mini-batches)."""
+    args = [*TRAIN_2P, "trainer.steps=2", "trainer.save_every=0", "algorithm.mini_batches=1", "algorithm.advantage=gae",
+            "critic=separate", "critic.lr=1e-3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch(2, "train", f"model.path={sft_checkpoint}", f"hydra.run.dir={two}", *args)
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={one}", "device=cpu", *args)
+    steps_two = [r for r in _records(two / "metrics.jsonl") if "train/loss" in r]
+    steps_one = [r for r in _records(one / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps_two] == [1, 2]
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["dist/replica_param_diff"] == 0.0
+        for key in ("train/loss", "train/value_loss", "train/grad_norm", "train/critic_grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(_records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl"), strict=True):
+        assert a["advantage"] == pytest.approx(b["advantage"], abs=1e-5)  # GAE whitened over the whole step
+
+
+@pytest.mark.slow
 def test_two_processes_sft_and_eval_like_one(tmp_path):
     args = ["logger=none", "trainer.steps=20", "trainer.batch_size=32", "trainer.micro_batch_size=8", "trainer.eval_every=0",
             "trainer.log_every=10", "task.num_train=500", "task.levels=[L1]", "eval.max_problems=10", "eval.n_samples=2", "eval.ks=[1,2]"]

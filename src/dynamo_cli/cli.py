@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dynamo_cli.recipes.export", "write a checkpoint as one plain HF model (a LoRA adapter merged)"),
     "sweep": ("dynamo_cli.recipes.sweep", "run a sweep preset and aggregate it into tables and plots"),
 }
-HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "logger", "experiment", "sweep")
+HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "critic", "logger", "experiment", "sweep")
 
 
 def register_resolvers() -> None:

@@ -403,6 +403,50 @@ class VLLMRolloutConfig(RolloutConfig):
             _positive("rollout.max_model_len", self.max_model_len)
 
 
+# ------------------------------------------------------------------------------------------ critic
+@dataclass
+class CriticConfig:
+    """Fields every critic option shares."""
+
+    name: str = MISSING
+
+
+@dataclass
+class NoCriticConfig(CriticConfig):
+    """No value function: the group estimators (grpo, drgrpo, rloo) use the group's mean reward as the baseline."""
+
+    name: str = "none"
+
+
+@dataclass
+class SeparateCriticConfig(CriticConfig):
+    """PPO's learned value function (algorithm.advantage=gae): a copy of the policy's trunk with a scalar head
+    (a *ForTokenClassification model, num_labels=1), its own AdamW and schedule, saved in <checkpoint>/critic/.
+    Separate rather than a head on the policy's trunk, as verl and OpenRLHF do: the value loss never pulls on the
+    policy's weights, and the two learning rates stay independent (the cost: a second model's memory)."""
+
+    name: str = "separate"
+    lr: float = 1.0e-4  # the critic's AdamW lr (verl's PPO recipes run the critic at 10x the actor's 1e-6)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # RL steps at the start in which only the critic trains (verl's critic_warmup, default 0)
+    lr_warmup_steps: int = 0  # linear lr warm-up of the critic's optimiser, in optimiser steps
+    grad_clip: float = 1.0  # max gradient norm of the critic; 0 disables clipping
+    value_clip: float = 0.2  # ε_v: |V − V_old| clip (PPO, Schulman et al. 2017, as baselines' ppo2; verl: 0.5); 0: off
+    value_coef: float = 1.0  # weight of the value loss; the critic has its own optimiser, so it only scales the critic's gradient
+
+    def __post_init__(self) -> None:
+        _positive("critic.lr", self.lr)
+        _positive("critic.weight_decay", self.weight_decay, strict=False)
+        _positive("critic.warmup_steps", self.warmup_steps, strict=False)
+        _positive("critic.lr_warmup_steps", self.lr_warmup_steps, strict=False)
+        _positive("critic.grad_clip", self.grad_clip, strict=False)
+        _positive("critic.value_clip", self.value_clip, strict=False)
+        _positive("critic.value_coef", self.value_coef)
+
+
+GROUP_ADVANTAGES = ("grpo", "drgrpo", "rloo", "w_reinforce")  # estimators from rewards alone, no critic
+
+
 @dataclass
 class OverlongPenaltyConfig:
     """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), added to the reward the estimator learns from:
@@ -429,6 +473,7 @@ class AlgorithmConfig:
     """The policy-gradient estimator and loss."""
 
     # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out) | w_reinforce (±1 rewards, no baseline, arXiv 2506.01347)
+    # | gae (PPO: a critic, critic=separate)
     advantage: str = "grpo"
     positive_weight: float = 0.1  # W-REINFORCE's λ: weight of correct samples' +1 (the paper's 0.1); other estimators ignore it
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
@@ -441,9 +486,14 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0  # entropy bonus coefficient (loss -= coef * mean entropy)
     mask_truncated: bool = False  # drop completions cut at max_new_tokens (no EOS) from the loss (DAPO's overlong filtering)
     overlong_penalty: OverlongPenaltyConfig = field(default_factory=OverlongPenaltyConfig)
+    # gae: discount and GAE λ (Schulman et al. 2016). γ = λ = 1 as verl's PPO: the only reward is at the end of a short
+    # episode, and λ = 1 gives the unbiased Monte-Carlo advantage R − V_t, not bootstrapped from a young critic
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl_in_reward: float = 0.0  # gae: β of a per-token reward −β (log π_old − log π_ref) (InstructGPT-style PPO); 0 = off
 
     def __post_init__(self) -> None:
-        _one_of("algorithm.advantage", self.advantage, ("grpo", "drgrpo", "rloo", "w_reinforce"))
+        _one_of("algorithm.advantage", self.advantage, (*GROUP_ADVANTAGES, "gae"))
         _check(0 < self.positive_weight <= 1, f"algorithm.positive_weight={self.positive_weight} must be in (0, 1]")
         _check(0 < self.eps_low < 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1)")
         _positive("algorithm.eps_high", self.eps_high)
@@ -453,6 +503,11 @@ class AlgorithmConfig:
         _batch_size("algorithm.micro_batch_size", self.micro_batch_size)
         _positive("algorithm.kl_coef", self.kl_coef, strict=False)
         _positive("algorithm.entropy_coef", self.entropy_coef, strict=False)
+        _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} must be in [0, 1]")
+        _check(0 <= self.lam <= 1, f"algorithm.lam={self.lam} must be in [0, 1]")
+        _positive("algorithm.kl_in_reward", self.kl_in_reward, strict=False)
+        _check(self.kl_in_reward == 0 or self.advantage == "gae",
+               f"algorithm.kl_in_reward={self.kl_in_reward} needs algorithm.advantage=gae (a group estimator has no per-token reward)")
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -573,6 +628,7 @@ class TrainConfig(RunConfig):
     allocator: Any = MISSING
     modulator: Any = MISSING
     rollout: Any = MISSING  # the `rollout` group: hf | vllm
+    critic: Any = MISSING  # the `critic` group: none | separate (a learned value function for algorithm.advantage=gae)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
@@ -584,6 +640,10 @@ class TrainConfig(RunConfig):
                "which would change the normalisation scope from machine to machine)")
         max_length, buffer = self.algorithm.overlong_penalty.resolved(self.rollout.max_new_tokens or self.task.max_new_tokens)
         _check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
+        gae, critic = self.algorithm.advantage == "gae", self.critic.name
+        _check(not gae or critic != "none", "algorithm.advantage=gae needs a critic; choose one of: critic=separate")
+        _check(gae or critic == "none", f"critic={critic} trains a value function that algorithm.advantage={self.algorithm.advantage} "
+               "never reads; choose algorithm.advantage=gae or critic=none")
         if isinstance(self.allocator, VarianceAllocatorConfig):
             a, n = self.allocator, self.rollout.n
             _check(
@@ -680,4 +740,6 @@ def register_schemas() -> None:
     cs.store(group="schema/modulator", name="entropy_advantage", node=EntropyAdvantageModulatorConfig)
     cs.store(group="schema/modulator", name="clip_cov", node=ClipCovModulatorConfig)
     cs.store(group="schema/modulator", name="kl_cov", node=KLCovModulatorConfig)
+    cs.store(group="schema/critic", name="none", node=NoCriticConfig)
+    cs.store(group="schema/critic", name="separate", node=SeparateCriticConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

@@ -66,11 +66,11 @@ class AdvantageEstimator(Protocol):
     """estimate: rewards (B,) of the whole step (every process) -> per-token advantages of this process's rows.
 
     `rows` = [lo, hi): this process's share. Group estimators need the whole group, hence the global rewards;
-    a value-based one (GAE) reads `batch.values`. Returns (advantages (N, L), 0 off the loss mask; sequence
-    advantages (B,) for logs; zero_signal (B,) bool)."""
+    a value-based one (GAE) reads `batch.values`. Returns (advantages (N, L), 0 off the loss mask; the critic's
+    targets (N, L), None without a critic; sequence advantages (B,) for logs; zero_signal (B,) bool)."""
 
     def __call__(self, batch: Trajectories, *, rewards: Tensor, group_index: Tensor, num_groups: int,
-                 rows: slice) -> tuple[Tensor, Tensor, Tensor]: ...
+                 rows: slice) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]: ...
 
 
 class Modulator(Protocol):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynamo_cli.allocators import Allocation
+from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.policy import batched_token_stats
@@ -90,10 +91,11 @@ class Collected:
 class Collector:
     def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
                  policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
-                 top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards):
+                 top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards,
+                 critic=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
-        self.policy, self.reference, self.dp = policy, reference, dp
+        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
         self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
@@ -153,7 +155,8 @@ class Collector:
                          seconds=seconds, metrics=metrics)
 
     def rollout_statistics(self, batch: Trajectories) -> Trajectories:
-        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term)."""
+        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term; and the
+        critic's values V_old, for GAE and the value clip)."""
         device, stats = self.dp.device, dict(prompt_width=batch.prompt_width, temperature=self.temperature,
                                              micro_batch_size=self.logprob_batch)
         input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -163,7 +166,11 @@ class Collector:
             ref_logprobs, _ = batched_token_stats(self.reference, input_ids=input_ids, attention_mask=attention_mask,
                                                   with_entropy=False, **stats)
             ref_logprobs = ref_logprobs.cpu()
-        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs)
+        values = None
+        if self.critic is not None:
+            values = batched_values(self.critic, input_ids=input_ids, attention_mask=attention_mask, prompt_width=batch.prompt_width,
+                                    micro_batch_size=self.logprob_batch).cpu()
+        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs, values=values)
 
     def learn(self, collected: Collected) -> float:
         """The allocator (every step, not once an epoch) and the sampler learn from this step's rewards. Seconds."""
