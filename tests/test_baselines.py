@@ -155,7 +155,7 @@ def test_the_update_loop_hands_the_extra_mask_to_the_micro_batches():
                           modulator=KLCovModulator(fraction=0.25, penalty=Weighted(CovarianceKL(), 1.0)),
                           dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=2, micro_batch_size=2,
                           modulator_scope="mini_batch", temperature=1.0)
-    metrics, _ = update(b, generator=torch.Generator().manual_seed(0))
+    metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=1)
     assert metrics["train/kl_cov"] > 0 and metrics["mod/penalised_frac"] == 0.25  # int(0.25 * 12) = 3 of 12 tokens
 
 

@@ -175,7 +175,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
-        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, gae"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, w_reinforce, gae"),
         (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate"),
         (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
         (["critic=shared"], "critic=shared is not an option of critic; choose one of: none, separate"),
