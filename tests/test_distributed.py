@@ -132,7 +132,8 @@ TRAIN_2P = ["logger=none", "trainer.steps=3", "trainer.prompts_per_step=8", "rol
             "optim.lr=1e-3", "trainer.save_every=2",
             # one update per step: with several, each process splits its own rows into mini-batches, which is a
             # different (equally random) split of the global batch than one process's, so losses differ after update 1
-            "algorithm.mini_batches=1"]
+            "algorithm.mini_batches=1",
+            "trainer.prompt_pool=8"]  # the same 8 prompts every step: from step 2 the allocator acts on their history
 
 
 @pytest.mark.slow
