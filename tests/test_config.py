@@ -190,6 +190,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
         (["modulator.scope=micro_batch"], "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size"),
+        (["experiment=bogus"], "experiment=bogus is not an option of experiment; choose one of: clip_cov, clip_higher, dynamo"),
         (["task.answer_type=float"], "task.answer_type='float' is not allowed; choose one of: integer, rational, expression"),
         (["task=gsm8k", "task.answer_fallback=first"],
          "task.answer_fallback='first' is not allowed; choose one of: auto, none, last_number"),
