@@ -47,6 +47,12 @@ def latest(globs: tuple[str, ...]) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+def shown(path: Path) -> str:
+    """A path as the results page shows it: relative to the repository when inside it, never this machine's root."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else resolved.name
+
+
 def checkpoint(path: str | None, *, quick: bool) -> tuple[Path, str]:
     """(checkpoint dir, how it was found). Quick mode trains a 20-step one rather than picking up a real run."""
     if path:

@@ -27,6 +27,7 @@ from bench.common import (
     load,
     print_result,
     prompt_batch,
+    shown,
     warm_history,
 )
 
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     counts = allocations["variance"]
     command = "python -m bench.grad_variance" + (" --quick" if args.quick else "")
     lines = [
-        (f"Checkpoint `{ckpt}` ({how}); {P} prompts, budget B = {n}·{P} = {n * P} rollouts, {R} independent draws per "
+        (f"Checkpoint `{shown(ckpt)}` ({how}); {P} prompts, budget B = {n}·{P} = {n * P} rollouts, {R} independent draws per "
         f"allocation after a shared warm-up of {warmup} rollouts per prompt; variance allocation gave counts "
         f"{int(counts.min())}–{int(counts.max())} ({int((counts == counts.min()).sum())} prompts at the minimum). "
         f"{seconds:.0f} s."), "",

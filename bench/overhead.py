@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import BenchResult, checkpoint, dynamo, print_result
+from bench.common import BenchResult, checkpoint, dynamo, print_result, shown
 
 
 def train_overhead(ckpt: Path, *, steps: int, quick: bool) -> dict[str, float]:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     budget = "8 prompts × 4" if args.quick else "64 prompts × 8 (the ablation's budget)"
     lines = [
         (f"A `dynamo train allocator=variance modulator=dynamo` run of {steps} steps, {budget} rollouts per step, from "
-        f"`{ckpt}` ({how}); fractions of step time over its last {train['steps']} steps (mean step {train['step_s']:.2f} s):"), "",
+        f"`{shown(ckpt)}` ({how}); fractions of step time over its last {train['steps']} steps (mean step {train['step_s']:.2f} s):"), "",
         "| part of a step | fraction |", "|---|--:|",
         f"| allocation (allocate + update) | {train['alloc']:.4f} |", f"| modulation (β_comp, β_stab) | {train['modulate']:.4f} |",
         f"| generation | {train['generate']:.3f} |", f"| policy update | {train['update']:.3f} |", "",

@@ -24,6 +24,7 @@ from bench.common import (
     load,
     print_result,
     prompt_batch,
+    shown,
     warm_history,
 )
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     ratio = m["engine"] / m["bound"]
     command = "python -m bench.rollout_engine" + (" --quick" if args.quick else "")
     lines = [
-        (f"Checkpoint `{ckpt}` ({how}); {P} prompts, budget {n}·{P} = {n * P} rollouts, task max_new_tokens "
+        (f"Checkpoint `{shown(ckpt)}` ({how}); {P} prompts, budget {n}·{P} = {n * P} rollouts, task max_new_tokens "
         f"{max_new_tokens}; allocator counts {int(mixed.min())}–{int(mixed.max())}; median of {repeats} runs, CPU, "
         f"{torch.get_num_threads()} torch thread(s)."), "",
         "| counts | rows N | width Tc | engine tokens/s | bound tokens/s | engine / bound | padding waste |",

@@ -1,6 +1,8 @@
 """Tier 2: every config group option composes and instantiates; bad input ends in one clear line."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from conftest import dynamo
@@ -91,7 +93,46 @@ def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
     assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
 
 
-@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher"])
+# each token-level baseline preset is experiment=clip_higher plus its one part: what differs from it, and how
+BASELINE_PRESETS = {
+    "fork_tokens": ({"top_fraction": 0.2}, {}),  # arXiv 2506.01939
+    "entropy_advantage": ({"alpha": 0.4, "kappa": 2.0}, {}),  # arXiv 2506.14758
+    "clip_cov": ({"fraction": 2e-4, "cov_low": 1.0, "cov_high": 5.0}, {}),  # arXiv 2505.22617
+    "kl_cov": ({"fraction": 2e-4, "coef": 1.0}, {}),  # arXiv 2505.22617
+    "w_reinforce": ({}, {"advantage": "w_reinforce", "positive_weight": 0.1}),  # arXiv 2506.01347
+}
+
+
+@pytest.mark.parametrize("preset", sorted(BASELINE_PRESETS))
+def test_baseline_presets_are_clip_higher_plus_one_part_and_build(preset):
+    base, cfg = compose_schema("train", ["experiment=clip_higher"]), compose_schema("train", [f"experiment={preset}"])
+    modulator_values, algorithm_changes = BASELINE_PRESETS[preset]
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.rollout == base.rollout and cfg.optim == base.optim
+    assert cfg.modulator.name == (preset if modulator_values else "none")
+    assert {k: getattr(cfg.modulator, k) for k in modulator_values} == modulator_values
+    assert cfg.algorithm == dataclasses.replace(base.algorithm, **algorithm_changes)
+    builders.build_modulator(cfg), builders.build_estimator(cfg), builders.build_reward_shaping(cfg)
+
+
+def test_the_baseline_schema_defaults_are_the_papers():
+    from dynamo_cli import config
+
+    assert config.ForkTokensModulatorConfig().top_fraction == 0.2
+    assert (config.EntropyAdvantageModulatorConfig().alpha, config.EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
+    clip_cov, kl_cov = config.ClipCovModulatorConfig(), config.KLCovModulatorConfig()
+    assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-4, 1.0)
+    algorithm = config.AlgorithmConfig()
+    assert algorithm.positive_weight == 0.1 and algorithm.mask_truncated is False and algorithm.overlong_penalty.factor == 0.0
+    assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
+
+
+def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
+    dyn, ppo = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=ppo"])
+    assert ppo.algorithm.advantage == "gae" and ppo.critic.name == "separate" and ppo.critic.value_clip == 0.2
+    assert ppo.allocator == dyn.allocator and ppo.modulator == dyn.modulator and ppo.algorithm.eps_high == dyn.algorithm.eps_high
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo", *sorted(BASELINE_PRESETS)])
 def test_presets_take_several_updates_per_step(preset):
     # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
@@ -134,7 +175,17 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
-        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, w_reinforce, gae"),
+        (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate"),
+        (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
+        (["critic=shared"], "critic=shared is not an option of critic; choose one of: none, separate"),
+        (["algorithm.kl_in_reward=0.1"], "algorithm.kl_in_reward=0.1 needs algorithm.advantage=gae"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.lam=1.5"], "algorithm.lam=1.5 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "algorithm.gamma=-1"], "algorithm.gamma=-1.0 must be in [0, 1]"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.lr=0"], "critic.lr=0.0 must be > 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.value_clip=-0.2"], "critic.value_clip=-0.2 must be >= 0"),
+        (["algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=-1"], "critic.warmup_steps=-1 must be >= 0"),
+        (["critic.lr=1e-5"], "critic.lr is not a config key"),
         (["algorithm.micro_batch_size=lots"], "algorithm.micro_batch_size='lots' must be a positive integer or auto"),
         (["rollout.max_batch_size=0"], "rollout.max_batch_size=0 must be a positive integer or auto"),
         (["memory_fraction=1.5"], "memory_fraction=1.5 must be in (0, 1]"),
@@ -146,6 +197,15 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["allocator.prior=tag", "allocator.prior_strength=-1"], "allocator.prior_strength=-1.0 must be > 0"),
         (["allocator=uniform", "allocator.decay=0"], "allocator.decay=0.0 must be in (0, 1]"),
         (["allocator=uniform", "allocator.prior=tag"], "allocator.prior is not a config key"),
+        (["modulator=fork_tokens", "modulator.top_fraction=0"], "modulator.top_fraction=0.0 must be in (0, 1]"),
+        (["modulator=entropy_advantage", "modulator.kappa=0"], "modulator.kappa=0.0 must be > 0"),
+        (["modulator=clip_cov", "modulator.cov_low=5"], "modulator.cov_low=5.0 must be < modulator.cov_high=5.0"),
+        (["modulator=kl_cov", "modulator.fraction=2"], "modulator.fraction=2.0 must be in (0, 1]"),
+        (["modulator=none", "modulator.alpha=1"], "modulator.alpha is not a config key"),
+        (["algorithm.advantage=w_reinforce", "algorithm.positive_weight=0"], "algorithm.positive_weight=0.0 must be in (0, 1]"),
+        (["algorithm.mask_truncated=maybe"], "algorithm.mask_truncated"),
+        (["algorithm.overlong_penalty.factor=-1"], "algorithm.overlong_penalty.factor=-1.0 must be >= 0"),
+        (["algorithm.overlong_penalty.buffer=9"], "algorithm.overlong_penalty.buffer=9 must be <= its max_length=8"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
@@ -166,6 +226,8 @@ def test_bad_config_is_one_clear_line(overrides, expected):
         (["eval", "task.answer_type=number"],
          "task.answer_type='number' is not allowed; choose one of: integer, rational, expression"),
         (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
+        # an optional group (experiment) is checked too: Hydra itself would skip the typo and run the defaults
+        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, dynamo,"),
         (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
@@ -181,15 +243,31 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected):
 
 def test_cli_help_lists_commands_and_groups():
     out = dynamo("--help").stdout
-    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, none"]:
+    for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, entropy_advantage",
+                 "critic", "none, separate"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+    assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
+    assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
+    assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():
     out = dynamo("train", "--cfg", "job", "experiment=dynamo").stdout
     assert "eps_high: 0.28" in out and "name: variance" in out and "name: dynamo" in out
+
+
+def test_cli_cfg_job_composes_the_new_options():
+    out = dynamo("train", "--cfg", "job", "experiment=kl_cov", "algorithm.mask_truncated=true",
+                 "algorithm.overlong_penalty.factor=1.0", "algorithm.overlong_penalty.buffer=2").stdout
+    assert "name: kl_cov" in out and "coef: 1.0" in out and "mask_truncated: true" in out and "buffer: 2" in out
+
+
+def test_cli_cfg_job_composes_ppo_with_a_critic():
+    out = dynamo("train", "--cfg", "job", "algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=2").stdout
+    for line in ["name: separate", "value_clip: 0.2", "warmup_steps: 2", "advantage: gae", "gamma: 1.0", "lam: 1.0"]:
+        assert line in out, line
 
 
 def test_config_error_is_a_value_error():

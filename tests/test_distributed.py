@@ -132,7 +132,8 @@ TRAIN_2P = ["logger=none", "trainer.steps=3", "trainer.prompts_per_step=8", "rol
             "optim.lr=1e-3", "trainer.save_every=2",
             # one update per step: with several, each process splits its own rows into mini-batches, which is a
             # different (equally random) split of the global batch than one process's, so losses differ after update 1
-            "algorithm.mini_batches=1"]
+            "algorithm.mini_batches=1",
+            "trainer.prompt_pool=8"]  # the same 8 prompts every step: from step 2 the allocator acts on their history
 
 
 @pytest.mark.slow
@@ -173,6 +174,27 @@ def test_two_processes_train_like_one(sft_checkpoint, tmp_path):
     steps = [r["step"] for r in _records(two / "metrics.jsonl") if "train/loss" in r]
     assert steps == [1, 2, 3, 4]
     assert max(r["step"] for r in _records(two / "rollouts.jsonl")) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_train_ppo_with_a_critic_like_one(sft_checkpoint, tmp_path):
+    """PPO + GAE with critic=separate under DDP: whitening over both processes' tokens and the critic's all-reduced
+    gradient give the 1-process run's losses and gradient norms. One mini-batch per step, so both runs update on
+    the same rows (each process shuffles its own rows into mini-batches)."""
+    args = [*TRAIN_2P, "trainer.steps=2", "trainer.save_every=0", "algorithm.mini_batches=1", "algorithm.advantage=gae",
+            "critic=separate", "critic.lr=1e-3"]
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch(2, "train", f"model.path={sft_checkpoint}", f"hydra.run.dir={two}", *args)
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={one}", "device=cpu", *args)
+    steps_two = [r for r in _records(two / "metrics.jsonl") if "train/loss" in r]
+    steps_one = [r for r in _records(one / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps_two] == [1, 2]
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["dist/replica_param_diff"] == 0.0
+        for key in ("train/loss", "train/value_loss", "train/grad_norm", "train/critic_grad_norm"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(_records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl"), strict=True):
+        assert a["advantage"] == pytest.approx(b["advantage"], abs=1e-5)  # GAE whitened over the whole step
 
 
 @pytest.mark.slow

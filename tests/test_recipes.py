@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +81,31 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     first = records[0]  # step 0: the eval before RL and the batch sizes chosen
     assert first["step"] == 0 and first["resources/train_micro_batch"] == 16  # set explicitly in TRAIN_SMALL
     assert first["resources/generation_batch"] == 32  # auto: the whole step's 8 x 4 rollouts fit at once
+
+
+# every token-level baseline and overlong option (README "Baselines"): (overrides, a metric only that option writes)
+NEW_OPTIONS = {
+    "fork_tokens": (["modulator=fork_tokens"], "mod/kept_frac"),
+    "entropy_advantage": (["modulator=entropy_advantage"], "mod/entropy_bonus_mean"),
+    "clip_cov": (["modulator=clip_cov", "modulator.fraction=0.05"], "mod/detached_frac"),
+    "kl_cov": (["modulator=kl_cov", "modulator.fraction=0.05"], "train/kl_cov"),
+    "w_reinforce": (["algorithm.advantage=w_reinforce"], "rollout/zero_signal_frac"),
+    "overlong": (["algorithm.mask_truncated=true", "algorithm.overlong_penalty.factor=1.0",
+                  "algorithm.overlong_penalty.buffer=4"], "rollout/overlong_penalty_mean"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(NEW_OPTIONS))
+def test_train_two_steps_with_each_baseline_option(option, sft_checkpoint, tmp_path):
+    overrides, metric = NEW_OPTIONS[option]
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2", "optim.lr=1e-3",
+           "trainer.eval_every=0", *[o for o in TRAIN_SMALL if not o.startswith("eval.")], "eval.max_problems=4",
+           "eval.n_samples=0", *overrides)
+    steps = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(metric in r and math.isfinite(r[metric]) for r in steps)
+    before = AutoModelForCausalLM.from_pretrained(sft_checkpoint).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoints" / "final").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
 def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, monkeypatch):
@@ -187,3 +214,47 @@ def test_eval_subset_keeps_every_level():
     # round-robin over A, B, C: A0, B4, C6, A1, B5 -> kept in the original order
     assert [p.id for p in eval_subset(problems, 5)] == ["p0", "p1", "p4", "p5", "p6"]
     assert eval_subset(problems, None) == problems and eval_subset(problems, 99) == problems
+
+
+PPO = ["algorithm.advantage=gae", "critic=separate", "modulator=dynamo", "allocator=variance", "optim.lr=1e-3", "critic.lr=1e-3"]
+
+
+def test_ppo_with_a_critic_and_dynamo_trains_policy_and_critic(sft_checkpoint, tmp_path):
+    """DynaMO's allocation and modulation on GAE advantages: 2 steps change the policy and the critic, both saved."""
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2", *PPO, *TRAIN_SMALL)
+    from transformers import AutoModelForTokenClassification
+
+    before = AutoModelForCausalLM.from_pretrained(sft_checkpoint).state_dict()
+    final = tmp_path / "checkpoints" / "final"
+    after = AutoModelForCausalLM.from_pretrained(final).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    critic = AutoModelForTokenClassification.from_pretrained(final / "critic").state_dict()  # plain transformers loads it
+    assert critic["score.weight"].shape[0] == 1
+    trunk = [k for k in critic if k.startswith("model.")]  # the critic started as a copy of the SFT policy's trunk
+    assert trunk and any(not torch.equal(critic[k], before[k]) for k in trunk)
+    steps = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for key in ["train/value_loss", "train/vf_clip_frac", "train/critic_grad_norm", "train/critic_lr", "mod/beta_comp_mean",
+                "mod/beta_stab_mean", "alloc/max"]:
+        assert key in steps[-1], key
+    assert steps[-1]["train/critic_grad_norm"] > 0 and steps[-1]["train/grad_norm"] > 0
+
+
+def test_ppo_resume_restores_the_critic_exactly(sft_checkpoint, tmp_path):
+    """A run resumed from its step-2 checkpoint (policy, critic weights, both optimisers, critic warm-up over by then)
+    ends where the uninterrupted run ends."""
+    from transformers import AutoModelForTokenClassification
+
+    args = [f"model.path={sft_checkpoint}", "trainer.steps=4", "trainer.save_every=2", "critic.warmup_steps=1",
+            "algorithm.kl_in_reward=0.01", "seed=5", *PPO, *TRAIN_SMALL]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    dynamo("train", f"hydra.run.dir={straight}", *args)
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(straight / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
+    dynamo("train", f"hydra.run.dir={resumed}", "trainer.resume=auto", *args)
+    assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "train/loss" in r] == [3, 4]
+    assert _final_metrics(resumed) == _final_metrics(straight)
+    for load, sub in [(AutoModelForCausalLM, ""), (AutoModelForTokenClassification, "critic")]:
+        a = load.from_pretrained(straight / "checkpoints" / "final" / sub).state_dict()
+        b = load.from_pretrained(resumed / "checkpoints" / "final" / sub).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), sub

@@ -13,6 +13,7 @@ from dynamo_cli.advantages import grpo_advantages
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import TinyModelConfig, register_schemas
 from dynamo_cli.registry import Registry
+from dynamo_cli.rewards import OverlongPenalty
 from dynamo_cli.samplers import UniformSampler
 from dynamo_cli.stages.estimate import GroupEstimator
 from dynamo_cli.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
@@ -81,11 +82,11 @@ def test_build_loss_follows_the_coefficients():
 def test_group_estimator_puts_the_sequence_advantage_on_policy_tokens_of_this_process():
     # rewards [1, 0 | 1, 1]: group 0 -> GRPO (+0.7071, -0.7071); group 1 all equal -> 0. This process has rows [0, 2)
     b = batch()
-    tokens, sequence, zero = GroupEstimator(grpo_advantages)(b, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
+    tokens, returns, sequence, zero = GroupEstimator(grpo_advantages)(b, rewards=torch.tensor([1.0, 0.0, 1.0, 1.0]),
                                                              group_index=torch.tensor([0, 0, 1, 1]), num_groups=2, rows=slice(0, 2))
     a = 1 / math.sqrt(2)
     torch.testing.assert_close(tokens, torch.tensor([[a, a, a], [-a, -a, 0.0]]), atol=1e-5, rtol=1e-5)
-    assert sequence.shape == (4,) and zero.tolist() == [False, False, True, True]
+    assert sequence.shape == (4,) and zero.tolist() == [False, False, True, True] and returns is None
 
 
 # ---------------------------------------------------------------------------------------- update
@@ -109,7 +110,7 @@ def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0)], mode="token_mean"),
                           modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=2, mini_batches=mini_batches,
                           micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
-    update(b, generator=torch.Generator().manual_seed(0))
+    update(b, generator=torch.Generator().manual_seed(0), step=1)
     assert scheduler.last_epoch == 2 * mini_batches
 
 
@@ -141,7 +142,7 @@ def test_every_option_of_a_group_has_a_builder(group, registry):
         assert getattr(compose_train([f"{group}={path.stem}"]), group).name in registry.names()
 
 
-@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo"])
+@pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo", "w_reinforce"])
 def test_every_advantage_estimator_builds(advantage):
     assert isinstance(builders.build_estimator(compose_train([f"algorithm.advantage={advantage}"])), GroupEstimator)
 
@@ -191,7 +192,8 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
     collect = Collector(task=task, problems=task.train_problems(), tokenizer=tokenizer, sampler=UniformSampler(seed=0),
                         allocator=uniform(Refill), engine=PolicyRollouts(model, tokenizer), policy=model, reference=None,
                         dp=DataParallel.start("cpu"), per_step=4, seed=0, max_new_tokens=5, temperature=1.0, top_p=1.0,
-                        generation_batch=16, logprob_batch=16)
+                        generation_batch=16, logprob_batch=16, mask_truncated=False,
+                        shape_rewards=OverlongPenalty(factor=0.0, max_length=5, buffer=1))
     got = collect(1)
     counts = got.allocation.counts
     assert got.allocation.metrics["alloc/rounds"] == 2.0 and int(counts.sum()) > 8  # the random policy solves ~nothing
@@ -216,3 +218,126 @@ def test_prompt_pool_is_the_first_distinct_problems():
     a, b, c = (Problem(f"t/{q}", q, "0", "L") for q in "abc")
     assert prompt_pool([a, b, a, c], 2) == [a, b] and prompt_pool([a, b, a, c], 9) == [a, b, c]  # repeats count once
     assert prompt_pool([a, b, a], None) == [a, b, a]  # null: the task's list as it stands
+
+
+# ------------------------------------------------------------------------------------ PPO + GAE
+def test_gae_estimator_whitens_advantages_but_not_returns():
+    from dynamo_cli.stages.estimate import GAEEstimator
+
+    # rewards [1, 0] at each row's last policy token, γ = λ = 1: A = R − V. Row 0: V = [0.5, 0.25, 0] -> A [0.5, 0.75, 1];
+    # row 1 (2 tokens): V = [0.2, 0.4] -> A [−0.2, −0.4]. The 5 advantages: mean 0.33, unbiased var 0.3295
+    b = batch(values=torch.tensor([[0.5, 0.25, 0.0], [0.2, 0.4, 9.0]]), old_logprobs=torch.zeros(2, 3))
+    adv, returns, sequence, zero = GAEEstimator(gamma=1.0, lam=1.0, kl_coef=0.0)(
+        b, rewards=torch.tensor([1.0, 0.0]), group_index=torch.tensor([0, 0]), num_groups=1, rows=slice(0, 2))
+    raw = torch.tensor([0.5, 0.75, 1.0, -0.2, -0.4])
+    mean, sd = raw.mean(), raw.var().add(1e-8).sqrt()
+    torch.testing.assert_close(adv[b.loss_mask], (raw - mean) / sd)
+    assert adv[1, 2] == 0 and returns.tolist() == [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    torch.testing.assert_close(sequence, adv[:, 0])  # the first policy token's advantage, for the logs
+    assert not zero.any()
+    # KL in the reward: −β (log π_old − log π_ref) on every token, here −0.5 · 1 per token of row 0
+    b = b.replace(old_logprobs=torch.zeros(2, 3), ref_logprobs=torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]]))
+    _, returns, _, _ = GAEEstimator(gamma=1.0, lam=1.0, kl_coef=0.5)(
+        b, rewards=torch.tensor([1.0, 0.0]), group_index=torch.tensor([0, 0]), num_groups=1, rows=slice(0, 2))
+    torch.testing.assert_close(returns[0], torch.tensor([-0.5, 0.0, 0.5]))  # G_t = Σ_{s≥t} r_s: [1 − 1.5, 1 − 1, 1 − 0.5]
+
+
+def test_value_term_through_the_loss():
+    from dynamo_cli.terms import ValueLoss
+
+    # V = [[0.5, −0.5, 3], [1, 1, x]], V_old = 0, G = 1, ε_v = 0.2: per token 0.32, 1.125, 0.5·max(4, 0.64) = 2 | 0.32, 0.32
+    #   (row 1: V − G = 0 unclipped, clipped (0.2 − 1)² = 0.64 -> 0.32); token mean over 5: (0.32+1.125+2+0.32+0.32)/5
+    b = batch(values=torch.zeros(2, 3), returns=torch.ones(2, 3))
+    out = ModelOutputs(logprobs=torch.zeros(2, 3), values=torch.tensor([[0.5, -0.5, 3.0], [1.0, 1.0, 7.0]]))
+    loss = Loss(terms=[Weighted(ValueLoss(clip=0.2), 0.5)], mode="token_mean")
+    value, metrics = loss(b, out, num_tokens=5, num_sequences=2)
+    assert math.isclose(metrics["value_loss"], (0.32 + 1.125 + 2 + 0.32 + 0.32) / 5, rel_tol=1e-6)
+    assert math.isclose(value.item(), 0.5 * metrics["value_loss"], rel_tol=1e-6)
+    assert math.isclose(metrics["vf_clip_frac"], 3 / 5) and loss.needs("values")
+
+
+def test_ppo_config_builds_the_value_term_and_the_gae_estimator():
+    from dynamo_cli.stages.estimate import GAEEstimator
+
+    cfg = compose_train(["algorithm.advantage=gae", "critic=separate", "critic.value_coef=0.5", "critic.value_clip=0.3"])
+    loss = build_loss(cfg)
+    assert [(w.term.name, w.weight) for w in loss.terms][-1] == ("value_loss", 0.5) and loss.terms[-1].term.clip == 0.3
+    assert isinstance(builders.build_estimator(cfg), GAEEstimator)
+    assert "value_loss" not in build_loss(compose_train([])).metric_names()  # no critic, no value term
+    for path in (CONF_DIR / "critic").glob("*.yaml"):
+        assert path.stem in builders.CRITICS.names()
+
+
+def tiny_policy():
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), build_char_tokenizer())
+
+
+def test_critic_copies_the_policy_trunk_and_values_align_with_the_log_probs():
+    from dynamo_cli.critic import completion_values, make_critic
+
+    policy = tiny_policy()
+    critic = make_critic(policy, torch.device("cpu"))
+    assert all(torch.equal(v, policy.model.state_dict()[k]) for k, v in critic.model.state_dict().items())
+    ids = torch.randint(4, 40, (2, 7), generator=torch.Generator().manual_seed(0))
+    values = completion_values(critic, input_ids=ids, attention_mask=torch.ones_like(ids), prompt_width=3)  # (2, 4)
+    assert values.shape == (2, 4)
+    # V at response token j reads the prefix before it: changing response token 2 (column 5) leaves V_0..V_2 alone
+    changed = ids.clone()
+    changed[:, 5] = (changed[:, 5] + 1) % 40
+    again = completion_values(critic, input_ids=changed, attention_mask=torch.ones_like(ids), prompt_width=3)
+    torch.testing.assert_close(again[:, :3], values[:, :3])
+    assert not torch.allclose(again[:, 3], values[:, 3])
+
+
+def test_update_trains_only_the_critic_during_its_warm_up_then_both():
+    from dynamo_cli.critic import make_critic
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.modulators import NoModulator
+    from dynamo_cli.stages.update import PolicyUpdate
+    from dynamo_cli.terms import ValueLoss
+    from dynamo_cli.trainable import Trainable
+
+    policy = tiny_policy()
+    critic = make_critic(policy, torch.device("cpu"))
+
+    def trainable(name, model, solo_steps=0):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+        return Trainable(name, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), grad_clip=1.0,
+                         solo_steps=solo_steps)
+
+    ids = torch.randint(4, 40, (4, 6), generator=torch.Generator().manual_seed(0))
+    b = Trajectories(input_ids=ids, attention_mask=torch.ones_like(ids), loss_mask=torch.ones(4, 4, dtype=torch.bool),
+                     prompt_index=torch.zeros(4, dtype=torch.long), prompt_width=2, advantages=torch.randn(4, 4),
+                     old_logprobs=torch.full((4, 4), -3.0), old_entropy=torch.ones(4, 4), values=torch.zeros(4, 4),
+                     returns=torch.ones(4, 4))
+    update = PolicyUpdate(trainables=[trainable("policy", policy), trainable("critic", critic, solo_steps=1)],
+                          loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0), Weighted(ValueLoss(clip=0.0), 1.0)],
+                                    mode="token_mean"),
+                          modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=2,
+                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
+
+    def snapshot():
+        return [p.detach().clone() for p in policy.parameters()], [p.detach().clone() for p in critic.parameters()]
+
+    before = snapshot()
+    metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=1)  # warm-up: the critic alone
+    after = snapshot()
+    assert all(torch.equal(x, y) for x, y in zip(before[0], after[0], strict=True)) and metrics["train/grad_norm"] == 0
+    assert any(not torch.equal(x, y) for x, y in zip(before[1], after[1], strict=True)) and metrics["train/critic_grad_norm"] > 0
+    assert update.trainables[0].scheduler.last_epoch == 0 and update.trainables[1].scheduler.last_epoch == 2
+    metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=2)
+    assert any(not torch.equal(x, y) for x, y in zip(after[0], snapshot()[0], strict=True)) and metrics["train/grad_norm"] > 0
+
+
+def test_critic_of_a_lora_policy_copies_the_base_weights():
+    from dynamo_cli.config import LoraConfig
+    from dynamo_cli.critic import make_critic
+    from dynamo_cli.models import add_lora, base_state_dict
+
+    policy = add_lora(tiny_policy(), LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
+    critic = make_critic(policy, torch.device("cpu"))
+    base = base_state_dict(policy)
+    assert all(torch.equal(v, base[f"model.{k}"]) for k, v in critic.model.state_dict().items())
+    assert all(p.requires_grad for p in critic.parameters())  # the critic trains all its weights

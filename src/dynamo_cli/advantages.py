@@ -80,4 +80,15 @@ def rloo_advantages(
     return torch.where(zero, torch.zeros_like(adv), adv), zero
 
 
+def w_reinforce_advantages(
+    *, rewards: Tensor, group_index: Tensor, num_groups: int, positive_weight: float, eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
+    """W-REINFORCE (arXiv 2506.01347): REINFORCE on rewards mapped to s = 2r - 1 in [-1, 1] (0/1 -> -1/+1), no
+    baseline, positive samples weighted: A = positive_weight * s if s > 0, else s. The group plays no part (an
+    all-correct group still pushes up, by positive_weight), so no rollout lacks signal. `eps` unused."""
+    signed = 2 * _float(rewards) - 1  # (N,)
+    adv = torch.where(signed > 0, positive_weight * signed, signed)
+    return adv, torch.zeros_like(adv, dtype=torch.bool)
+
+
 ADVANTAGE_ESTIMATORS = {"grpo": grpo_advantages, "drgrpo": drgrpo_advantages, "rloo": rloo_advantages}

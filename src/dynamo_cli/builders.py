@@ -4,12 +4,18 @@ config.py, a YAML in conf/<group>/, a test.
 """
 from __future__ import annotations
 
+from functools import partial
+
 from dynamo_cli import allocators, modulators
-from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages
-from dynamo_cli.config import JsonlTaskConfig, MathTaskConfig, TrainConfig
+from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
+from dynamo_cli.config import JsonlTaskConfig, MathTaskConfig, OptimConfig, TrainConfig
+from dynamo_cli.errors import DynamoError
+from dynamo_cli.optim import make_optimizer
 from dynamo_cli.registry import Registry
+from dynamo_cli.rewards import OverlongPenalty
 from dynamo_cli.samplers import UniformSampler
-from dynamo_cli.stages.estimate import GroupEstimator
+from dynamo_cli.stages.estimate import GAEEstimator, GroupEstimator
+from dynamo_cli.trainable import Trainable
 
 TASKS = Registry("task", key=type)  # keyed by schema: several YAMLs (jsonl, gsm8k) share one schema
 SAMPLERS = Registry("sampler")
@@ -17,6 +23,7 @@ ALLOCATORS = Registry("allocator")
 MODULATORS = Registry("modulator")
 ROLLOUT_ENGINES = Registry("rollout backend")
 ESTIMATORS = Registry("advantage estimator", key=lambda algorithm: algorithm.advantage)
+CRITICS = Registry("critic")
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -74,7 +81,30 @@ def _vllm(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
 
 # ------------------------------------------------------------------------------- estimate's parts
 for _name, _fn in (("grpo", grpo_advantages), ("drgrpo", drgrpo_advantages), ("rloo", rloo_advantages)):
-    ESTIMATORS.register(_name)(lambda algorithm, fn=_fn: GroupEstimator(fn))
+    ESTIMATORS.register(_name)(lambda algorithm, dp=None, fn=_fn: GroupEstimator(fn))
+
+
+@ESTIMATORS.register("gae")
+def _gae(a, dp=None):
+    reduce = {} if dp is None else {"total": dp.sum, "gather_rows": dp.gather_rows}  # whiten over every process's tokens
+    return GAEEstimator(gamma=a.gamma, lam=a.lam, kl_coef=a.kl_in_reward, **reduce)
+
+
+@CRITICS.register("none")
+def _no_critic(cfg, *, policy, device, resume_from):
+    return None
+
+
+@CRITICS.register("separate")
+def _separate_critic(cfg, *, policy, device, resume_from):
+    from dynamo_cli.critic import make_critic
+
+    return make_critic(policy, device, resume_from=resume_from)
+
+
+@ESTIMATORS.register("w_reinforce")
+def _w_reinforce(algorithm, dp=None):
+    return GroupEstimator(partial(w_reinforce_advantages, positive_weight=algorithm.positive_weight))
 
 
 # --------------------------------------------------------------------------------- update's parts
@@ -87,6 +117,29 @@ def _no_modulator(cfg, *, run: TrainConfig):
 def _dynamo_modulator(m, *, run: TrainConfig):
     return modulators.DynamoModulator(compensate=m.compensate, stabilise=m.stabilise, mu_max=m.mu_max, lambda_min=m.lambda_min,
                                       gamma=m.gamma, tau=m.tau, eps_low=run.algorithm.eps_low, eps_high=run.algorithm.eps_high)
+
+
+@MODULATORS.register("fork_tokens")
+def _fork_tokens(m, *, run: TrainConfig):
+    return modulators.ForkTokensModulator(top_fraction=m.top_fraction)
+
+
+@MODULATORS.register("entropy_advantage")
+def _entropy_advantage(m, *, run: TrainConfig):
+    return modulators.EntropyAdvantageModulator(alpha=m.alpha, kappa=m.kappa)
+
+
+@MODULATORS.register("clip_cov")
+def _clip_cov(m, *, run: TrainConfig):
+    return modulators.ClipCovModulator(fraction=m.fraction, cov_low=m.cov_low, cov_high=m.cov_high,
+                                       eps_low=run.algorithm.eps_low, eps_high=run.algorithm.eps_high)
+
+
+@MODULATORS.register("kl_cov")
+def _kl_cov(m, *, run: TrainConfig):
+    from dynamo_cli.terms import CovarianceKL, Weighted
+
+    return modulators.KLCovModulator(fraction=m.fraction, penalty=Weighted(CovarianceKL(), m.coef))
 
 
 # ------------------------------------------------------------------------- the names recipes call
@@ -111,8 +164,34 @@ def build_modulator(cfg: TrainConfig):
     return MODULATORS.build(cfg.modulator, run=cfg)
 
 
-def build_estimator(cfg: TrainConfig):
-    return ESTIMATORS.build(cfg.algorithm)
+def build_estimator(cfg: TrainConfig, dp=None):
+    """dp: the processes a value-based estimator whitens over (None: one process)."""
+    return ESTIMATORS.build(cfg.algorithm, dp=dp)
+
+
+def build_critic(cfg: TrainConfig, policy, *, device, resume_from):
+    """The value model (critic=separate: the policy's trunk and a scalar head; resumed from <checkpoint>/critic), or None."""
+    return CRITICS.build(cfg.critic, policy=policy, device=device, resume_from=resume_from)
+
+
+def critic_trainables(cfg: TrainConfig, critic, *, dp, total_steps: int, micro_batch_size: int) -> list[Trainable]:
+    """[the critic as a Trainable: its own AdamW (critic.lr), schedule, grad clip and DDP wrap], or [] without one."""
+    if critic is None:
+        return []
+    if dp.deepspeed:
+        raise DynamoError("critic=separate runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
+                          "prepares a single model per run")
+    c = cfg.critic
+    optimizer, scheduler = make_optimizer(critic, OptimConfig(lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.lr_warmup_steps,
+                                                              grad_clip=c.grad_clip), total_steps=total_steps)
+    critic, optimizer = dp.prepare(critic, optimizer, micro_batch_size=micro_batch_size)
+    return [Trainable("critic", critic, optimizer, scheduler, grad_clip=c.grad_clip, solo_steps=c.warmup_steps)]
+
+
+def build_reward_shaping(cfg: TrainConfig) -> OverlongPenalty:
+    """Between verifier and estimator: rewards (B,), lengths (B,) -> (the rewards the estimator learns from, metrics)."""
+    max_length, buffer = cfg.algorithm.overlong_penalty.resolved(cfg.rollout.max_new_tokens or cfg.task.max_new_tokens)
+    return OverlongPenalty(factor=cfg.algorithm.overlong_penalty.factor, max_length=max_length, buffer=buffer)
 
 
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("dynamo_cli.recipes.export", "write a checkpoint as one plain HF model (a LoRA adapter merged)"),
     "sweep": ("dynamo_cli.recipes.sweep", "run a sweep preset and aggregate it into tables and plots"),
 }
-HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "logger", "experiment", "sweep")
+HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "critic", "logger", "experiment", "sweep")
 
 
 def register_resolvers() -> None:
@@ -112,6 +112,19 @@ def compose_variants(overrides: list[str]) -> list[list[str]]:
     return variants
 
 
+def check_group_options(overrides: list[str]) -> None:
+    """`group=option` must name a YAML in conf/<group>/. Hydra checks this itself for most groups, but an
+    *optional* default (`optional experiment: null`) silently skips a missing option: experiment=typo would run the
+    defaults without a word."""
+    for override in overrides:
+        key, sep, value = override.lstrip("+").partition("=")
+        group = CONF_DIR / key
+        if sep and "/" not in key and "." not in key and group.is_dir() and value not in ("", "null"):
+            options = sorted(p.stem for p in group.glob("*.yaml"))
+            if value not in options:
+                raise ConfigError(f"{key}={value} is not an option of {key}; choose one of: {', '.join(options)}")
+
+
 def preflight(command: str, overrides: list[str], multirun: bool) -> None:
     """Compose and validate the config with the user's overrides; one line and exit 2 on any error."""
     from hydra import compose, initialize_config_dir
@@ -121,6 +134,7 @@ def preflight(command: str, overrides: list[str], multirun: bool) -> None:
         variants = compose_variants(job_overrides) if multirun else [job_overrides]
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             for variant in variants:
+                check_group_options(variant)
                 to_schema(compose(config_name=command, overrides=variant))
     except Exception as error:  # noqa: BLE001 - every composition error becomes one line
         fail(command, describe_error(error))

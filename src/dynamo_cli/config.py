@@ -281,6 +281,61 @@ class DynamoModulatorConfig(ModulatorConfig):
         _positive("modulator.gamma", self.gamma)
 
 
+@dataclass
+class ForkTokensModulatorConfig(ModulatorConfig):
+    """Fork Tokens (Wang et al., arXiv 2506.01939): the policy gradient only on the highest-entropy tokens."""
+
+    name: str = "fork_tokens"
+    top_fraction: float = 0.2  # share of a mini-batch's valid tokens kept, by entropy (the paper's top 20%)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.top_fraction <= 1, f"modulator.top_fraction={self.top_fraction} must be in (0, 1]")
+
+
+@dataclass
+class EntropyAdvantageModulatorConfig(ModulatorConfig):
+    """Entropy Advantages (Cheng et al., arXiv 2506.14758): A + min(α·H, |A|/κ), H detached."""
+
+    name: str = "entropy_advantage"
+    alpha: float = 0.4  # α: advantage bonus per nat of entropy
+    kappa: float = 2.0  # κ: the bonus is capped at |A|/κ, so it never flips the advantage's sign
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("modulator.alpha", self.alpha)
+        _positive("modulator.kappa", self.kappa)
+
+
+@dataclass
+class ClipCovModulatorConfig(ModulatorConfig):
+    """Clip-Cov (Cui et al., arXiv 2505.22617): random high-covariance tokens leave the loss (defaults: the paper's / verl's)."""
+
+    name: str = "clip_cov"
+    fraction: float = 2.0e-4  # r: tokens detached per valid token of the mini-batch (at least 1)
+    cov_low: float = 1.0  # ω_low: candidates have covariance above this
+    cov_high: float = 5.0  # ω_high: ... and below this
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.fraction <= 1, f"modulator.fraction={self.fraction} must be in (0, 1]")
+        _check(self.cov_low < self.cov_high, f"modulator.cov_low={self.cov_low} must be < modulator.cov_high={self.cov_high}")
+
+
+@dataclass
+class KLCovModulatorConfig(ModulatorConfig):
+    """KL-Cov (Cui et al., arXiv 2505.22617): the top-k covariance tokens get a penalty coef·|log π − log π_old|."""
+
+    name: str = "kl_cov"
+    fraction: float = 2.0e-4  # k: share of a mini-batch's valid tokens penalised, highest covariance first (at least 1)
+    coef: float = 1.0  # β: weight of the |log-ratio| penalty (train/kl_cov)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.fraction <= 1, f"modulator.fraction={self.fraction} must be in (0, 1]")
+        _positive("modulator.coef", self.coef)
+
+
 # ----------------------------------------------------------------------------------- optimisation
 @dataclass
 class OptimConfig:
@@ -348,11 +403,79 @@ class VLLMRolloutConfig(RolloutConfig):
             _positive("rollout.max_model_len", self.max_model_len)
 
 
+# ------------------------------------------------------------------------------------------ critic
+@dataclass
+class CriticConfig:
+    """Fields every critic option shares."""
+
+    name: str = MISSING
+
+
+@dataclass
+class NoCriticConfig(CriticConfig):
+    """No value function: the group estimators (grpo, drgrpo, rloo) use the group's mean reward as the baseline."""
+
+    name: str = "none"
+
+
+@dataclass
+class SeparateCriticConfig(CriticConfig):
+    """PPO's learned value function (algorithm.advantage=gae): a copy of the policy's trunk with a scalar head
+    (a *ForTokenClassification model, num_labels=1), its own AdamW and schedule, saved in <checkpoint>/critic/.
+    Separate rather than a head on the policy's trunk, as verl and OpenRLHF do: the value loss never pulls on the
+    policy's weights, and the two learning rates stay independent (the cost: a second model's memory)."""
+
+    name: str = "separate"
+    lr: float = 1.0e-4  # the critic's AdamW lr (verl's PPO recipes run the critic at 10x the actor's 1e-6)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0  # RL steps at the start in which only the critic trains (verl's critic_warmup, default 0)
+    lr_warmup_steps: int = 0  # linear lr warm-up of the critic's optimiser, in optimiser steps
+    grad_clip: float = 1.0  # max gradient norm of the critic; 0 disables clipping
+    value_clip: float = 0.2  # ε_v: |V − V_old| clip (PPO, Schulman et al. 2017, as baselines' ppo2; verl: 0.5); 0: off
+    value_coef: float = 1.0  # weight of the value loss; the critic has its own optimiser, so it only scales the critic's gradient
+
+    def __post_init__(self) -> None:
+        _positive("critic.lr", self.lr)
+        _positive("critic.weight_decay", self.weight_decay, strict=False)
+        _positive("critic.warmup_steps", self.warmup_steps, strict=False)
+        _positive("critic.lr_warmup_steps", self.lr_warmup_steps, strict=False)
+        _positive("critic.grad_clip", self.grad_clip, strict=False)
+        _positive("critic.value_clip", self.value_clip, strict=False)
+        _positive("critic.value_coef", self.value_coef)
+
+
+GROUP_ADVANTAGES = ("grpo", "drgrpo", "rloo", "w_reinforce")  # estimators from rewards alone, no critic
+
+
+@dataclass
+class OverlongPenaltyConfig:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13), added to the reward the estimator learns from:
+    0 up to L_max − L_cache tokens, then falling linearly to −1 at L_max, −1 beyond (rewards.py)."""
+
+    factor: float = 0.0  # weight of the penalty; 0 = off (DAPO: 1.0)
+    max_length: Optional[int] = None  # L_max in tokens; None: the rollout's max_new_tokens (DAPO: 20480)
+    buffer: Optional[int] = None  # L_cache in tokens; None: max(1, L_max // 5), DAPO's ratio (4096 of 20480)
+
+    def __post_init__(self) -> None:
+        _positive("algorithm.overlong_penalty.factor", self.factor, strict=False)
+        for key in ("max_length", "buffer"):
+            if getattr(self, key) is not None:
+                _positive(f"algorithm.overlong_penalty.{key}", getattr(self, key))
+
+    def resolved(self, max_new_tokens: int) -> tuple[int, int]:
+        """(L_max, L_cache) with the None defaults filled in."""
+        max_length = self.max_length or max_new_tokens
+        return max_length, self.buffer or max(1, max_length // 5)
+
+
 @dataclass
 class AlgorithmConfig:
     """The policy-gradient estimator and loss."""
 
-    advantage: str = "grpo"  # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out)
+    # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out) | w_reinforce (±1 rewards, no baseline, arXiv 2506.01347)
+    # | gae (PPO: a critic, critic=separate)
+    advantage: str = "grpo"
+    positive_weight: float = 0.1  # W-REINFORCE's λ: weight of correct samples' +1 (the paper's 0.1); other estimators ignore it
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
     eps_high: float = 0.28  # PPO clip: ratio <= 1 + eps_high (Clip-Higher; the paper's value, stated, not hidden)
     loss_agg: str = "token_mean"  # token_mean | seq_mean
@@ -361,9 +484,17 @@ class AlgorithmConfig:
     micro_batch_size: Any = "auto"  # sequences per forward/backward (gradient accumulation inside a mini-batch); auto: fit memory
     kl_coef: float = 0.0  # k3 KL penalty to a frozen copy of the initial policy; 0 = no reference model
     entropy_coef: float = 0.0  # entropy bonus coefficient (loss -= coef * mean entropy)
+    mask_truncated: bool = False  # drop completions cut at max_new_tokens (no EOS) from the loss (DAPO's overlong filtering)
+    overlong_penalty: OverlongPenaltyConfig = field(default_factory=OverlongPenaltyConfig)
+    # gae: discount and GAE λ (Schulman et al. 2016). γ = λ = 1 as verl's PPO: the only reward is at the end of a short
+    # episode, and λ = 1 gives the unbiased Monte-Carlo advantage R − V_t, not bootstrapped from a young critic
+    gamma: float = 1.0
+    lam: float = 1.0
+    kl_in_reward: float = 0.0  # gae: β of a per-token reward −β (log π_old − log π_ref) (InstructGPT-style PPO); 0 = off
 
     def __post_init__(self) -> None:
-        _one_of("algorithm.advantage", self.advantage, ("grpo", "drgrpo", "rloo"))
+        _one_of("algorithm.advantage", self.advantage, (*GROUP_ADVANTAGES, "gae"))
+        _check(0 < self.positive_weight <= 1, f"algorithm.positive_weight={self.positive_weight} must be in (0, 1]")
         _check(0 < self.eps_low < 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1)")
         _positive("algorithm.eps_high", self.eps_high)
         _one_of("algorithm.loss_agg", self.loss_agg, ("token_mean", "seq_mean"))
@@ -372,6 +503,11 @@ class AlgorithmConfig:
         _batch_size("algorithm.micro_batch_size", self.micro_batch_size)
         _positive("algorithm.kl_coef", self.kl_coef, strict=False)
         _positive("algorithm.entropy_coef", self.entropy_coef, strict=False)
+        _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} must be in [0, 1]")
+        _check(0 <= self.lam <= 1, f"algorithm.lam={self.lam} must be in [0, 1]")
+        _positive("algorithm.kl_in_reward", self.kl_in_reward, strict=False)
+        _check(self.kl_in_reward == 0 or self.advantage == "gae",
+               f"algorithm.kl_in_reward={self.kl_in_reward} needs algorithm.advantage=gae (a group estimator has no per-token reward)")
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -492,6 +628,7 @@ class TrainConfig(RunConfig):
     allocator: Any = MISSING
     modulator: Any = MISSING
     rollout: Any = MISSING  # the `rollout` group: hf | vllm
+    critic: Any = MISSING  # the `critic` group: none | separate (a learned value function for algorithm.advantage=gae)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
@@ -501,6 +638,12 @@ class TrainConfig(RunConfig):
         _check(self.modulator.scope != "micro_batch" or self.algorithm.micro_batch_size != "auto",
                "modulator.scope=micro_batch needs an explicit algorithm.micro_batch_size (auto follows free memory, "
                "which would change the normalisation scope from machine to machine)")
+        max_length, buffer = self.algorithm.overlong_penalty.resolved(self.rollout.max_new_tokens or self.task.max_new_tokens)
+        _check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
+        gae, critic = self.algorithm.advantage == "gae", self.critic.name
+        _check(not gae or critic != "none", "algorithm.advantage=gae needs a critic; choose one of: critic=separate")
+        _check(gae or critic == "none", f"critic={critic} trains a value function that algorithm.advantage={self.algorithm.advantage} "
+               "never reads; choose algorithm.advantage=gae or critic=none")
         if isinstance(self.allocator, VarianceAllocatorConfig):
             a, n = self.allocator, self.rollout.n
             _check(
@@ -593,4 +736,10 @@ def register_schemas() -> None:
     cs.store(group="schema/rollout", name="vllm", node=VLLMRolloutConfig)
     cs.store(group="schema/modulator", name="none", node=NoModulatorConfig)
     cs.store(group="schema/modulator", name="dynamo", node=DynamoModulatorConfig)
+    cs.store(group="schema/modulator", name="fork_tokens", node=ForkTokensModulatorConfig)
+    cs.store(group="schema/modulator", name="entropy_advantage", node=EntropyAdvantageModulatorConfig)
+    cs.store(group="schema/modulator", name="clip_cov", node=ClipCovModulatorConfig)
+    cs.store(group="schema/modulator", name="kl_cov", node=KLCovModulatorConfig)
+    cs.store(group="schema/critic", name="none", node=NoCriticConfig)
+    cs.store(group="schema/critic", name="separate", node=SeparateCriticConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

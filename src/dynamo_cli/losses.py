@@ -89,3 +89,21 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
 def logprobs_from_logits(logits: Tensor, tokens: Tensor) -> Tensor:
     """log softmax(logits)[token]: logits (..., V), tokens (...) long -> (...), float32 or wider."""
     return _rowwise(_logprobs, logits, tokens)
+
+
+def value_loss(*, values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """PPO's clipped value loss (Schulman et al. 2017; the clip as in OpenAI baselines' ppo2 and verl's critic):
+
+        loss = 0.5 · max((V − G)², (V_old + clip(V − V_old, −ε_v, ε_v) − G)²)      ε_v = clip; 0: no clipping
+
+    Returns (per_token_loss (N, L), 0 on padding; clipped (N, L) bool: valid tokens where the clipped term is the
+    larger one, so that token's value passes no gradient)."""
+    unclipped = (values - returns) ** 2
+    if clip > 0:
+        clipped_values = old_values + (values - old_values).clamp(-clip, clip)
+        clipped = (clipped_values - returns) ** 2
+        loss, active = torch.maximum(unclipped, clipped), clipped > unclipped
+    else:
+        loss, active = unclipped, torch.zeros_like(unclipped, dtype=torch.bool)
+    mask = mask.bool()
+    return torch.where(mask, 0.5 * loss, 0.0), mask & active

@@ -27,6 +27,7 @@ class TokenShaping:
     metrics: dict[str, float] = field(default_factory=dict)  # mod/...
     distributions: dict[str, Tensor] = field(default_factory=dict)  # 1-D valid-token values, for histograms
     extra_terms: list = field(default_factory=list)  # loss terms (terms.Weighted) this mini-batch adds, e.g. KL-Cov
+    extra_mask: Tensor | None = None  # (N, L) bool: the tokens an extra term acts on (Trajectories.extra_mask)
 
 
 def _fp32(t: Tensor | None) -> Tensor | None:
@@ -122,6 +123,7 @@ class NoModulator:
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
         scope_sync: ScopeSync | None = None,
+        generator: torch.Generator | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         return TokenShaping(advantages=torch.where(mask, advantages, 0.0).detach(), loss_mask=mask)
@@ -154,6 +156,7 @@ class DynamoModulator:
         old_logprobs: Tensor | None = None,
         scope_index: Tensor | None = None,
         scope_sync: ScopeSync | None = None,
+        generator: torch.Generator | None = None,
     ) -> TokenShaping:
         mask = mask.bool()
         advantages, entropy, logprobs, old_logprobs = map(_fp32, (advantages, entropy, logprobs, old_logprobs))
@@ -197,3 +200,147 @@ class DynamoModulator:
             advantages=final, loss_mask=mask, metrics=metrics,
             distributions={"beta_comp": beta_comp[mask], "beta_stab": beta_stab[mask], "abs_delta_h": abs_dh[mask]},
         )
+
+
+# ------------------------------------------------------------------ the paper's token-level baselines
+# Each is a modulator: it sees a mini-batch's (N, L) advantages, valid-token mask and the current policy's
+# entropies / log-probs, once before its micro-batches, and returns TokenShaping. A token dropped from the loss
+# mask passes no gradient through any term; the mini-batch's token count (the token-mean denominator) is taken
+# before shaping, so dropping a token does not reweight the others. Selection is over this process's valid tokens.
+
+
+def top_fraction_mask(*, values: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """Valid tokens whose value is at or above the (1 - fraction) quantile of the valid values. (N, L) bool.
+
+    Fork Tokens (arXiv 2506.01939) keep the top 20% highest-entropy tokens. torch.quantile interpolates
+    linearly, so ties at the threshold are all kept. No valid token: nothing selected.
+    """
+    valid = values[mask]  # (M,)
+    if valid.numel() == 0:
+        return torch.zeros_like(mask)
+    threshold = torch.quantile(valid, 1 - fraction)
+    return mask & (values >= threshold)
+
+
+def entropy_advantage(*, advantages: Tensor, entropy: Tensor, mask: Tensor, alpha: float, kappa: float) -> Tensor:
+    """A + min(alpha H, |A| / kappa) on valid tokens, 0 on padding (arXiv 2506.14758). (N, L).
+
+    The entropy term is detached (a bonus on the advantage, not an entropy gradient) and capped at |A| / kappa, so
+    it never flips the advantage's sign and vanishes where A = 0.
+    """
+    bonus = torch.minimum(alpha * entropy, advantages.abs() / kappa)  # (N, L), >= 0
+    return torch.where(mask, advantages + bonus, 0.0)
+
+
+def token_covariance(*, advantages: Tensor, logprobs: Tensor, mask: Tensor) -> Tensor:
+    """Per-token centred product (A - mean A)(log pi - mean log pi), means over the valid tokens. (N, L), 0 on padding.
+
+    Its mean is the covariance that drives the entropy change of a policy-gradient step (arXiv 2505.22617, eq. 3):
+    high-covariance tokens (confident and rewarded, or unlikely and punished) are the ones that collapse entropy.
+    """
+    a_mean, lp_mean = masked_mean(advantages, mask), masked_mean(logprobs, mask)
+    return torch.where(mask, (advantages - a_mean) * (logprobs - lp_mean), 0.0)
+
+
+def clip_cov_select(*, covariance: Tensor, candidates: Tensor, fraction: float, low: float, high: float,
+                    num_valid: int, generator: torch.Generator) -> Tensor:
+    """Clip-Cov (arXiv 2505.22617): max(1, int(fraction * num_valid)) tokens drawn uniformly at random among the
+    candidates whose covariance lies in (low, high). (N, L) bool; fewer if the band holds fewer."""
+    band = candidates & (covariance > low) & (covariance < high)  # (N, L)
+    where = band.flatten().nonzero().squeeze(1)  # (K,) flat indices, row-major
+    take = min(max(1, int(fraction * num_valid)), where.numel())
+    chosen = where[torch.randperm(where.numel(), generator=generator)[:take].to(where.device)]
+    return torch.zeros_like(band).flatten().index_fill_(0, chosen, True).view_as(band)
+
+
+def kl_cov_select(*, covariance: Tensor, mask: Tensor, fraction: float) -> Tensor:
+    """KL-Cov (arXiv 2505.22617): the max(1, int(fraction * M)) valid tokens of highest covariance, M valid tokens.
+    (N, L) bool; nothing when there is no valid token."""
+    num_valid = int(mask.sum())
+    if num_valid == 0:
+        return torch.zeros_like(mask)
+    k = max(1, int(fraction * num_valid))
+    scores = torch.where(mask, covariance, -torch.inf).flatten()
+    return torch.zeros_like(mask).flatten().index_fill_(0, scores.topk(k).indices, True).view_as(mask)
+
+
+class _TokenBaseline:
+    """The shared call signature; subclasses implement `shape(advantages, mask, entropy, logprobs, old_logprobs, generator)`."""
+
+    needs_policy_stats = True  # they read the current policy's entropy or log-probs
+
+    @torch.no_grad()
+    def __call__(self, *, advantages: Tensor, mask: Tensor, entropy: Tensor | None = None, logprobs: Tensor | None = None,
+                 old_logprobs: Tensor | None = None, scope_index: Tensor | None = None, scope_sync: ScopeSync | None = None,
+                 generator: torch.Generator | None = None) -> TokenShaping:
+        mask = mask.bool()
+        advantages, entropy, logprobs, old_logprobs = map(_fp32, (advantages, entropy, logprobs, old_logprobs))
+        return self.shape(advantages=torch.where(mask, advantages, 0.0), mask=mask, entropy=entropy, logprobs=logprobs,
+                          old_logprobs=old_logprobs, generator=generator)
+
+
+def _share(selected: Tensor, mask: Tensor) -> float:
+    return float(selected.sum()) / max(int(mask.sum()), 1)
+
+
+class ForkTokensModulator(_TokenBaseline):
+    """Fork Tokens (arXiv 2506.01939): the policy gradient only on the top `top_fraction` highest-entropy tokens."""
+
+    def __init__(self, *, top_fraction: float):
+        self.top_fraction = top_fraction
+
+    def shape(self, *, advantages, mask, entropy, logprobs, old_logprobs, generator) -> TokenShaping:
+        keep = top_fraction_mask(values=entropy, mask=mask, fraction=self.top_fraction)
+        return TokenShaping(advantages=torch.where(keep, advantages, 0.0), loss_mask=keep,
+                            metrics={"mod/kept_frac": _share(keep, mask)}, distributions={"kept_entropy": entropy[keep]})
+
+
+class EntropyAdvantageModulator(_TokenBaseline):
+    """Entropy Advantages (arXiv 2506.14758): A + min(alpha H, |A| / kappa), H the current policy's entropy."""
+
+    def __init__(self, *, alpha: float, kappa: float):
+        self.alpha, self.kappa = alpha, kappa
+
+    def shape(self, *, advantages, mask, entropy, logprobs, old_logprobs, generator) -> TokenShaping:
+        shaped = entropy_advantage(advantages=advantages, entropy=entropy, mask=mask, alpha=self.alpha, kappa=self.kappa)
+        bonus = shaped - advantages  # 0 on padding
+        return TokenShaping(advantages=shaped, loss_mask=mask, metrics={
+            "mod/entropy_bonus_mean": float(masked_mean(bonus, mask)),
+            "mod/entropy_bonus_capped_frac": _share(mask & (self.alpha * entropy > advantages.abs() / self.kappa), mask)})
+
+
+class ClipCovModulator(_TokenBaseline):
+    """Clip-Cov (arXiv 2505.22617): a random `fraction` of the tokens that PPO-clip still passes and whose covariance
+    lies in (cov_low, cov_high) leave the loss (their gradient is detached)."""
+
+    def __init__(self, *, fraction: float, cov_low: float, cov_high: float, eps_low: float, eps_high: float):
+        self.fraction, self.cov_low, self.cov_high = fraction, cov_low, cov_high
+        self.eps_low, self.eps_high = eps_low, eps_high
+
+    def shape(self, *, advantages, mask, entropy, logprobs, old_logprobs, generator) -> TokenShaping:
+        if generator is None:
+            raise ValueError("ClipCovModulator draws its tokens at random: pass a generator")
+        ratio = torch.exp((torch.where(mask, logprobs - old_logprobs, 0.0)).clamp(-20.0, 20.0))  # (N, L) as the loss
+        clipped = ((advantages > 0) & (ratio > 1 + self.eps_high)) | ((advantages < 0) & (ratio < 1 - self.eps_low))
+        covariance = token_covariance(advantages=advantages, logprobs=logprobs, mask=mask)
+        detached = clip_cov_select(covariance=covariance, candidates=mask & ~clipped, fraction=self.fraction,
+                                   low=self.cov_low, high=self.cov_high, num_valid=int(mask.sum()), generator=generator)
+        keep = mask & ~detached
+        return TokenShaping(advantages=torch.where(keep, advantages, 0.0), loss_mask=keep,
+                            metrics={"mod/detached_frac": _share(detached, mask), "mod/cov_mean": float(masked_mean(covariance, mask))},
+                            distributions={"covariance": covariance[mask]})
+
+
+class KLCovModulator(_TokenBaseline):
+    """KL-Cov (arXiv 2505.22617): the top `fraction` highest-covariance tokens get the extra term `penalty`
+    (terms.CovarianceKL, coef * |log pi - log pi_old|) for this mini-batch."""
+
+    def __init__(self, *, fraction: float, penalty):
+        self.fraction, self.penalty = fraction, penalty  # penalty: terms.Weighted, built by builders.py
+
+    def shape(self, *, advantages, mask, entropy, logprobs, old_logprobs, generator) -> TokenShaping:
+        covariance = token_covariance(advantages=advantages, logprobs=logprobs, mask=mask)
+        selected = kl_cov_select(covariance=covariance, mask=mask, fraction=self.fraction)
+        return TokenShaping(advantages=advantages, loss_mask=mask, extra_terms=[self.penalty], extra_mask=selected,
+                            metrics={"mod/penalised_frac": _share(selected, mask), "mod/cov_mean": float(masked_mean(covariance, mask))},
+                            distributions={"covariance": covariance[mask]})

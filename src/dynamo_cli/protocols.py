@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Protocol, runtime_checkable
 
-from torch import Tensor
+from torch import Generator, Tensor
 
 from dynamo_cli.allocators import Allocation
 from dynamo_cli.modulators import ScopeSync, TokenShaping
@@ -66,23 +66,24 @@ class AdvantageEstimator(Protocol):
     """estimate: rewards (B,) of the whole step (every process) -> per-token advantages of this process's rows.
 
     `rows` = [lo, hi): this process's share. Group estimators need the whole group, hence the global rewards;
-    a value-based one (GAE) reads `batch.values`. Returns (advantages (N, L), 0 off the loss mask; sequence
-    advantages (B,) for logs; zero_signal (B,) bool)."""
+    a value-based one (GAE) reads `batch.values`. Returns (advantages (N, L), 0 off the loss mask; the critic's
+    targets (N, L), None without a critic; sequence advantages (B,) for logs; zero_signal (B,) bool)."""
 
     def __call__(self, batch: Trajectories, *, rewards: Tensor, group_index: Tensor, num_groups: int,
-                 rows: slice) -> tuple[Tensor, Tensor, Tensor]: ...
+                 rows: slice) -> tuple[Tensor, Optional[Tensor], Tensor, Tensor]: ...
 
 
 class Modulator(Protocol):
     """Token-level shaping inside `update`, once per mini-batch: advantages (N, L) -> TokenShaping (advantages,
-    loss mask, and optionally extra loss terms). `needs_policy_stats`: wants the current policy's entropy and
-    log-probs (a forward pass) rather than the rollout policy's."""
+    loss mask, and optionally extra loss terms with the tokens they act on). `needs_policy_stats`: wants the current
+    policy's entropy and log-probs (a forward pass) rather than the rollout policy's. `generator`: the step's, for
+    any random choice (replayable)."""
 
     needs_policy_stats: bool
 
     def __call__(self, *, advantages: Tensor, mask: Tensor, entropy: Tensor | None = None, logprobs: Tensor | None = None,
                  old_logprobs: Tensor | None = None, scope_index: Tensor | None = None,
-                 scope_sync: ScopeSync | None = None) -> TokenShaping: ...
+                 scope_sync: ScopeSync | None = None, generator: Generator | None = None) -> TokenShaping: ...
 
 
 class LossTerm(Protocol):

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from dynamo_cli.advantages import masked_sum
-from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss
+from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss, value_loss
 from dynamo_cli.protocols import LossTerm
 from dynamo_cli.registry import Registry
 from dynamo_cli.trajectory import ModelOutputs, Trajectories
@@ -59,6 +60,32 @@ class EntropyBonus:
         return out.entropy, {}
 
 
+class CovarianceKL:
+    """KL-Cov's penalty (arXiv 2505.22617): |log pi - log pi_old| on the tokens a modulator selected
+    (`batch.extra_mask`), 0 elsewhere; aggregated over the loss mask like every term, so with token_mean it is
+    sum over selected tokens / all tokens, as the paper's per-token replacement of the loss on those tokens."""
+
+    name, needs = "kl_cov", frozenset()
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        return torch.where(batch.extra_mask, (out.logprobs - batch.old_logprobs).abs(), 0.0), {}
+
+
+class ValueLoss:
+    """value: the critic's clipped regression on the GAE returns (losses.value_loss); its weight is critic.value_coef.
+    Logged as train/value_loss, with the share of value-clipped tokens (vf_clip_frac) and the mean value."""
+
+    name, needs = "value_loss", frozenset({"values"})
+
+    def __init__(self, *, clip: float):
+        self.clip = clip
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        per_token, clipped = value_loss(values=out.values, old_values=batch.values, returns=batch.returns,
+                                        mask=batch.loss_mask, clip=self.clip)
+        return per_token, {"vf_clip_frac": clipped.float(), "value_mean": out.values.detach()}
+
+
 @dataclass
 class Weighted:
     term: LossTerm
@@ -78,6 +105,13 @@ def _kl(cfg) -> Weighted:
 @TERMS.register("entropy")
 def _entropy(cfg) -> Weighted:
     return Weighted(EntropyBonus(), -cfg.algorithm.entropy_coef)
+
+
+@TERMS.register("value")
+def _value(cfg) -> Weighted | None:
+    if cfg.critic.name == "none":  # no critic: no value loss, and no train/value_loss metric
+        return None
+    return Weighted(ValueLoss(clip=cfg.critic.value_clip), cfg.critic.value_coef)
 
 
 @dataclass
@@ -121,5 +155,5 @@ class Loss:
 
 
 def build_loss(cfg) -> Loss:
-    """Every term whose builder turns it on, in registration order (policy loss, KL, entropy)."""
+    """Every term whose builder turns it on, in registration order (policy loss, KL, entropy, value)."""
     return Loss(terms=[w for _, build in TERMS.items() if (w := build(cfg)) is not None], mode=cfg.algorithm.loss_agg)

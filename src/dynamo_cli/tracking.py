@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from dynamo_cli import atomic
+from dynamo_cli.allocators import bernoulli_variance
 from dynamo_cli.config import LoggerConfig
 
 
@@ -175,10 +176,22 @@ class BudgetRow:
     successes: int  # successes this step
 
 
+def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tensor) -> list[BudgetRow]:
+    """The live table's rows: each drawn prompt's lifetime history (from the allocator) and this step's budget."""
+    ids = [p.id for p in problems]
+    lifetime_successes, lifetime_attempts = allocator.history(ids)
+    variance = bernoulli_variance(successes=lifetime_successes, attempts=lifetime_attempts)
+    rate = lifetime_successes / lifetime_attempts.clamp(min=1)
+    return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
+                      variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
+            for i, p in enumerate(problems)]
+
+
 STEP_KEYS = [
     ("rollout/reward_mean", "reward mean"), ("rollout/pass_rate", "pass rate (any correct)"),
     ("rollout/zero_signal_frac", "zero-signal frac"), ("train/loss", "loss"), ("train/clip_frac", "clip frac"),
     ("train/entropy", "entropy"), ("train/kl_ref", "KL to ref"), ("train/grad_norm", "grad norm"),
+    ("train/value_loss", "value loss"), ("train/critic_grad_norm", "critic grad norm"),  # with a critic only
     ("mod/beta_comp_mean", "β_comp mean"), ("mod/beta_stab_mean", "β_stab mean"),
     ("eval/greedy_pass1", "eval greedy pass@1"), ("time/tokens_per_s", "gen tokens/s"),
     ("time/generate_s", "s generate"), ("time/score_s", "s score+stats"), ("time/update_s", "s update"),

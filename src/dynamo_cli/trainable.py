@@ -1,7 +1,8 @@
 """A trainable module: the model (as the engine wrapped it), its optimiser and schedule, its checkpoint state.
 
-The trainer holds a list of them: the policy first, and later an optional critic (PPO + GAE) with its own
-optimiser, scheduler, DDP wrap and checkpoint dir. `update` steps each one after every mini-batch.
+The trainer holds a list of them: the policy first, then an optional critic (PPO + GAE, critic.py) with its own
+optimiser, scheduler, DDP wrap and checkpoint dir. `update` steps each one after every mini-batch; during a
+critic's warm-up (its `solo_steps`) only the critic trains.
 
 trainer_state.pt keeps the policy's optimiser and scheduler under "optimizer" / "scheduler" (as before the
 redesign); any other module's go under "trainables"/<name>, and its weights in the checkpoint's <name>/ dir.
@@ -21,6 +22,7 @@ class Trainable:
     optimizer: Any
     scheduler: Any
     grad_clip: float  # max global gradient norm; 0 = off
+    solo_steps: int = 0  # the first RL steps in which this module trains alone (critic.warmup_steps: the policy waits)
 
     def step(self, dp: DataParallel) -> float:
         """Clip, step the optimiser and the schedule, clear the gradients. Returns the norm before clipping."""

@@ -4,7 +4,7 @@
     loss_mask                   (N, L)   the response region, L = T - prompt_width: True on *policy* tokens
     advantages, old_logprobs,   (N, L)   per token of the response region
     old_entropy, ref_logprobs,
-    values
+    values, returns
 
 `attention_mask` says what the model reads; `loss_mask` says what it is trained on. In today's single-turn
 rollouts they agree on the response (one policy turn). A multi-turn environment puts its own tokens (tool
@@ -32,7 +32,9 @@ class Trajectories:
     old_logprobs: Optional[Tensor] = None  # (N, L) log pi_old of each token, at the sampling temperature
     old_entropy: Optional[Tensor] = None  # (N, L) full-vocabulary entropy of pi_old at each position
     ref_logprobs: Optional[Tensor] = None  # (N, L) the frozen reference policy's, when a KL term is on
-    values: Optional[Tensor] = None  # (N, L) a critic's value estimates (PPO + GAE), else None
+    values: Optional[Tensor] = None  # (N, L) V_old: the critic's values at collection (PPO + GAE), else None
+    returns: Optional[Tensor] = None  # (N, L) the critic's regression targets G_t = A_t + V_t, set by a value-based `estimate`
+    extra_mask: Optional[Tensor] = None  # (N, L) bool: tokens a modulator's extra loss term acts on (KL-Cov), set in `update`
     turns: Optional[Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the response region; None: one turn
 
     def __len__(self) -> int:

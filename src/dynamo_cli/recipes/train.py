@@ -2,8 +2,8 @@
 
 One step is three stages (stages/), each built once from the config:
     collect   draw P prompts -> allocator: n_i per prompt, Σ n_i = B -> generate -> verify -> old log-probs
-    estimate  group advantages (groups of unequal size) -> per-token advantages
-    update    for each PPO epoch and mini-batch: modulator -> loss terms (PPO-clip, KL, entropy) -> optimiser step
+    estimate  group advantages (groups of unequal size), or GAE on a critic's values -> per-token advantages
+    update    for each PPO epoch and mini-batch: modulator -> loss terms (PPO-clip, KL, entropy, value) -> optimiser steps
 then the allocator learns from the step's rewards, and the recipe logs, evaluates and checkpoints.
 """
 from __future__ import annotations
@@ -16,9 +16,7 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from dynamo_cli import checkpoint
-from dynamo_cli.allocators import bernoulli_variance
-from dynamo_cli.builders import build_allocator, build_estimator, build_modulator, build_rollout_engine, build_sampler, build_task
+from dynamo_cli import builders, checkpoint
 from dynamo_cli.config import TrainConfig
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
@@ -33,9 +31,9 @@ from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.terms import build_loss
 from dynamo_cli.tracking import (
-    BudgetRow,
     Tracker,
     TrainView,
+    budget_rows,
     eval_table,
     make_console,
     quantiles,
@@ -71,19 +69,21 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     # ---------------------------------------------------------------- the parts, each chosen once from the config
     model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
     reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
-                 if cfg.algorithm.kl_coef > 0 else None)
+                 if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
+    critic = builders.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value model (critic=separate) or None
     total, trainable = count_parameters(model)
-    task = build_task(cfg.task)
+    task = builders.build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
     test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
-    sampler, allocator, modulator, estimate = build_sampler(cfg), build_allocator(cfg), build_modulator(cfg), build_estimator(cfg)
+    sampler, allocator, modulator = builders.build_sampler(cfg), builders.build_allocator(cfg), builders.build_modulator(cfg)
+    estimate = builders.build_estimator(cfg, dp)  # dp: GAE whitens its advantages over every process's tokens
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
     prompt_tokens = longest_prompt(tokenizer, task, train_problems)
     try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
-        engine = build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
+        engine = builders.build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
     except VLLMUnavailable as error:
         raise DynamoError(str(error)) from error
     plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
@@ -94,11 +94,14 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
     policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
-    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip)]
+    trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),  # then the critic, if any
+                  *builders.critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step,
+                                              micro_batch_size=plan.training)]
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
-                        logprob_batch=plan.training)
+                        logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
+                        shape_rewards=builders.build_reward_shaping(cfg), critic=critic)
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature)
@@ -120,7 +123,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         truncate_jsonl(rollouts_file, max_step=totals["step"])
     processes = f", {dp.world_size} processes ({dp.accelerator.distributed_type.value})" if dp.distributed else ""
     console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
-                  f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage}, "
+                  f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage} critic={cfg.critic.name}, "
                   f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps{processes}")
     console.print(plan.note)
     console.print(f"eval {eval_plan.note}")
@@ -153,11 +156,11 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             step_start = time.perf_counter()
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
             t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
-            advantages, sequence_advantages, zero_signal = estimate(
-                step_data.batch, rewards=step_data.rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
+            advantages, returns, sequence_advantages, zero_signal = estimate(
+                step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
             step_data.seconds["score"] += time.perf_counter() - t0
-            t0 = time.perf_counter()  # 3. modulate and update the policy
-            update_metrics, distributions = update(step_data.batch.replace(advantages=advantages),
+            t0 = time.perf_counter()  # 3. modulate and update the policy (and the critic)
+            update_metrics, distributions = update(step_data.batch.replace(advantages=advantages, returns=returns), step=step,
                                                    generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
             engine.sync(policy)  # vLLM: copy the new weights in (hf: nothing, it generates with the policy)
             update_seconds = time.perf_counter() - t0
@@ -187,6 +190,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 "rollout/total_tokens": totals["tokens"],
                 "train/entropy": entropy_sum / max(generated_tokens, 1),
                 **step_data.allocation.metrics,
+                **step_data.metrics,
                 **update_metrics,
                 **replicas,
                 "time/alloc_s": alloc_seconds, "time/generate_s": step_data.seconds["generate"], "time/score_s": step_data.seconds["score"],
@@ -223,16 +227,6 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
     console.print(f"final checkpoint: {final}")
     dp.close()
-
-
-def budget_rows(allocator, problems, counts: torch.Tensor, successes: torch.Tensor) -> list[BudgetRow]:
-    ids = [p.id for p in problems]
-    lifetime_successes, lifetime_attempts = allocator.history(ids)
-    variance = bernoulli_variance(successes=lifetime_successes, attempts=lifetime_attempts)
-    rate = lifetime_successes / lifetime_attempts.clamp(min=1)
-    return [BudgetRow(prompt_id=p.id, snippet=p.question, attempts=float(lifetime_attempts[i]), success_rate=float(rate[i]),
-                      variance=float(variance[i]), allocated=int(counts[i]), successes=int(successes[i]))
-            for i, p in enumerate(problems)]
 
 
 def prompt_pool(problems: list, size: Optional[int]) -> list:

@@ -1,7 +1,11 @@
 """collect: a step's prompts, their rollouts and rewards, as Trajectories with the rollout policy's log-probs.
 
     sampler (which prompts) -> allocator (n_i per prompt, Σ n_i = B) -> rollout engine (this process's share of
-    the Σ n_i completions) -> verifier (rewards, every process's) -> old (and reference) log-probs
+    the Σ n_i completions) -> verifier (rewards, every process's) -> reward shaping (what the estimator learns
+    from: DAPO's overlong penalty) -> old (and reference) log-probs
+
+`mask_truncated` (algorithm.mask_truncated) drops completions cut at max_new_tokens from the loss mask (DAPO's
+overlong filtering): they still count in their group's statistics, but no loss term sees their tokens.
 
 Every process draws the same prompts and allocates from its copy of the global statistics (checked each step:
 dist/replica_alloc_diff). Sampling is counter-based on (seed, step, global row): the same completions on 1 or
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynamo_cli.allocators import Allocation
+from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.policy import batched_token_stats
@@ -61,12 +66,14 @@ class Collected:
     prompts: list[str]  # (P) their prompt texts
     allocation: Allocation  # counts (P,) sum to B
     group_index: Tensor  # (B,) the prompt of each rollout
-    rewards: Tensor  # (B,)
+    rewards: Tensor  # (B,) the verifier's: what the allocator, sampler and logs see
+    train_rewards: Tensor  # (B,) the shaped rewards the estimator learns from (= rewards without shaping)
     rules: Tensor  # (B,) which extraction rule found each answer (index into tasks.answers.RULES)
     rollouts: Rollouts  # this process's rows [rows.start, rows.stop)
     rows: slice
     batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
     seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout/... of the reward shaping
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -84,13 +91,16 @@ class Collected:
 class Collector:
     def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
                  policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
-                 top_p: float, generation_batch: int, logprob_batch: int):
+                 top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards,
+                 critic=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
-        self.policy, self.reference, self.dp = policy, reference, dp
+        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
         self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
+        self.mask_truncated = mask_truncated
+        self.shape_rewards = shape_rewards  # (rewards (B,), *, lengths (B,)) -> (shaped rewards (B,), metrics)
 
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
@@ -133,15 +143,20 @@ class Collector:
         rules = dp.gather_rows(torch.cat(local_rules))  # (B,)
         group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
         lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
-        batch = self.rollout_statistics(Trajectories.single_turn(rollouts))
+        train_rewards, metrics = self.shape_rewards(rewards, lengths=dp.gather_rows(rollouts.completion_lengths))
+        batch = Trajectories.single_turn(rollouts)
+        keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
+        batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))
         seconds["score"] += time.perf_counter() - t0
         if rounds > 1:
             first = Allocation(counts=counts, priority=first.priority, metrics={**first.metrics, "alloc/rounds": float(rounds)})
-        return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards, rules=rules,
-                         rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch, seconds=seconds)
+        return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards,
+                         train_rewards=train_rewards, rules=rules, rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch,
+                         seconds=seconds, metrics=metrics)
 
     def rollout_statistics(self, batch: Trajectories) -> Trajectories:
-        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term)."""
+        """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term; and the
+        critic's values V_old, for GAE and the value clip)."""
         device, stats = self.dp.device, dict(prompt_width=batch.prompt_width, temperature=self.temperature,
                                              micro_batch_size=self.logprob_batch)
         input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -151,7 +166,11 @@ class Collector:
             ref_logprobs, _ = batched_token_stats(self.reference, input_ids=input_ids, attention_mask=attention_mask,
                                                   with_entropy=False, **stats)
             ref_logprobs = ref_logprobs.cpu()
-        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs)
+        values = None
+        if self.critic is not None:
+            values = batched_values(self.critic, input_ids=input_ids, attention_mask=attention_mask, prompt_width=batch.prompt_width,
+                                    micro_batch_size=self.logprob_batch).cpu()
+        return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs, values=values)
 
     def learn(self, collected: Collected) -> float:
         """The allocator (every step, not once an epoch) and the sampler learn from this step's rewards. Seconds."""

@@ -3,7 +3,7 @@
     for each epoch: shuffle rows; split into exactly `mini_batches` mini-batches (tensor_split)
         modulator (once per mini-batch: token advantages, loss mask, extra terms)
         for each micro-batch: forward -> ModelOutputs -> Loss (terms.py) -> backward (accumulate)
-        clip + optimiser + scheduler step of every trainable
+        clip + optimiser + scheduler step of every trainable (during a critic's warm-up: the critic's only)
 
 A mini-batch is every process's chunk of the same index; its loss is a mean over the *global* mini-batch
 (token or sequence counts summed over processes) and the engine averages gradients over processes, so each
@@ -11,10 +11,12 @@ process scales its share by their number: one process and N processes take the s
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
+from dynamo_cli.critic import completion_values
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.modulators import TokenShaping
@@ -56,50 +58,64 @@ class PolicyUpdate:
     def policy(self) -> Trainable:
         return self.trainables[0]
 
-    def __call__(self, batch: Trajectories, *, generator: torch.Generator) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-        """One step's update over this process's rows. Returns (metrics, modulation distributions)."""
+    @property
+    def critic(self) -> Trainable | None:  # the value model, when algorithm.advantage=gae
+        return next((t for t in self.trainables[1:] if t.name == "critic"), None)
+
+    def __call__(self, batch: Trajectories, *, generator: torch.Generator,
+                 step: int) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+        """One step's update over this process's rows (RL step `step`, 1-based). Returns (metrics, modulation distributions)."""
         dp = self.dp
+        active = [t for t in self.trainables if step <= t.solo_steps] or self.trainables  # a critic's warm-up: it trains alone
+        grad_norm_sums = {t.name: 0.0 for t in self.trainables}
         sums = dict.fromkeys(self.loss.metric_names(), 0.0)
-        grad_norm_sum, modulate_seconds, updates = 0.0, 0.0, 0
+        modulate_seconds, updates = 0.0, 0
         modulation_metrics: dict[str, float] = {}
         distributions: dict[str, list[torch.Tensor]] = {}
         for epoch in range(self.ppo_epochs):
             order = torch.randperm(len(batch), generator=generator)
             for mb_index, rows in enumerate(order.tensor_split(self.mini_batches)):  # exactly mini_batches parts
                 mb = batch.select(rows)
-                num_tokens, num_seqs = int(dp.sum(int(mb.loss_mask.sum()))), int(dp.sum(len(mb)))
+                # before shaping: a token a modulator drops leaves the denominator alone. At least 1: with
+                # algorithm.mask_truncated a mini-batch of truncated completions has no loss token and adds 0
+                num_tokens, num_seqs = max(int(dp.sum(int(mb.loss_mask.sum()))), 1), int(dp.sum(len(mb)))
                 t0 = time.perf_counter()
-                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0))
+                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0), generator=generator)
                 modulate_seconds += time.perf_counter() - t0
                 for key, value in shaping.metrics.items():
                     modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
                 for key, value in shaping.distributions.items():
                     distributions.setdefault(key, []).append(value.cpu())
 
-                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask)
+                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
                 starts = range(0, len(mb), self.micro_batch_size)
                 for start in starts:
                     micro = shaped.select(slice(start, start + self.micro_batch_size)).to(dp.device)
-                    with dp.accumulate(self.policy.model, sync=start == starts[-1]):  # gradients cross processes once per mini-batch
-                        loss, metrics = self.loss(micro, self.forward(micro, extra=shaping.extra_terms), num_tokens=num_tokens,
-                                                  num_sequences=num_seqs, extra=shaping.extra_terms)
+                    with contextlib.ExitStack() as stack:  # gradients cross processes once per mini-batch
+                        for t in self.trainables:
+                            stack.enter_context(dp.accumulate(t.model, sync=start == starts[-1]))
+                        out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
+                        loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=shaping.extra_terms)
                         dp.backward(loss * dp.world_size)  # the engine averages over processes; the global mean wants their sum
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
-                grad_norms = [t.step(dp) for t in self.trainables]
-                grad_norm_sum += grad_norms[0]
+                for t in active:
+                    grad_norm_sums[t.name] += t.step(dp)
                 updates += 1
         # each process summed its share of every global mean: the sum over processes is the mean over the global batch
         metrics = {f"train/{k}": dp.sum(v) / updates for k, v in sums.items()}
-        metrics["train/grad_norm"] = grad_norm_sum / updates  # of the all-reduced gradient: the same on every process
+        for t in self.trainables:  # of the all-reduced gradient: the same on every process (0 while a module waits)
+            prefix = "train/" if t is self.policy else f"train/{t.name}_"
+            metrics[f"{prefix}grad_norm"] = grad_norm_sums[t.name] / updates
+            metrics[f"{prefix}lr"] = t.scheduler.get_last_lr()[0]
         metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
-        metrics["train/lr"] = self.policy.scheduler.get_last_lr()[0]
         metrics["time/modulate_s"] = modulate_seconds
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
-    def shape(self, mb: Trajectories, *, first: bool) -> TokenShaping:
+    def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
         """The modulator's view of a mini-batch, with the *current* policy's entropy and log-probs when it needs
-        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch."""
+        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch.
+        `generator`: the step's, for a modulator that draws tokens at random (Clip-Cov)."""
         device, modulator = self.dp.device, self.modulator
         if modulator.needs_policy_stats and not first:
             logprobs_now, entropy_now = batched_token_stats(  # rank-local, no gradient: on the unwrapped module
@@ -109,12 +125,16 @@ class PolicyUpdate:
             logprobs_now, entropy_now = mb.old_logprobs.to(device), mb.old_entropy.to(device)
         scope_sync = self.dp.scope_sync() if self.modulator_scope == "mini_batch" else None  # a mini-batch spans the processes
         return modulator(advantages=mb.advantages.to(device), mask=mb.loss_mask.to(device), entropy=entropy_now,
-                         logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync,
+                         logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync, generator=generator,
                          scope_index=scope_index(len(mb), scope=self.modulator_scope, micro_batch_size=self.micro_batch_size).to(device))
 
-    def forward(self, micro: Trajectories, *, extra=()) -> ModelOutputs:
-        """The policy's differentiable outputs over a micro-batch's response region; entropy only if a term reads it."""
-        logprobs, entropy = completion_token_stats(
-            self.policy.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
-            temperature=self.temperature, with_entropy=self.loss.needs("entropy", extra))
-        return ModelOutputs(logprobs=logprobs, entropy=entropy)
+    def forward(self, micro: Trajectories, *, extra=(), train_policy: bool = True) -> ModelOutputs:
+        """The differentiable outputs over a micro-batch's response region: the policy's (without a graph while it
+        waits out a critic's warm-up), entropy only if a term reads it, the critic's values if a term reads them."""
+        with torch.set_grad_enabled(train_policy):
+            logprobs, entropy = completion_token_stats(
+                self.policy.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
+                temperature=self.temperature, with_entropy=self.loss.needs("entropy", extra))
+        values = (completion_values(self.critic.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask,
+                                    prompt_width=micro.prompt_width) if self.loss.needs("values", extra) else None)
+        return ModelOutputs(logprobs=logprobs, entropy=entropy, values=values)
