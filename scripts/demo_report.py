@@ -33,7 +33,7 @@ def summarise(out: Path) -> dict:
     dirs = {label: Path(run_dir) for label, run_dir, _ in runs}
     seconds = {label: int(s) for label, _, s in runs}
     seeds = sorted(int(label.split("/")[1]) for label in dirs if label.startswith("rl_eval/"))
-    config = json.loads(json.dumps(_yaml(dirs[f"train/{seeds[0]}"] / "config.yaml")))
+    config = _yaml(dirs[f"train/{seeds[0]}"] / "config.yaml")
     per_seed = []
     for seed in seeds:
         before = json.loads((dirs[f"sft_eval/{seed}"] / "eval.json").read_text())
@@ -51,13 +51,14 @@ def summarise(out: Path) -> dict:
         ci = mean_ci([s["rl"][m] - s["sft"][m] for s in per_seed])
         gains[m] = {"mean": ci.mean, "half_width_95": ci.half_width, "seeds": ci.n}
     first, recorded = seeds[0], meta(out)
+    first_eval = json.loads((dirs[f"rl_eval/{first}"] / "eval.json").read_text())
     args = f" ({recorded['args']})" if recorded.get("args") else ""
     return {
         "commit": recorded["commit"],
         "command": f'make demo SEEDS="{" ".join(map(str, seeds))}"' + args,
         "torch_threads": int(recorded["threads"]),
-        "test_problems": json.loads((dirs[f"rl_eval/{first}"] / "eval.json").read_text())["overall"]["problems"],
-        "eval_samples": json.loads((dirs[f"rl_eval/{first}"] / "eval.json").read_text())["n_samples"],
+        "test_problems": first_eval["overall"]["problems"],
+        "eval_samples": first_eval["n_samples"],
         "rl_steps": config["trainer"]["steps"],
         "rollouts_per_step": config["trainer"]["prompts_per_step"] * config["rollout"]["n"],
         "prompt_pool": config["trainer"]["prompt_pool"],
