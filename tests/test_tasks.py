@@ -455,8 +455,9 @@ def test_teacher_slip_changes_demonstrations_only():
     assert perfect.train_problems() == slipping.train_problems() and perfect.test_problems() == slipping.test_problems()
     problems = perfect.train_problems()
     wrong = [p for p in problems if slipping.demonstration(p) != p.answer]
-    carrying = [p for p in problems if p.question[1] + p.question[-1] and
-                (int(p.question[1]) + int(p.question[-1]) >= 10 if "+" in p.question else int(p.question[1]) < int(p.question[-1]))]
+    # "ab+c" / "ab-c": the units column is question[1] and question[-1]
+    carrying = [p for p in problems
+                if (int(p.question[1]) + int(p.question[-1]) >= 10 if "+" in p.question else int(p.question[1]) < int(p.question[-1]))]
     assert all(perfect.demonstration(p) == p.answer for p in problems)
     assert {p.id for p in wrong} <= {p.id for p in carrying}  # only carrying problems slip
     assert 0.4 < len(wrong) / len(carrying) < 0.6  # about half of them, chosen by a stable hash of the id

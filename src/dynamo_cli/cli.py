@@ -64,11 +64,15 @@ def to_schema(cfg: DictConfig):
     return OmegaConf.to_object(cfg)
 
 
+def not_an_option(group: str, option: str, options) -> str:
+    return f"{group}={option} is not an option of {group}; choose one of: {', '.join(sorted(options))}"
+
+
 def describe_error(error: BaseException) -> str:
     """Turn a Hydra/OmegaConf/validation exception into one line naming the key and what is allowed."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option} is not an option of {group}; choose one of: {', '.join(sorted(error.options))}"
+        return not_an_option(group, option, error.options)
     if isinstance(error, ConfigError):
         return str(error)
     cause = error
@@ -122,7 +126,7 @@ def check_group_options(overrides: list[str]) -> None:
         if sep and "/" not in key and "." not in key and group.is_dir() and value not in ("", "null"):
             options = sorted(p.stem for p in group.glob("*.yaml"))
             if value not in options:
-                raise ConfigError(f"{key}={value} is not an option of {key}; choose one of: {', '.join(options)}")
+                raise ConfigError(not_an_option(key, value, options))
 
 
 def preflight(command: str, overrides: list[str], multirun: bool) -> None:
