@@ -173,10 +173,11 @@ class Run:
     rollouts: int = 0  # rollouts generated over the run
     tokens: int = 0  # completion tokens generated over the run
     seconds: float = 0.0  # summed step time (eval excluded)
+    budget: str = ""  # "n=2": set by find_runs when the runs' budgets differ, so each budget is its own group
 
     @property
     def method(self) -> str:
-        return method_label(self.allocator, self.modulator)
+        return method_label(self.allocator, self.modulator) + (f" @ {self.budget}" if self.budget else "")
 
     def final_metric(self, metric: str) -> float | None:
         """metric as named in eval records (greedy_pass1, pass@1, pass@4, mean@n) from eval.json."""
@@ -244,7 +245,17 @@ def find_runs(root: Path) -> list[Run]:
     def natural(path: Path):  # job 10 after job 9
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
-    return [load_run(d) for d in sorted(dirs, key=natural)]
+    return label_budgets([load_run(d) for d in sorted(dirs, key=natural)])
+
+
+def label_budgets(runs: list[Run]) -> list[Run]:
+    """When the runs' budgets differ (a budget sweep), name each run's budget by the parts that vary
+    ("n=2", "n=2, P=64"): a method at one budget is then a group of its own, contrasted with GRPO at that budget."""
+    if len(budgets(runs)) > 1:
+        varying = [i for i in range(3) if len({budget_of(r)[i] for r in runs}) > 1]
+        for run in runs:
+            run.budget = ", ".join(f"{('n', 'P', 'steps')[i]}={budget_of(run)[i]}" for i in varying)
+    return runs
 
 
 # --------------------------------------------------------------------------------------- tables
@@ -271,7 +282,8 @@ def group_by_method(runs: Iterable[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = {}
     for run in runs:
         groups.setdefault(run.method, []).append(run)
-    return dict(sorted(groups.items(), key=lambda item: method_order(item[0])))
+    return dict(sorted(groups.items(), key=lambda item: (budget_of(item[1][0]) if item[1][0].budget else (),
+                                                          method_order(item[0].split(" @ ")[0]))))
 
 
 def summarise(runs: Sequence[Run]) -> list[MethodSummary]:
@@ -365,17 +377,19 @@ class Contrast:
 
 
 def paired_contrasts(runs: Sequence[Run], metric: str, baseline: str = BASELINE) -> list[Contrast]:
-    groups = {m: {r.seed: r for r in members if r.finished} for m, members in group_by_method(runs).items()}
-    if baseline not in groups:
-        return []
+    """Each method against the baseline at the same budget (a budget sweep contrasts within each budget)."""
+    grouped = group_by_method(runs)
+    groups = {m: {r.seed: r for r in members if r.finished} for m, members in grouped.items()}
     out = []
     for method, by_seed in groups.items():
-        if method == baseline:
+        budget = grouped[method][0].budget
+        base = baseline + (f" @ {budget}" if budget else "")
+        if method == base or base not in groups:
             continue
-        seeds = sorted(set(by_seed) & set(groups[baseline]))
-        diffs = [by_seed[s].final_metric(metric) - groups[baseline][s].final_metric(metric) for s in seeds]
+        seeds = sorted(set(by_seed) & set(groups[base]))
+        diffs = [by_seed[s].final_metric(metric) - groups[base][s].final_metric(metric) for s in seeds]
         sd = statistics.stdev(diffs) if len(diffs) >= 2 else None
-        out.append(Contrast(method=method, baseline=baseline, seeds=seeds, difference=mean_ci(diffs), sd=sd))
+        out.append(Contrast(method=method, baseline=base, seeds=seeds, difference=mean_ci(diffs), sd=sd))
     return out
 
 

@@ -60,7 +60,10 @@ def main(argv: list[str]) -> None:
         return
     command = "dynamo sweep " + " ".join(argv)
     if cfg.aggregate is not None:
-        ok = report(Path(cfg.aggregate), out_dir=Path(cfg.aggregate), preset=cfg.sweep, command=command)
+        runs_dir = Path(cfg.aggregate)
+        timing = runs_dir.parent / "timing.json"  # a `dynamo sweep` dir's runs/: keep the sweep's wall time
+        ok = report(runs_dir, out_dir=runs_dir, preset=cfg.sweep, command=command,
+                    timing=json.loads(timing.read_text()) if runs_dir.name == "runs" and timing.is_file() else None)
     else:
         ok = run_sweep(cfg, train_extra=train_extra, command=command)
     if not ok:
@@ -221,7 +224,7 @@ def report(runs_dir: Path, *, out_dir: Path, preset: SweepPresetConfig, command:
     page = None
     if preset.results is not None:
         page = Path(preset.results)
-        body_figures = agg.copy_figures(figures, dest_dir=page.parent / "results", prefix="sweep_")
+        body_figures = agg.copy_figures(figures, dest_dir=page.parent / "results", prefix=f"{preset.name}_")
     body = section(runs=runs, rows=rows, columns=columns, cells=cells, findings=findings, targets=targets, target=target,
                    preset=preset, command=command, runs_dir=runs_dir, missing=missing, timing=timing,
                    figures=[os.path.relpath(f, (page or out_dir / "summary.md").parent) for f in body_figures])
@@ -230,7 +233,7 @@ def report(runs_dir: Path, *, out_dir: Path, preset: SweepPresetConfig, command:
                                                 runs_dir=runs_dir, missing=missing, timing=timing,
                                                 figures=[f.name for f in figures]))
     if page is not None:
-        agg.update_results_page(page, section="sweep", body=body)
+        agg.update_results_page(page, section=f"sweep {preset.name}", body=body)  # one section per preset
     console.print(f"wrote {out_dir}/summary.md, summary.csv, runs.csv and {len(figures)} plots"
                   + (f"; updated the sweep section of {page}" if page else ""))
     return not broken and not missing
@@ -244,6 +247,10 @@ def _budget_text(runs: list[agg.Run]) -> str:
     budgets = agg.budgets(runs)
     if len(budgets) > 1:
         listed = "; ".join(f"n={n}, P={p}, {s} steps: {len(rs)} runs" for (n, p, s), rs in budgets.items())
+        methods = [{agg.method_label(r.allocator, r.modulator) for r in rs} for rs in budgets.values()]
+        if all(m == methods[0] for m in methods):  # every method at every budget: a budget sweep
+            return (f"The budget varies by design: {listed}. Each method is a row per budget (`@ n=…`), and the "
+                    "paired contrasts compare it with GRPO at the same budget.")
         return f"**The budget is not matched**: the runs differ in (rollout.n, prompts per step, steps): {listed}."
     (n, p, steps), = budgets
     cfg = runs[0].config
@@ -289,7 +296,7 @@ def section(*, runs, rows, columns, cells, findings, targets, target, preset, co
         how = "set by sweep.target" if preset.target is not None else "90% of the way from the start to the best final mean"
         first = next((r for r in finished), None)
         resolution = ""
-        if first is not None:
+        if first is not None and not first.budget:
             n, p, _ = agg.budget_of(first)
             every = first.config["trainer"]["eval_every"] or first.steps
             resolution = (f" Resolution: one eval every {every} steps = {every * n * p:,} rollouts, so each value is the "
