@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -343,3 +344,9 @@ def test_minimum_detectable_difference_hand_values():
     assert agg.minimum_detectable_difference(0.02, 10) == pytest.approx(0.0199, abs=1e-4)
     assert agg.minimum_detectable_difference(0.02, 1) is None
     assert agg.seeds_to_detect(0.02, 0.03) == 6  # n = 5 gives 0.0332, n = 6 gives 0.0285
+
+
+def test_generated_line_names_the_commit():
+    line = agg.generated_line("dynamo sweep sweep=ablation", "abc1234")
+    assert "`dynamo sweep sweep=ablation` from commit `abc1234`" in line
+    assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?|unknown", agg.code_commit())

@@ -141,7 +141,7 @@ def run_sweep(cfg: SweepConfig, *, train_extra: list[str], command: str) -> bool
                                         + f"# train overrides after --: {train_extra}\n")
     print(f"dynamo sweep: {preset.name}: {len(jobs)} train runs into {out_dir}/runs", flush=True)
 
-    timing = {}
+    timing = {"commit": agg.code_commit(), "command": command}  # the code every run loads: do not edit it mid-sweep
     start = time.perf_counter()
     model_path = preset.model_path
     if model_path is None:
@@ -270,14 +270,18 @@ def section(*, runs, rows, columns, cells, findings, targets, target, preset, co
             figures) -> str:
     """The sweep section of docs/results.md (and summary.md): every sentence is generated from the numbers."""
     finished = [r for r in runs if r.finished]
-    lines = [f"## Sweep `{preset.name}`", "", agg.generated_line(command), ""]
+    commit = (timing or {}).get("commit")  # the sweep's own; an aggregate of bare runs names the current code
+    lines = [f"## Sweep `{preset.name}`", "", agg.generated_line(command, commit), ""]
     lines.append(f"Runs: `{os.path.relpath(runs_dir)}` — {len(finished)} finished, {len(runs) - len(finished)} unfinished"
                  + (f", {len(missing)} never started" if missing else "") + ".")
     if runs:
         lines += ["", _budget_text(runs)]
     if timing:
-        lines += ["", (f"Wall time of the whole sweep: {timing['total_s'] / 60:.1f} min (sft {timing['sft_s'] / 60:.1f} min, "
-                      f"train runs {timing['train_s'] / 60:.1f} min) — starting checkpoint `{os.path.relpath(timing['model_path'])}`.")]
+        sft = (f"sft {timing['sft_s'] / 60:.1f} min" if timing["sft_s"] else "no sft run: the checkpoint came from sweep.model_path")
+        made_by = f" The runs were made by `{timing['command']}`." if timing.get("command") else ""
+        lines += ["", (f"Wall time of the whole sweep: {timing['total_s'] / 60:.1f} min ({sft}, "
+                      f"train runs {timing['train_s'] / 60:.1f} min) — starting checkpoint "
+                      f"`{os.path.relpath(timing['model_path'])}`.{made_by}")]
     lines += ["", "### Final test metrics", "",
               ("Mean ± 95% CI over seeds (Student t, n − 1 degrees of freedom; with 3 seeds the half-width is 2.48 "
               "standard deviations). pass@1 (sampled) is the mean success rate over the eval samples; `train s` "
