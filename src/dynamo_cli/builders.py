@@ -178,6 +178,8 @@ def critic_trainables(cfg: TrainConfig, critic, *, dp, total_steps: int, micro_b
     """[the critic as a Trainable: its own AdamW (critic.lr), schedule, grad clip and DDP wrap], or [] without one."""
     if critic is None:
         return []
+    if dp.sharded:
+        raise DynamoError("critic=separate under FSDP2 is not supported: run it on one process or under DDP (conf/accelerate/ddp.yaml)")
     if dp.deepspeed:
         raise DynamoError("critic=separate runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
                           "prepares a single model per run")
