@@ -76,7 +76,8 @@ def _hf(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
 def _vllm(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
     from dynamo_cli.rollout_vllm import VLLMRollouts
 
-    return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed)
+    return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed,
+                        logprobs=run.algorithm.rollout_is != "none")
 
 
 # ------------------------------------------------------------------------------- estimate's parts
