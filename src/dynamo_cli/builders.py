@@ -76,7 +76,8 @@ def _hf(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
 def _vllm(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
     from dynamo_cli.rollout_vllm import VLLMRollouts
 
-    return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed)
+    return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed,
+                        logprobs=run.algorithm.rollout_is != "none")
 
 
 # ------------------------------------------------------------------------------- estimate's parts
@@ -178,6 +179,8 @@ def critic_trainables(cfg: TrainConfig, critic, *, dp, total_steps: int, micro_b
     """[the critic as a Trainable: its own AdamW (critic.lr), schedule, grad clip and DDP wrap], or [] without one."""
     if critic is None:
         return []
+    if dp.sharded:
+        raise DynamoError("critic=separate under FSDP2 is not supported: run it on one process or under DDP (conf/accelerate/ddp.yaml)")
     if dp.deepspeed:
         raise DynamoError("critic=separate runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
                           "prepares a single model per run")

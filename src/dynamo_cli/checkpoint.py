@@ -6,6 +6,7 @@ renamed into place, so a crash never leaves a half-written `step-N` or replaces 
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -20,9 +21,12 @@ TRAINER_STATE = "trainer_state.pt"
 
 
 def save_checkpoint(directory: Path, *, model, tokenizer, trainer_state: Optional[dict[str, Any]] = None,
-                    extra_models: Optional[dict[str, Any]] = None) -> Path:
-    """The policy in HF format at the top of `directory`; each extra module (a critic) in `directory/<name>/`."""
+                    extra_models: Optional[dict[str, Any]] = None, staged: Optional[dict[str, Path]] = None) -> Path:
+    """The policy in HF format at the top of `directory`; each extra module (a critic) in `directory/<name>/`;
+    each `staged` dir (written beforehand by every rank: FSDP2's optimiser shards) moved in as `directory/<name>/`."""
     def write(tmp: Path) -> None:
+        for name, path in (staged or {}).items():
+            os.replace(path, tmp / name)
         save_checkpoint_files(model, tokenizer, tmp)
         for name, module in (extra_models or {}).items():
             save_checkpoint_files(module, tokenizer, tmp / name)

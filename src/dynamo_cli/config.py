@@ -491,6 +491,10 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 1.0
     kl_in_reward: float = 0.0  # gae: β of a per-token reward −β (log π_old − log π_ref) (InstructGPT-style PPO); 0 = off
+    # truncated importance sampling of the rollout engine's samples (importance.py; needs rollout=vllm, whose log-probs
+    # differ from the trainer's): none | token (min(π_old/μ, cap) per token) | sequence (min(Π π_old/μ, cap) per sequence)
+    rollout_is: str = "none"
+    rollout_is_cap: float = 2.0  # C, the truncation of the importance weights (TIS's default)
 
     def __post_init__(self) -> None:
         _one_of("algorithm.advantage", self.advantage, (*GROUP_ADVANTAGES, "gae"))
@@ -506,6 +510,8 @@ class AlgorithmConfig:
         _check(0 <= self.gamma <= 1, f"algorithm.gamma={self.gamma} must be in [0, 1]")
         _check(0 <= self.lam <= 1, f"algorithm.lam={self.lam} must be in [0, 1]")
         _positive("algorithm.kl_in_reward", self.kl_in_reward, strict=False)
+        _one_of("algorithm.rollout_is", self.rollout_is, ("none", "token", "sequence"))
+        _check(self.rollout_is_cap >= 1, f"algorithm.rollout_is_cap={self.rollout_is_cap} must be >= 1")
         _check(self.kl_in_reward == 0 or self.advantage == "gae",
                f"algorithm.kl_in_reward={self.kl_in_reward} needs algorithm.advantage=gae (a group estimator has no per-token reward)")
 
@@ -642,6 +648,9 @@ class TrainConfig(RunConfig):
         _check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
         gae, critic = self.algorithm.advantage == "gae", self.critic.name
         _check(not gae or critic != "none", "algorithm.advantage=gae needs a critic; choose one of: critic=separate")
+        _check(self.algorithm.rollout_is == "none" or self.rollout.name == "vllm",
+               f"algorithm.rollout_is={self.algorithm.rollout_is} corrects the rollout engine's log-probs against the trainer's; "
+               f"rollout={self.rollout.name} samples with the trainer's own model and reports none: use rollout=vllm or rollout_is=none")
         _check(gae or critic == "none", f"critic={critic} trains a value function that algorithm.advantage={self.algorithm.advantage} "
                "never reads; choose algorithm.advantage=gae or critic=none")
         if isinstance(self.allocator, VarianceAllocatorConfig):

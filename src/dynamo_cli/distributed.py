@@ -2,9 +2,9 @@
 batch, and the few collectives that keep every rank on the same step.
 
 Engines do the heavy lifting: accelerate builds the process group and wraps the model (DDP or DeepSpeed
-ZeRO-2, from the user's accelerate config; engines that shard the weights are refused, see `check_engine`),
-torch.distributed moves the bytes. With one process (a plain
-`dynamo train`) this is rank 0 of 1 and every collective is the identity, so recipes have one code path.
+ZeRO-2, from the user's accelerate config), or, under an FSDP2 launch config, `dynamo train` shards it with
+torch's fully_shard (fsdp.py; FSDP1 and ZeRO-3 are refused, see `check_engine`); torch.distributed moves the
+bytes. With one process (a plain `dynamo train`) this is rank 0 of 1 and every collective is the identity, so recipes have one code path.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.distributed as torch_dist
 
+from dynamo_cli import fsdp
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import clip_gradients
 
@@ -46,6 +47,8 @@ class DataParallel:
         self.rank = accelerator.process_index
         self.world_size = accelerator.num_processes
         self.device = accelerator.device
+        self.fsdp_version = fsdp.requested_fsdp_version()  # from the launch config; 2: `prepare` shards (FSDP2)
+        self._units: dict[int, list] = {}  # id(module) -> its FSDP2 units, for `full_weights`
 
     @classmethod
     def start(cls, device: str) -> "DataParallel":
@@ -133,35 +136,121 @@ class DataParallel:
 
         return self.accelerator.distributed_type == DistributedType.DEEPSPEED
 
+    @property
+    def sharded(self) -> bool:
+        """FSDP2: weights, gradients and optimiser state split over the processes (with one process: nothing to split)."""
+        return self.fsdp_version == 2 and self.distributed
+
+    @property
+    def engine(self) -> str:
+        """The engine's name for the log: FSDP2, or accelerate's distributed type (MULTI_GPU, MULTI_CPU, DEEPSPEED)."""
+        return "FSDP2" if self.sharded else self.accelerator.distributed_type.value
+
     def prepare(self, model, optimizer, *, micro_batch_size: int):
-        """Wrap for the configured engine (DDP or DeepSpeed ZeRO-2); the model is already on this rank's device."""
+        """Wrap for the configured engine (DDP or DeepSpeed ZeRO-2), or shard it (FSDP2: the optimiser, built on the
+        plain parameters, is pointed at the shards); the model is already on this rank's device."""
+        if self.sharded:
+            from dynamo_cli.models import is_peft_model
+
+            if is_peft_model(model):
+                raise ShardedEngineError("model.lora.enabled=true under FSDP2: LoRA trains few parameters, whose state "
+                                         "fits every rank: use conf/accelerate/ddp.yaml (FSDP2 is for full-parameter training)")
+            names = {id(p): name for name, p in model.named_parameters()}
+            self._shard(model)
+            fsdp.rebind_optimizer(optimizer, names_before=names, model=model)
+            return model, fsdp.ShardedOptimizer(optimizer)
         if self.deepspeed:  # DeepSpeed wants a batch size; without a dataloader accelerate cannot infer it
             self.accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = micro_batch_size
         return self.accelerator.prepare(model, optimizer)
 
+    def _shard(self, module) -> None:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh(self.device.type, (self.world_size,))
+        self._units[id(module)] = fsdp.shard(module, mesh=mesh, reshard_layers=fsdp.reshard_after_forward())
+
+    def prepare_frozen(self, module):
+        """A module that never trains (the KL reference): sharded like the policy under FSDP2, as it is otherwise."""
+        if self.sharded and module is not None:
+            self._shard(module)
+        return module
+
+    def full_weights(self, model) -> contextlib.AbstractContextManager:
+        """Under FSDP2, the whole model gathered on every rank for rank-local generation and eval (fsdp.full_weights:
+        every rank enters together); otherwise nothing to do."""
+        return fsdp.full_weights(self._units[id(model)]) if id(model) in self._units else contextlib.nullcontext()
+
+    def sharded_generation(self, engine, model):
+        """The rollout engine, generating with the full weights under FSDP2 (gathered once per step's rollouts)."""
+        if not self.sharded:
+            return engine
+        from dynamo_cli.rollout import PolicyRollouts
+
+        if not isinstance(engine, PolicyRollouts):
+            raise ShardedEngineError(f"rollout={type(engine).__name__} under FSDP2: only rollout=hf generates with "
+                                     "sharded weights; use conf/accelerate/ddp.yaml for vLLM")
+        return fsdp.FullWeightRollouts(engine, gather=lambda: self.full_weights(model))
+
+    def checkpoint_model(self, model):
+        """The module whose save_pretrained writes the full model: the model itself, or under FSDP2 a plain copy of
+        the gathered weights on rank 0 (None elsewhere). Every rank must call it."""
+        return fsdp.gather_plain_model(model, is_main=self.is_main) if self.sharded else model
+
+    def stage_optimizer_shards(self, trainables, target: Path) -> dict[str, Path]:
+        """Under FSDP2, every rank writes its shard of the policy's optimiser state beside `target`; returns
+        {name in the checkpoint: staged dir} for rank 0's `save_checkpoint(staged=...)`. Otherwise {}."""
+        if not self.sharded:
+            return {}
+        policy = trainables[0]
+        staging = fsdp.staging_dir(target)
+        if self.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+        self.barrier()
+        fsdp.save_optimizer_shards(policy.model, policy.optimizer.optimizer, staging)
+        self.barrier()
+        return {fsdp.SHARDS_DIR: staging}
+
+    def load_optimizer_shards(self, trainables, checkpoint_dir: Path) -> None:
+        """Under FSDP2, every rank reads its shard of the policy's optimiser state from the checkpoint."""
+        if self.sharded:
+            policy = trainables[0]
+            fsdp.load_optimizer_shards(policy.model, policy.optimizer.optimizer, Path(checkpoint_dir) / fsdp.SHARDS_DIR)
+
     def clip_gradients(self, model, max_norm: float) -> float:
         """Clip the global gradient norm (0 = off) and return it. DeepSpeed clips inside its own step (its config's
-        gradient_clipping) and reports the norm it saw."""
+        gradient_clipping) and reports the norm it saw; under FSDP2 the norm is over every rank's shards."""
+        if self.sharded:
+            return fsdp.clip_sharded_gradients(model, max_norm)
         if self.deepspeed:
             return float(self.accelerator.clip_grad_norm_(model.parameters(), max_norm) or 0.0)
         return clip_gradients(model, max_norm)
 
     def unwrap(self, model):
         """The plain module inside the engine's wrapper. Under DDP it holds the full weights, so generation,
-        old log-probs and eval run on it rank by rank, without collectives."""
+        old log-probs and eval run on it rank by rank, without collectives. Under FSDP2 it is the sharded module
+        itself: its forwards gather layer by layer, in lockstep, except inside `full_weights`."""
         return self.accelerator.unwrap_model(model)
 
-    def check_engine(self) -> None:
-        """Engines that shard the weights (FSDP, DeepSpeed ZeRO-3) need every rank to run the same forwards in
-        lockstep, which rank-local generation does not do: refuse them with a clear message rather than hang."""
+    def check_engine(self, *, fsdp2: bool = False) -> None:
+        """Engines that shard the weights need every rank to run the same forwards in lockstep, which rank-local
+        generation does not do. `fsdp2=True` (dynamo train) admits FSDP2, which gathers the weights for generation
+        (fsdp.py); FSDP1, DeepSpeed ZeRO-3, and FSDP2 elsewhere are refused with a clear message rather than hang."""
         from accelerate.utils import DistributedType
 
         kind = self.accelerator.distributed_type
         zero_stage = getattr(self.accelerator.state.deepspeed_plugin, "zero_stage", 0) if kind == DistributedType.DEEPSPEED else 0
+        if self.fsdp_version == 2 and fsdp2:
+            return
+        if self.fsdp_version == 2:
+            raise ShardedEngineError("an FSDP2 launch config (conf/accelerate/fsdp2.yaml) is for `dynamo train`; run this "
+                                     "recipe under conf/accelerate/ddp.yaml or deepspeed_zero2.yaml")
+        if self.fsdp_version == 1 and kind != DistributedType.FSDP:
+            kind = DistributedType.FSDP  # on CPU accelerate reports MULTI_CPU whatever the config asked for
         if kind == DistributedType.FSDP or zero_stage == 3:
             raise ShardedEngineError(
                 f"accelerate engine {kind.value}{f' ZeRO-{zero_stage}' if zero_stage else ''} shards the weights; dynamo's "
-                "rank-local generation needs full weights on every rank: use conf/accelerate/ddp.yaml or deepspeed_zero2.yaml")
+                "rank-local generation needs full weights on every rank: use conf/accelerate/ddp.yaml or deepspeed_zero2.yaml"
+                f"{' (or, for dynamo train, conf/accelerate/fsdp2.yaml)' if kind == DistributedType.FSDP else ''}")
 
     def backward(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
@@ -169,8 +258,9 @@ class DataParallel:
     @contextlib.contextmanager
     def accumulate(self, model, sync: bool) -> Iterator[None]:
         """Gradient accumulation: no all-reduce unless `sync` (the last micro-batch of a mini-batch). The flag is
-        also DeepSpeed's accumulation boundary, where its engine steps."""
-        if not self.distributed:
+        also DeepSpeed's accumulation boundary, where its engine steps. Under FSDP2 every micro-batch reduce-scatters:
+        deferring it would hold the full unsharded gradient on every rank, the memory FSDP2 is there to save."""
+        if not self.distributed or self.sharded:
             yield
             return
         self.accelerator.gradient_state._set_sync_gradients(sync)
@@ -187,6 +277,9 @@ class DataParallel:
         computed from its copy of the global statistics. Both are 0 when the replicas agree."""
         if not self.distributed:
             return {}
+        if self.sharded:  # one copy of each weight, split over the ranks: only the allocations can disagree
+            gathered = self.gather_objects(allocation_counts.cpu())
+            return {"dist/replica_alloc_diff": float(max(int((g - allocation_counts.cpu()).abs().max()) for g in gathered))}
         with torch.no_grad():
             fingerprint = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
                                        for p in self.unwrap(model).parameters()]).cpu()

@@ -28,6 +28,7 @@ class Rollouts:
     prompt_width: int  # Tp: completions start at this column
     texts: list[str]  # decoded completions, special tokens removed
     finished: torch.Tensor  # (N,) bool: the completion ended with EOS (False: cut at max_new_tokens)
+    logprobs: torch.Tensor | None = None  # (N, Tc) the engine's own log-prob of each sampled token (vLLM, for algorithm.rollout_is)
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (N, Tc)
@@ -217,10 +218,12 @@ def _prompt_mask(encoded: list[list[int]], prompt_index: torch.Tensor, width: in
 
 
 def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_index: torch.Tensor,
-                            completions: list[list[int]], finished: list[bool]) -> Rollouts:
+                            completions: list[list[int]], finished: list[bool],
+                            logprobs: list[list[float]] | None = None) -> Rollouts:
     """Rollouts from plain token lists, for engines that return them (vLLM): row r answers
     encoded_prompts[prompt_index[r]] with completions[r]. A finished completion ends with EOS (added if the
-    engine left it out); an unfinished one was cut at the length limit. The layout is `generate`'s."""
+    engine left it out); an unfinished one was cut at the length limit. The layout is `generate`'s.
+    `logprobs[r]`: the engine's log-prob of each token of completions[r] (an added EOS gets NaN: unknown)."""
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     completions = [c + [eos_id] if done and (not c or c[-1] != eos_id) else list(c) for c, done in zip(completions, finished, strict=True)]
     width = max((len(encoded_prompts[i]) for i in prompt_index.tolist()), default=0)
@@ -238,9 +241,15 @@ def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_
             completion_mask[r, :len(tokens)] = True
     attention_mask = torch.cat([_prompt_mask(encoded_prompts, prompt_index, width), completion_mask.long()], dim=1)
     texts = tokenizer.batch_decode(torch.where(completion_mask, completion, pad_id), skip_special_tokens=True)
+    sampled_logprobs = None
+    if logprobs is not None:
+        sampled_logprobs = torch.zeros((rows, length))
+        for r, values in enumerate(logprobs):
+            row = list(values) + [float("nan")] * (int(completion_mask[r].sum()) - len(values))  # an EOS added above
+            sampled_logprobs[r, :len(row)] = torch.tensor(row, dtype=torch.float32)
     return Rollouts(prompt_index=prompt_index, input_ids=torch.cat([prompt_ids, completion], dim=1), attention_mask=attention_mask,
                     completion_mask=completion_mask, prompt_width=width, texts=texts,
-                    finished=torch.tensor(finished, dtype=torch.bool))
+                    finished=torch.tensor(finished, dtype=torch.bool), logprobs=sampled_logprobs)
 
 
 class PolicyRollouts:

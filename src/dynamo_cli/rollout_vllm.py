@@ -44,19 +44,22 @@ def policy_weights(policy) -> dict[str, torch.Tensor]:
 
 
 class VLLMRollouts:
-    def __init__(self, cfg: VLLMRolloutConfig, policy, tokenizer, *, max_model_len: int, seed: int):
+    def __init__(self, cfg: VLLMRolloutConfig, policy, tokenizer, *, max_model_len: int, seed: int, logprobs: bool = False):
+        """logprobs: report each sampled token's log-prob (algorithm.rollout_is), after temperature and top-p like
+        the sampler's, vLLM's `processed_logprobs` mode (vLLM >= 0.10.2)."""
         require_vllm()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: weights load in place
         from vllm import LLM
 
-        self.tokenizer = tokenizer
+        self.tokenizer, self.logprobs = tokenizer, logprobs
         self._init_dir = tempfile.TemporaryDirectory(prefix="dynamo-vllm-")  # the starting weights, in a form vLLM reads
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         base.save_pretrained(self._init_dir.name, state_dict=policy_weights(policy), safe_serialization=True)
         tokenizer.save_pretrained(self._init_dir.name)
         self.llm = LLM(model=self._init_dir.name, tokenizer=self._init_dir.name, dtype=str(next(policy.parameters()).dtype).split(".")[-1],
                        gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                       max_model_len=cfg.max_model_len or max_model_len, seed=seed, enable_prefix_caching=True)
+                       max_model_len=cfg.max_model_len or max_model_len, seed=seed, enable_prefix_caching=True,
+                       **({"logprobs_mode": "processed_logprobs"} if logprobs else {}))
 
     def sync(self, policy) -> None:
         weights = list(policy_weights(policy).items())
@@ -76,9 +79,12 @@ class VLLMRollouts:
         prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())
         requests = [{"prompt_token_ids": encoded[i]} for i in prompt_index.tolist()]
         params = [SamplingParams(n=1, max_tokens=max_new_tokens, temperature=0.0 if seed is None else temperature, top_p=top_p,
-                                 seed=None if seed is None else stream_seed(seed, int(stream)) % 2**31, skip_special_tokens=True)
+                                 seed=None if seed is None else stream_seed(seed, int(stream)) % 2**31, skip_special_tokens=True,
+                                 logprobs=0 if self.logprobs else None)  # 0: the sampled token's log-prob only
                   for stream in streams.tolist()]
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False) if requests else []
         completions = [list(out.outputs[0].token_ids) for out in outputs]
         finished = [out.outputs[0].finish_reason == "stop" for out in outputs]
-        return rollouts_from_token_ids(self.tokenizer, encoded, prompt_index, completions, finished)
+        logprobs = ([[step[token].logprob for token, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)]
+                     for o in outputs] if self.logprobs else None)
+        return rollouts_from_token_ids(self.tokenizer, encoded, prompt_index, completions, finished, logprobs=logprobs)

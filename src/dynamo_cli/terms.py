@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from dynamo_cli.advantages import masked_sum
+from dynamo_cli.importance import mismatch_kl, truncated_is_weights
 from dynamo_cli.losses import aggregate, kl_k3, ppo_clip_loss, value_loss
 from dynamo_cli.protocols import LossTerm
 from dynamo_cli.registry import Registry
@@ -40,6 +41,24 @@ class PPOClip:
         per_token, clipped = ppo_clip_loss(logprobs=out.logprobs, old_logprobs=batch.old_logprobs, advantages=batch.advantages,
                                            mask=batch.loss_mask, eps_low=self.eps_low, eps_high=self.eps_high)
         return per_token, {"clip_frac": clipped.float(), "approx_kl": batch.old_logprobs - out.logprobs.detach()}
+
+
+class RolloutCorrected:
+    """algorithm.rollout_is: a policy term reweighted by truncated importance sampling of the rollout engine's samples,
+    w = min(π_old/μ, cap) per token or per sequence (importance.py; TIS, Yao et al. 2025). Logged: train/rollout_is_weight
+    (mean weight), train/rollout_is_truncated_frac, train/rollout_mismatch_kl (KL(μ || π_old), k3)."""
+
+    def __init__(self, term: LossTerm, *, level: str, cap: float):
+        self.term, self.level, self.cap = term, level, cap
+        self.name, self.needs = term.name, term.needs
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        per_token, metrics = self.term(batch, out)
+        weights, truncated = truncated_is_weights(trainer_logprobs=batch.old_logprobs, rollout_logprobs=batch.rollout_logprobs,
+                                                  mask=batch.loss_mask, level=self.level, cap=self.cap)
+        return per_token * weights, {**metrics, "rollout_is_weight": weights, "rollout_is_truncated_frac": truncated.float(),
+                                     "rollout_mismatch_kl": mismatch_kl(trainer_logprobs=batch.old_logprobs,
+                                                                        rollout_logprobs=batch.rollout_logprobs)}
 
 
 class ReferenceKL:
@@ -94,7 +113,10 @@ class Weighted:
 
 @TERMS.register("policy_loss")
 def _policy_loss(cfg) -> Weighted:
-    return Weighted(PPOClip(eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high), 1.0)
+    term = PPOClip(eps_low=cfg.algorithm.eps_low, eps_high=cfg.algorithm.eps_high)
+    if cfg.algorithm.rollout_is != "none":
+        term = RolloutCorrected(term, level=cfg.algorithm.rollout_is, cap=cfg.algorithm.rollout_is_cap)
+    return Weighted(term, 1.0)
 
 
 @TERMS.register("kl")

@@ -36,6 +36,7 @@ class Trajectories:
     returns: Optional[Tensor] = None  # (N, L) the critic's regression targets G_t = A_t + V_t, set by a value-based `estimate`
     extra_mask: Optional[Tensor] = None  # (N, L) bool: tokens a modulator's extra loss term acts on (KL-Cov), set in `update`
     turns: Optional[Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the response region; None: one turn
+    rollout_logprobs: Optional[Tensor] = None  # (N, L) log μ the rollout engine reported for its samples (vLLM), for algorithm.rollout_is
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -58,7 +59,7 @@ class Trajectories:
     def single_turn(cls, rollouts) -> "Trajectories":
         """Today's rollouts (rollout.Rollouts): prompt + one completion, the completion is the one policy turn."""
         return cls(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, loss_mask=rollouts.completion_mask,
-                   prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width)
+                   prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width, rollout_logprobs=rollouts.logprobs)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from dynamo_cli.trainable import Trainable, load_trainables_state, trainables_st
 
 def run(cfg: TrainConfig, run_dir: Path) -> None:
     dp = DataParallel.start(cfg.device)
-    dp.check_engine()
+    dp.check_engine(fsdp2=True)
     run_dir = dp.agree_on_run_dir(run_dir)
     P, max_new_tokens = cfg.trainer.prompts_per_step, cfg.rollout.max_new_tokens or cfg.task.max_new_tokens
     check_batch_layout(rollouts_per_step=P * cfg.rollout.n, world_size=dp.world_size, mini_batches=cfg.algorithm.mini_batches)
@@ -93,6 +93,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
+    reference, engine = dp.prepare_frozen(reference), dp.sharded_generation(engine, model)  # FSDP2: sharded; generation on gathered weights
     policy = dp.unwrap(model)  # full weights on every rank: generation, old log-probs, eval, checkpoints
     trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),  # then the critic, if any
                   *builders.critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step,
@@ -110,6 +111,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     if resume_from:
         state = checkpoint.load_trainer_state(resume_from)
         load_trainables_state(trainables, state)
+        dp.load_optimizer_shards(trainables, resume_from)  # FSDP2: every rank reads its shard; nothing otherwise
         allocator.load_state_dict(state["allocator"])
         sampler.load_state_dict(state.get("sampler", {}))  # checkpoints from before the sampler group hold none
         checkpoint.restore_rng(state["rng"])
@@ -121,7 +123,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     rollouts_file = (run_dir / "rollouts.jsonl") if cfg.trainer.dump_rollouts and dp.is_main else None
     if rollouts_file and resume_from:
         truncate_jsonl(rollouts_file, max_step=totals["step"])
-    processes = f", {dp.world_size} processes ({dp.accelerator.distributed_type.value})" if dp.distributed else ""
+    processes = f", {dp.world_size} processes ({dp.engine})" if dp.distributed else ""
     console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
                   f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage} critic={cfg.critic.name}, "
                   f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps{processes}")
@@ -129,17 +131,20 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     console.print(f"eval {eval_plan.note}")
 
     def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
-                          seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
+        with dp.full_weights(model):  # FSDP2: eval is rank-local, on the gathered weights
+            result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
+                              seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
         tracker.log({**eval_metrics(result), **plan.metrics(), "rollout/total_rollouts": totals["rollouts"],
                      "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
         return result
 
     def save(directory: Path) -> Path:
         """Everything an exact resume needs: weights, optimisers, schedulers, allocator and sampler state, RNG, totals.
-        Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for it."""
+        Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for it. Under FSDP2
+        every rank first helps gather the full weights and writes its optimiser shard (fsdp.py)."""
+        full_model, staged = dp.checkpoint_model(policy), dp.stage_optimizer_shards(trainables, directory)
         if dp.is_main:
-            checkpoint.save_checkpoint(directory, model=policy, tokenizer=tokenizer, trainer_state={
+            checkpoint.save_checkpoint(directory, model=full_model, tokenizer=tokenizer, staged=staged, trainer_state={
                 **trainables_state(trainables), "allocator": allocator.state_dict(), "sampler": sampler.state_dict(),
                 "rng": checkpoint.rng_state(), "totals": totals},
                 extra_models={t.name: dp.unwrap(t.model) for t in trainables[1:]})
@@ -168,7 +173,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
 
             # 5. log, dump, eval, checkpoint
             replicas = dp.check_replicas(model, step_data.allocation.counts)
-            if replicas and (replicas["dist/replica_param_diff"] > 0 or replicas["dist/replica_alloc_diff"] > 0):
+            if replicas and (replicas.get("dist/replica_param_diff", 0.0) > 0 or replicas["dist/replica_alloc_diff"] > 0):
                 raise DynamoError(f"the processes diverged at step {step}: {replicas}")
             rollouts, rewards, counts, group_index = step_data.rollouts, step_data.rewards, step_data.allocation.counts, step_data.group_index
             lengths, finished = dp.gather_rows(rollouts.completion_lengths), dp.gather_rows(rollouts.finished)
@@ -218,8 +223,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                     checkpoint.prune(checkpoints, cfg.trainer.keep_last)
 
     final = save(checkpoints / "final")
-    result = last_eval or evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
-                                   seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
+    with dp.full_weights(model):
+        result = last_eval or evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
+                                       seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     tracker.summary({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"], "rollout/total_tokens": totals["tokens"]})

@@ -55,7 +55,9 @@ def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
                     input_ids=torch.cat([widen(p.input_ids, p, pad_id) for p in parts]),
                     attention_mask=torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
                     completion_mask=torch.cat([F.pad(p.completion_mask, (0, cw - p.completion_mask.shape[1]), value=False) for p in parts]),
-                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]))
+                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]),
+                    logprobs=(torch.cat([F.pad(p.logprobs, (0, cw - p.logprobs.shape[1])) for p in parts])
+                              if all(p.logprobs is not None for p in parts) else None))
 
 
 @dataclass

@@ -1,0 +1,209 @@
+"""FSDP2 full-parameter training (fsdp.py): which launch configs are admitted, the optimiser's checkpoint marker,
+and real 2-process FSDP2 runs (gloo on CPU) against 1-process runs of the same global batch and seed, with an
+exact resume from a sharded checkpoint."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from conftest import ENV, REPO, dynamo
+from safetensors.torch import load_file
+from test_distributed import TRAIN_2P, _free_port, _records, _relative_distance
+
+from dynamo_cli import fsdp
+from dynamo_cli.errors import DynamoError
+
+FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
+
+
+# ------------------------------------------------------------------------------------------ pure parts
+def test_the_launch_environment_names_the_fsdp_version_and_resharding():
+    assert fsdp.requested_fsdp_version({}) == 0  # no FSDP in the launch config
+    assert fsdp.requested_fsdp_version({"ACCELERATE_USE_FSDP": "false", "FSDP_VERSION": "2"}) == 0
+    assert fsdp.requested_fsdp_version({"ACCELERATE_USE_FSDP": "true"}) == 1  # accelerate's default
+    assert fsdp.requested_fsdp_version(FSDP2_ENV) == 2
+    assert fsdp.reshard_after_forward(FSDP2_ENV) is True
+    assert fsdp.reshard_after_forward({**FSDP2_ENV, "FSDP_RESHARD_AFTER_FORWARD": "false"}) is False
+
+
+def test_the_fsdp2_launch_config_is_what_accelerate_exports_as_fsdp2():
+    config = yaml.safe_load((REPO / "conf/accelerate/fsdp2.yaml").read_text())
+    assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_version"] == 2
+    assert config["fsdp_config"]["fsdp_reshard_after_forward"] is True
+
+
+def _data_parallel(monkeypatch, env: dict[str, str], kind: str = "MULTI_CPU"):
+    from accelerate.utils import DistributedType
+
+    from dynamo_cli.distributed import DataParallel
+
+    for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    accelerator = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType[kind],
+                                  state=SimpleNamespace(deepspeed_plugin=None))
+    return DataParallel(accelerator)
+
+
+def test_fsdp2_is_admitted_for_train_only_and_fsdp1_is_refused_in_one_line(monkeypatch):
+    dp = _data_parallel(monkeypatch, FSDP2_ENV)  # on CPU accelerate reports MULTI_CPU; the launch env says FSDP2
+    assert dp.sharded and dp.engine == "FSDP2"
+    dp.check_engine(fsdp2=True)  # dynamo train
+    with pytest.raises(DynamoError, match="fsdp2.yaml.*is for `dynamo train`"):
+        dp.check_engine()  # sft, eval
+    dp = _data_parallel(monkeypatch, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"})
+    assert not dp.sharded
+    with pytest.raises(DynamoError, match="FSDP shards the weights.*conf/accelerate/fsdp2.yaml"):
+        dp.check_engine(fsdp2=True)
+    dp = _data_parallel(monkeypatch, {})
+    assert not dp.sharded and dp.engine == "MULTI_CPU"
+    dp.check_engine(fsdp2=True)
+
+
+def test_vllm_and_lora_are_refused_under_fsdp2_in_one_line(monkeypatch):
+    from dynamo_cli.config import LoraConfig, TinyModelConfig
+    from dynamo_cli.models import add_lora, build_char_tokenizer, build_tiny_model
+
+    dp = _data_parallel(monkeypatch, FSDP2_ENV)
+    with pytest.raises(DynamoError, match="only rollout=hf generates with sharded weights"):
+        dp.sharded_generation(SimpleNamespace(), model=None)
+    model = add_lora(build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, intermediate_size=64), build_char_tokenizer()),
+                     LoraConfig(enabled=True))
+    with pytest.raises(DynamoError, match="LoRA.*use conf/accelerate/ddp.yaml"):
+        dp.prepare(model, torch.optim.AdamW(model.parameters()), micro_batch_size=4)
+
+
+def test_the_sharded_optimiser_checkpoints_a_marker_and_refuses_a_one_file_state():
+    params = [torch.nn.Parameter(torch.ones(3))]
+    inner = torch.optim.AdamW(params, lr=0.5)
+    wrapped = fsdp.ShardedOptimizer(inner)
+    assert wrapped.param_groups is inner.param_groups  # the scheduler and the loop see the same lr
+    params[0].grad = torch.ones(3)
+    wrapped.step()
+    wrapped.zero_grad(set_to_none=True)
+    # AdamW's first step: decay 1 - lr·wd = 1 - 0.5·0.01 = 0.995, then minus lr·m̂/√v̂ = 0.5·1 -> 0.495
+    assert params[0].grad is None and float(params[0].detach()[0]) == pytest.approx(0.495, abs=1e-6)
+    assert wrapped.state_dict() == {"sharded": fsdp.SHARDS_DIR}  # the state itself: in optimizer_shards/, per rank
+    wrapped.load_state_dict({"sharded": fsdp.SHARDS_DIR})
+    with pytest.raises(DynamoError, match="saved without FSDP2"):
+        wrapped.load_state_dict(inner.state_dict())
+
+
+def test_units_are_the_decoder_layers_and_the_plain_class_is_found_under_the_fsdp_subclass():
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=3, intermediate_size=64), build_char_tokenizer())
+    assert fsdp.layer_classes(model) == {LlamaDecoderLayer}
+    assert sum(isinstance(m, LlamaDecoderLayer) for m in model.modules()) == 3
+
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp_class = type(f"FSDP{type(model).__name__}", (FSDPModule, type(model)), {})  # what fully_shard swaps in
+    assert fsdp.unsharded_class(fsdp_class) is type(model)
+
+
+def test_the_staging_dir_sits_beside_the_checkpoint_and_is_moved_in(tmp_path):
+    from dynamo_cli import checkpoint
+    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+
+    target = tmp_path / "checkpoints" / "step-2"
+    staging = fsdp.staging_dir(target)
+    assert staging == tmp_path / "checkpoints" / ".shards-step-2"
+    staging.mkdir(parents=True)
+    (staging / "__0_0.distcp").write_bytes(b"shard")
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, intermediate_size=64), tokenizer)
+    checkpoint.save_checkpoint(target, model=model, tokenizer=tokenizer, trainer_state={"x": 1}, staged={fsdp.SHARDS_DIR: staging})
+    assert (target / fsdp.SHARDS_DIR / "__0_0.distcp").read_bytes() == b"shard" and not staging.exists()
+    assert checkpoint.latest(tmp_path / "checkpoints") == target
+
+
+# ------------------------------------------------------------------------------- 2 processes vs 1
+def launch_fsdp2(processes: int, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file conf/accelerate/fsdp2.yaml -m dynamo_cli ...`, as README says."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/fsdp2.yaml",
+           "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args, "device=cpu"]
+    result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=600)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.mark.slow
+def test_fsdp2_on_two_processes_trains_like_one_and_resumes_exactly(sft_checkpoint, tmp_path):
+    """3 RL steps (DynaMO with a KL term: the reference is sharded too) with weights, gradients and AdamW state sharded over 2 gloo processes, against 1
+    plain process: the tolerance of the DDP test (identical allocations, completions and rewards; loss and gradient
+    norm within 1e-4 relative; final weights within 1% of the distance they moved). Then a resume from the sharded
+    step-2 checkpoint (full HF weights + optimiser shards) replays step 3: the same loss, gradient norm and weights."""
+    two, one, resumed = tmp_path / "two", tmp_path / "one", tmp_path / "resumed"
+    args = [*TRAIN_2P, "algorithm.kl_coef=0.05"]
+    out = launch_fsdp2(2, "train", f"model.path={sft_checkpoint}", f"hydra.run.dir={two}", *args)
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={one}", "device=cpu", *args)
+
+    assert "2 processes (FSDP2)" in out.stdout and out.stdout.count("train step 3/3") == 1
+    steps_two = [r for r in _records(two / "metrics.jsonl") if "train/loss" in r]
+    steps_one = [r for r in _records(one / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in steps_two] == [1, 2, 3]
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["dist/replica_alloc_diff"] == 0.0 and "dist/replica_param_diff" not in a  # one copy of each weight
+        assert a["rollout/reward_mean"] == b["rollout/reward_mean"] and a["alloc/max"] == b["alloc/max"]
+        for key in ("train/loss", "train/grad_norm", "train/entropy", "train/kl_ref"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert any(r["train/grad_norm"] > 0 for r in steps_two) and steps_two[-1]["train/kl_ref"] > 0  # it learnt, and moved off the reference
+    for a, b in zip(_records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl"), strict=True):
+        assert (a["prompt_id"], a["n_alloc"], a["completion"], a["reward"]) == (b["prompt_id"], b["n_alloc"], b["completion"], b["reward"])
+    assert _relative_distance(two, one, sft_checkpoint) < 0.01
+    assert json.loads((two / "eval.json").read_text())["overall"] == json.loads((one / "eval.json").read_text())["overall"]
+
+    # the checkpoint: a full HF model (rank 0), the optimiser's shards (one file per rank), a marker in trainer_state.pt
+    final = two / "checkpoints" / "final"
+    full, plain = load_file(final / "model.safetensors"), load_file(one / "checkpoints/final/model.safetensors")
+    assert {k: v.shape for k, v in full.items()} == {k: v.shape for k, v in plain.items()}
+    assert json.loads((final / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    assert sorted(p.name for p in (final / fsdp.SHARDS_DIR).glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert torch.load(final / "trainer_state.pt", weights_only=False)["optimizer"] == {"sharded": fsdp.SHARDS_DIR}
+    assert not list((two / "checkpoints").glob(".shards-*")) and not list((two / "checkpoints").glob(".tmp-*"))
+
+    # exact resume: step 3 again from step-2's weights and optimiser shards, in a new run dir
+    launch_fsdp2(2, "train", f"model.path={sft_checkpoint}", f"hydra.run.dir={resumed}", *args,
+                 f"trainer.resume={two}/checkpoints/step-2")
+    again = [r for r in _records(resumed / "metrics.jsonl") if "train/loss" in r]
+    assert [r["step"] for r in again] == [3]
+    for key in ("train/loss", "train/grad_norm", "train/lr", "train/kl_ref", "rollout/reward_mean"):
+        assert again[0][key] == pytest.approx(steps_two[-1][key], rel=1e-6, abs=1e-9), key
+    # AdamW's moments and step count came back: the weights after step 3 match (a fresh optimiser's first,
+    # bias-corrected step would move every weight by about lr)
+    assert _relative_distance(resumed, two, sft_checkpoint) < 1e-4
+
+
+# ------------------------------------------------------------------------------- which models fit (arithmetic)
+def test_model_fits_arithmetic_by_hand():
+    from bench import model_fits as mf
+
+    # SmolLM2-135M from its shape: 49152·576 (tied) + 30·(576·(2·576 + 2·192) + 3·576·1536 + 2·576) + 576 = 134,515,008,
+    # the 134.5 M that loading the real model counts
+    smol = mf.MODELS[0]
+    assert mf.llama_params(smol) == 49152 * 576 + 30 * (576 * 1536 + 3 * 576 * 1536 + 1152) + 576 == 134_515_008
+    toy = mf.LlamaShape("toy", hidden=2, intermediate=4, layers=1, kv_dim=2, vocab=10, tied=False)
+    # embeddings 10·2·2 = 40; layer: attention 2·(4 + 4) = 16, mlp 3·2·4 = 24, norms 4 -> 44; final norm 2 -> 86
+    assert mf.llama_params(toy) == 86
+    assert mf.lora_params(toy, r=1) == (4 * 2 + 4 * 2 + 6 * 3)  # q, o: 2+2; k, v: 2+2; gate, up, down: 2+4 -> 34
+    assert mf.state_bytes(toy, engine="ddp", dtype_bytes=4) == 16 * 86  # weights, gradients, two moments
+    assert mf.state_bytes(toy, engine="ddp", dtype_bytes=4, kl_reference=True) == 20 * 86
+    assert mf.state_bytes(toy, engine="ddp_lora", dtype_bytes=2) == 2 * 86 + 8 * 16 * 34  # model.lora.r = 16
+    # FSDP2 on 2: rollout 4·86 + 12·86/2 = 860; update 16·86/2 + 4·40 + 3·4·44 = 688 + 160 + 528 = 1376 -> the update
+    assert mf.state_bytes(toy, engine="fsdp2", dtype_bytes=4, world_size=2) == 1376
+    # a model whose layers dominate (8B): the rollout phase, full weights + 3/8 of them, is the peak
+    llama8 = mf.MODELS[2]
+    assert mf.state_bytes(llama8, engine="fsdp2", dtype_bytes=2, world_size=8) == 2 * mf.llama_params(llama8) * (1 + 3 / 8)
+    assert mf.smallest_gpu(0.8 * 40e9) == "40 GB" and mf.smallest_gpu(0.8 * 40e9 + 1) == "80 GB" and mf.smallest_gpu(1e12) == "none"
