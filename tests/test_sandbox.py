@@ -1,6 +1,7 @@
 """task=code's sandbox: hostile programs are contained and score 0, the run goes on; the tests' maths by hand."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -203,3 +204,49 @@ def test_hostile_completions_score_0_in_a_batch_and_the_run_goes_on(task):
     assert metrics["rollout/reward_errors"] == 0 and metrics["rollout/sandbox_load_error"] == 4
     assert metrics["rollout/sandbox_killed"] + metrics["rollout/sandbox_timeout"] == 1
     assert not Path("/tmp/dynamo-escape.txt").exists()
+
+
+def test_describe_names_the_layers_that_hold():
+    text = Sandbox(LIMITS).describe()
+    assert "the audit hook" in text and "10.0s wall" in text
+    if ROOT:
+        assert f"as nobody with at most {LIMITS.max_processes} processes" in text
+    assert ("a private network namespace" in text) == network_namespace_available()
+
+
+# ------------------------------------------------------------------------------------------- local files
+def test_mbpp_and_humaneval_files_load_and_their_solutions_pass(tmp_path):
+    rows = [{"task_id": 7, "text": "Write a function to triple a number.", "code": "def triple(x):\n    return 3 * x",
+             "test_list": ["assert triple(2) == 6", "assert triple(0) == 0"], "test_setup_code": "import math"},
+            {"task_id": "HumanEval/0", "prompt": "def inc(x):\n    \"\"\"x plus one\"\"\"\n",
+             "canonical_solution": "    return x + 1\n", "entry_point": "inc",
+             "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(-1) == 0\n"},
+            {"question": "neither format"}]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    task = CodeTask(path=path, test_path=path, seed=0, limits=LIMITS)
+    problems = task.test_problems()
+    assert [p.id for p in problems] == ["mixed/7", "mixed/HumanEval/0"] and task.skipped == 2  # once per file read
+    mbpp, humaneval = problems
+    assert task.prompt_text(mbpp) == "Write a function to triple a number.\nassert triple(2) == 6\n"
+    assert task.prompt_text(humaneval) == humaneval.prefix  # the completion continues the signature
+    verdicts = task.verifier([task.demonstration(p) for p in problems], problems).verdicts
+    assert [v.reward for v in verdicts] == [1.0, 1.0]
+    assert task.judge("    return x\n", humaneval).reward == 0.0  # check() fails as a whole
+
+
+TINY = ["logger=none", "device=cpu", "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128",
+        "model.max_position_embeddings=512", "eval.n_samples=0", "eval.max_problems=2", "trainer.eval_every=0",
+        "trainer.save_every=0", "trainer.prompts_per_step=4", "rollout.n=2", "trainer.steps=2", "task.max_new_tokens=48"]
+
+
+def test_train_task_code_runs_with_the_sandbox_on(tmp_path):
+    from conftest import dynamo
+
+    dynamo("train", f"hydra.run.dir={tmp_path}", "task=code", *TINY)
+    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+    assert len(steps) == 2
+    for step in steps:
+        assert step["rollout/extract_program_frac"] == 1.0 and step["rollout/reward_errors"] == 0
+        outcomes = sum(step[f"rollout/sandbox_{s}"] for s in ("timeout", "killed", "load_error", "crashed"))
+        assert outcomes <= step["rollout/count"] == 8  # random programs mostly fail to load: every one was run
