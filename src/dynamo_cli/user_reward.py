@@ -48,10 +48,11 @@ def resolve(spec: str) -> str:
     return f"{module}:{name}"
 
 
-def load_reward(spec: str, *, batched: bool) -> Any:
-    """The function or class that `spec` names, its signature checked. DynamoError (one line) when it cannot be used."""
+def load_reward(spec: str, *, batched: bool, shown: str | None = None) -> Any:
+    """The function or class that `spec` names, its signature checked. DynamoError (one line, naming the spec as the
+    user wrote it: `shown`) when it cannot be used."""
     module_name, _, name = spec.rpartition(":")
-    where = f"task.reward={spec!r}"
+    where = f"task.reward={shown if shown is not None else spec!r}"
     try:
         if module_name.endswith(".py") or os.sep in module_name:
             path = Path(module_name)
@@ -162,7 +163,7 @@ class UserReward:
 
     def __init__(self, spec: str, *, batched: bool, workers: int, timeout: float):
         self.spec, self.batched, self.timeout = resolve(spec), batched, timeout
-        load_reward(self.spec, batched=batched)  # here first: a bad path or signature fails before any worker starts
+        load_reward(self.spec, batched=batched, shown=spec)  # here first: a bad path or signature fails before any worker starts
         self.argv = [sys.executable, "-m", "dynamo_cli.user_reward", self.spec, "batched" if batched else "single"]
         self.slots: list[_Worker | None] = [_Worker(self.argv) for _ in range(workers)]  # started now: fail at start
         self.lock = threading.Lock()

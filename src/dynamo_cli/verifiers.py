@@ -8,10 +8,10 @@ bad completion never ends a run, and a run whose verifier keeps failing shows it
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -48,24 +48,38 @@ class VerifierTimeout(Exception):
     pass
 
 
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Raise VerifierTimeout in this thread after `seconds` (SIGALRM: main thread only, elsewhere no limit).
-    A judge is pure Python (regexes, sympy), which a signal interrupts between bytecodes."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class Watchdog:
+    """Interrupts a call that runs past `seconds` with VerifierTimeout, in this thread: a SIGALRM ticks every seconds/4
+    while the watchdog is on (main thread only; elsewhere it never fires) and raises when the call that `start()`
+    marked is older than `seconds`. A judge is pure Python (regexes, sympy), which a signal interrupts between
+    bytecodes. One timer per batch, not one per call: arming a timer per completion tripled the cost of judging."""
 
-    def expire(signum, frame):
-        raise VerifierTimeout
+    def __init__(self, seconds: float):
+        self.seconds, self.started, self.previous = seconds, None, None
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def stop(self) -> None:
+        self.started = None
+
+    def _fire(self, signum, frame) -> None:
+        if self.started is not None and time.monotonic() - self.started > self.seconds:
+            self.started = None
+            raise VerifierTimeout
+
+    def __enter__(self) -> "Watchdog":
+        if self.seconds > 0 and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGALRM, self._fire)
+            signal.setitimer(signal.ITIMER_REAL, self.seconds / 4, self.seconds / 4)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.started = None
+        if self.previous is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+            self.previous = None
 
 
 class JudgeVerifier:
@@ -77,19 +91,28 @@ class JudgeVerifier:
 
     def __call__(self, completions: list[str], problems: list) -> Verification:
         out, first = Verification(verdicts=[]), None
-        for completion, problem in zip(completions, problems, strict=True):
-            try:
-                with time_limit(self.timeout):
-                    verdict = self.judge(completion, problem)
-            except VerifierTimeout:
-                out.timeouts += 1
-                verdict, first = FAULT, first or f"timed out after {self.timeout}s on {getattr(problem, 'id', '?')}"
-            except Exception as error:  # any judge failure scores 0, counted, never fatal
-                out.errors += 1
-                verdict, first = FAULT, first or f"{type(error).__name__}: {error} on {getattr(problem, 'id', '?')}"
-            out.verdicts.append(verdict)
+        with Watchdog(self.timeout) as watchdog:
+            for completion, problem in zip(completions, problems, strict=True):
+                verdict, error = self._judge(watchdog, completion, problem)
+                if isinstance(error, VerifierTimeout):
+                    out.timeouts += 1
+                    first = first or f"timed out after {self.timeout}s on {getattr(problem, 'id', '?')}"
+                elif error is not None:
+                    out.errors += 1
+                    first = first or f"{type(error).__name__}: {error} on {getattr(problem, 'id', '?')}"
+                out.verdicts.append(verdict)
         warn_faults(out, first, source="verifier")
         return out
+
+    def _judge(self, watchdog: Watchdog, completion: str, problem) -> tuple[Verdict, Exception | None]:
+        try:  # the watchdog raises only between start() and stop(), inside this try
+            watchdog.start()
+            verdict = self.judge(completion, problem)
+            watchdog.stop()
+            return verdict, None
+        except Exception as error:  # any judge failure (VerifierTimeout included) scores 0, counted, never fatal
+            watchdog.stop()
+            return FAULT, error
 
 
 def warn_faults(verification: Verification, first: str | None, *, source: str) -> None:
