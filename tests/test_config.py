@@ -138,7 +138,7 @@ def test_presets_take_several_updates_per_step(preset):
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
 
 
-@pytest.mark.parametrize("task", ["math", "gsm8k"])
+@pytest.mark.parametrize("task", ["math", "gsm8k", "code"])
 def test_tasks_build(task):
     built = builders.build_task(compose_schema("eval", [f"task={task}"]).task)
     assert built.train_problems() and built.test_problems()
@@ -206,6 +206,10 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["algorithm.mask_truncated=maybe"], "algorithm.mask_truncated"),
         (["algorithm.overlong_penalty.factor=-1"], "algorithm.overlong_penalty.factor=-1.0 must be >= 0"),
         (["algorithm.overlong_penalty.buffer=9"], "algorithm.overlong_penalty.buffer=9 must be <= its max_length=8"),
+        (["task=code", "task.reward_mode=most"], "task.reward_mode='most' is not allowed; choose one of: fraction, all"),
+        (["task=code", "task.timeout=0"], "task.timeout=0.0 must be > 0"),
+        (["task.reward=my_rewards.py"], "task.reward='my_rewards.py' must be <module>:<function>"),
+        (["task.reward_timeout=0"], "task.reward_timeout=0.0 must be > 0"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):

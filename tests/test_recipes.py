@@ -157,8 +157,9 @@ def test_score_judges_each_row_against_its_own_problem_and_names_its_rule():
     problems = [Problem("math/L1/3+5", "3+5", "8", "L1"), Problem("math/L6/68*3", "68*3", "204", "L6")]
     rollouts = SimpleNamespace(prompt_index=torch.tensor([0, 1, 1, 0]),
                                texts=["\\boxed{8}", "The answer is 68*3", "\\boxed{204}", "3 + 5 = 8"])
-    rewards, rules = score(task, problems, rollouts)
+    rewards, rules, faults = score(task, problems, rollouts)
     assert rewards.tolist() == [1.0, 0.0, 1.0, 0.0]
+    assert faults == {"rollout/reward_errors": 0.0, "rollout/reward_timeouts": 0.0}
     assert [RULES[k] for k in rules.tolist()] == ["boxed", "answer_cue", "boxed", "none"]
 
 

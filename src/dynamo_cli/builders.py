@@ -8,7 +8,7 @@ from functools import partial
 
 from dynamo_cli import allocators, modulators
 from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
-from dynamo_cli.config import JsonlTaskConfig, MathTaskConfig, OptimConfig, TrainConfig
+from dynamo_cli.config import CodeTaskConfig, JsonlTaskConfig, MathTaskConfig, OptimConfig, TrainConfig
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import make_optimizer
 from dynamo_cli.registry import Registry
@@ -44,6 +44,18 @@ def _jsonl(cfg: JsonlTaskConfig):
                      level_field=cfg.level_field, id_field=cfg.id_field, test_fraction=cfg.test_fraction, seed=cfg.seed,
                      format=cfg.format, max_problems=cfg.max_problems, answer_type=cfg.answer_type,
                      answer_fallback=cfg.answer_fallback)
+
+
+@TASKS.register(CodeTaskConfig)
+def _code(cfg: CodeTaskConfig):
+    from dynamo_cli.sandbox import Limits
+    from dynamo_cli.tasks.code import CodeTask
+
+    limits = Limits(timeout=cfg.timeout, cpu_seconds=cfg.cpu_seconds, memory_mb=cfg.memory_mb, max_processes=cfg.max_processes,
+                    file_mb=cfg.file_mb)
+    return CodeTask(path=cfg.path, test_path=cfg.test_path, test_fraction=cfg.test_fraction, seed=cfg.seed, format=cfg.format,
+                    max_problems=cfg.max_problems, reward_mode=cfg.reward_mode, limits=limits, workers=cfg.workers,
+                    prompt_tests=cfg.prompt_tests)
 
 
 # -------------------------------------------------------------------------------- collect's parts
@@ -145,7 +157,20 @@ def _kl_cov(m, *, run: TrainConfig):
 
 # ------------------------------------------------------------------------- the names recipes call
 def build_task(cfg):
-    return TASKS.build(cfg)
+    """The task, with its verifier chosen once: a user's task.reward (worker processes), else the task's own."""
+    task = TASKS.build(cfg)
+    task.verifier = build_verifier(cfg, task)
+    return task
+
+
+def build_verifier(cfg, task):
+    """task.reward=<module>:<function> (loaded and checked here: a wrong path or signature fails at start), else the
+    task's default verifier (its judge, guarded; task=code: the sandbox)."""
+    if cfg.reward is None:
+        return task.default_verifier(timeout=cfg.reward_timeout)
+    from dynamo_cli.user_reward import UserReward
+
+    return UserReward(cfg.reward, batched=cfg.reward_batched, workers=cfg.workers, timeout=cfg.reward_timeout)
 
 
 def build_sampler(cfg: TrainConfig):

@@ -122,11 +122,21 @@ class TaskConfig:
     # no \boxed{} and no "the answer is": none scores 0, last_number takes the last number; auto: none in chat
     # (where the last number is as often one echoed from the question), last_number in plain
     answer_fallback: str = "auto"
+    # bring your own reward (user_reward.py): <module>:<function> or <file.py>:<function> taking (completion, problem
+    # dict) -> float, or :<Class> whose instances (one per worker) are called so; replaces the task's verifier
+    reward: Optional[str] = None
+    reward_batched: bool = False  # task.reward takes (completions, problems) lists and returns a list of floats
+    reward_timeout: float = 10.0  # seconds one verification may take (a batch, when batched); past it: 0, counted
+    workers: int = 2  # worker processes that run task.reward (task=code: sandboxes run at once)
 
     def __post_init__(self) -> None:
         _one_of("task.format", self.format, ("plain", "chat"))
         _one_of("task.answer_type", self.answer_type, ("integer", "rational", "expression"))
         _one_of("task.answer_fallback", self.answer_fallback, ("auto", "none", "last_number"))
+        _check(self.reward is None or ":" in self.reward.strip(":"),
+               f"task.reward={self.reward!r} must be <module>:<function> or <file.py>:<function> (a class works too)")
+        _positive("task.reward_timeout", self.reward_timeout)
+        _positive("task.workers", self.workers)
         if self.max_new_tokens is None:  # a chat model reasons before its answer; a plain completion is the answer
             self.max_new_tokens = 256 if self.format == "chat" else 8
         _positive("task.max_new_tokens", self.max_new_tokens)
@@ -182,6 +192,39 @@ class JsonlTaskConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 < self.test_fraction < 1, f"task.test_fraction={self.test_fraction} must be in (0, 1)")
+        for key in ("path", "test_path"):
+            value = getattr(self, key)
+            if value is not None:
+                _check(os.path.isfile(value), f"task.{key}={value!r}: no such file")
+
+
+@dataclass
+class CodeTaskConfig(TaskConfig):
+    """Python function-writing problems (MBPP or HumanEval format, local JSONL) whose tests run in a sandbox."""
+
+    name: str = "code"
+    path: str = MISSING  # the problems file (.jsonl); conf/task/code.yaml: the project's fixture
+    test_path: Optional[str] = None  # a separate test file; otherwise a stable hash split of `path`
+    test_fraction: float = 0.25  # share of `path` held out as test when there is no test_path
+    seed: int = 1234
+    max_problems: Optional[int] = None  # cap on rows read
+    max_new_tokens: Optional[int] = 160  # a short function, in characters for the tiny model's tokenizer
+    answer_type: str = "expression"  # unused by code: its tests decide
+    reward_mode: str = "fraction"  # fraction: share of the tests passed | all: 1 only when every test passes
+    prompt_tests: int = 1  # tests shown in the prompt (they name the function and its arguments)
+    timeout: float = 5.0  # wall-clock seconds per program, then its process group is killed
+    cpu_seconds: int = 2  # RLIMIT_CPU per program
+    memory_mb: int = 512  # RLIMIT_AS per program
+    max_processes: int = 8  # RLIMIT_NPROC of the sandbox user (as root: nobody); forking is refused anyway
+    file_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write (in its throw-away dir)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("task.reward_mode", self.reward_mode, ("fraction", "all"))
+        _check(0 < self.test_fraction < 1, f"task.test_fraction={self.test_fraction} must be in (0, 1)")
+        _positive("task.prompt_tests", self.prompt_tests, strict=False)
+        for key in ("timeout", "cpu_seconds", "memory_mb", "max_processes", "file_mb"):
+            _positive(f"task.{key}", getattr(self, key))
         for key in ("path", "test_path"):
             value = getattr(self, key)
             if value is not None:
@@ -738,6 +781,7 @@ def register_schemas() -> None:
     cs.store(group="schema/model", name="gguf", node=GGUFModelConfig)
     cs.store(group="schema/task", name="math", node=MathTaskConfig)
     cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
+    cs.store(group="schema/task", name="code", node=CodeTaskConfig)
     cs.store(group="schema/sampler", name="uniform", node=UniformSamplerConfig)
     cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)
     cs.store(group="schema/allocator", name="variance", node=VarianceAllocatorConfig)

@@ -41,7 +41,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                       max_batch_size=batch_size)
-    verdicts = [task.judge(text, mine[i]) for i, text in zip(greedy.prompt_index.tolist(), greedy.texts, strict=True)]
+    verdicts = task.verifier(greedy.texts, [mine[i] for i in greedy.prompt_index.tolist()]).verdicts  # faults score 0
     greedy_ok, greedy_rules = [v.reward for v in verdicts], [v.rule for v in verdicts]
     greedy_texts = greedy.texts
     n = settings.n_samples
@@ -50,8 +50,9 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
                            max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
                            seed=stream_seed(seed), streams=torch.arange(lo * n, hi * n), max_batch_size=batch_size)
-        for i, text in zip(sampled.prompt_index.tolist(), sampled.texts, strict=True):
-            correct[i] += int(task.verify(text, mine[i]) > 0)
+        sampled_verdicts = task.verifier(sampled.texts, [mine[i] for i in sampled.prompt_index.tolist()]).verdicts
+        for i, verdict in zip(sampled.prompt_index.tolist(), sampled_verdicts, strict=True):
+            correct[i] += int(verdict.reward > 0)
     if dp is not None and dp.distributed:
         shares = dp.gather_objects((greedy_ok, greedy_texts, greedy_rules, correct))
         greedy_ok, greedy_texts, greedy_rules, correct = ([x for share in shares for x in share[k]] for k in range(4))

@@ -31,14 +31,17 @@ from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampl
 from dynamo_cli.rollout import Rollouts, stream_seed
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.trajectory import Trajectories
+from dynamo_cli.verifiers import add_metrics
 
 
-def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) rewards and (N,) answer rules (indices into tasks.answers.RULES). Completion r is judged against *its own*
-    prompt's problem, problems[prompt_index[r]]."""
-    verdicts = [task.judge(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)]
+def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """(N,) rewards, (N,) answer rules (indices into tasks.answers.RULES) and the verifier's fault counts
+    (rollout/reward_errors, rollout/reward_timeouts, ...). Completion r is judged against *its own* prompt's problem,
+    problems[prompt_index[r]], by the task's verifier (verifiers.py): a fault scores 0 and is counted, never raised."""
+    verification = task.verifier(rollouts.texts, [problems[i] for i in rollouts.prompt_index.tolist()])
+    verdicts = verification.verdicts
     return (torch.tensor([v.reward for v in verdicts], dtype=torch.float32),
-            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long))
+            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long), verification.metrics())
 
 
 def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
@@ -75,7 +78,7 @@ class Collected:
     rows: slice
     batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
     seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
-    metrics: dict[str, float] = field(default_factory=dict)  # rollout/... of the reward shaping
+    metrics: dict[str, float] = field(default_factory=dict)  # rollout/... of the reward shaping and the verifier's faults
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -114,6 +117,7 @@ class Collector:
         allocation = first = self.allocator.allocate(prompt_ids, tags=tags)
         seconds["alloc"] += time.perf_counter() - t0
         parts, local_rewards, local_rules, counts, rounds = [], [], [], torch.zeros(P, dtype=torch.long), 0
+        faults: dict[str, float] = {}  # the verifier's fault counts over this step's rounds, this process
         while allocation is not None:
             if rounds > 0 and int(allocation.counts.sum()) % dp.world_size:
                 raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
@@ -127,7 +131,8 @@ class Collector:
                                               streams=torch.arange(lo, hi), max_batch_size=self.generation_batch))
             seconds["generate"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            round_rewards, round_rules = score(self.task, problems, parts[-1])
+            round_rewards, round_rules, round_faults = score(self.task, problems, parts[-1])
+            faults = add_metrics(faults, round_faults)
             local_rewards.append(round_rewards)
             local_rules.append(round_rules)
             counts, rounds = counts + allocation.counts, rounds + 1
@@ -146,6 +151,7 @@ class Collector:
         group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
         lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
         train_rewards, metrics = self.shape_rewards(rewards, lengths=dp.gather_rows(rollouts.completion_lengths))
+        metrics = {**metrics, **{k: dp.sum(v) for k, v in sorted(faults.items())}}  # every process's faults
         batch = Trajectories.single_turn(rollouts)
         keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
         batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))

@@ -36,6 +36,8 @@ _WORDS_FOLLOW = re.compile(r"\s*[,;]|\s+[A-Za-z]{2,}")
 ANSWER_TYPES = ("integer", "rational", "expression")
 FALLBACKS = ("none", "last_number")  # what to take when there is no \boxed{} and no answer cue
 RULES = ("boxed", "answer_cue", "last_number", "none")  # how the answer was found, strongest first
+# Verdicts that no answer extraction decided: task=code's tests run on the program, a user's task.reward function
+RULES += ("program", "reward_fn")
 
 # Literals. integer: sign, digits, thousands commas. rational adds decimals and fractions in lowest terms.
 _INT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"

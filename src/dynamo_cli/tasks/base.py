@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dynamo_cli.tasks.answers import ANSWER_TYPES, FALLBACKS, Verdict, judge
+from dynamo_cli.verifiers import JudgeVerifier, Verifier
 
 Format = Literal["plain", "chat"]
 FORMATS = ("plain", "chat")
 CHAT_INSTRUCTION = "Solve the problem and give the final answer in \\boxed{}.\n\n"
+JUDGE_TIMEOUT = 10.0  # seconds one built-in verification may take (task.reward_timeout sets it in a run)
 
 
 class TaskError(ValueError):
@@ -104,3 +106,20 @@ class Task(ABC):
     def verify(self, completion: str, problem: Problem) -> float:
         """The reward alone."""
         return self.judge(completion, problem).reward
+
+    def default_verifier(self, *, timeout: float) -> Verifier:
+        """What scores this task's completions unless a task.reward is plugged in: judge(), guarded (verifiers.py)."""
+        return JudgeVerifier(self.judge, timeout=timeout)
+
+    _verifier: Verifier | None = None
+
+    @property
+    def verifier(self) -> Verifier:
+        """Scores a batch of completions (rollouts and eval): chosen once (builders.build_task), default_verifier."""
+        if self._verifier is None:
+            self._verifier = self.default_verifier(timeout=JUDGE_TIMEOUT)
+        return self._verifier
+
+    @verifier.setter
+    def verifier(self, verifier: Verifier) -> None:
+        self._verifier = verifier

@@ -1,0 +1,211 @@
+"""Python function-writing problems verified by running their tests in a sandbox (sandbox.py).
+
+Reads MBPP-format rows (`text`, `code`, `test_list`, optional `test_setup_code`, `task_id`, `level`) or HumanEval-format
+rows (`prompt`, `canonical_solution`, `test`, `entry_point`, `task_id`) from a local JSONL file; the default file is
+a fixture of small problems written for this project (tests/fixtures/code_problems.jsonl).
+
+The reward of a completion is the share of its problem's tests that pass (reward_mode=fraction) or 1 only when all
+pass (all). Programs run in parallel, `workers` at a time, each in its own limited process.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dynamo_cli.sandbox import Check, Limits, Outcome, Sandbox, parse_check
+from dynamo_cli.tasks.answers import Verdict
+from dynamo_cli.tasks.base import Problem, Task, TaskError, check_format, stable_unit
+from dynamo_cli.verifiers import FAULT, Verification, warn_faults
+
+REWARD_MODES = ("fraction", "all")
+CODE_INSTRUCTION = "Write a Python function for the task below. Reply with the code in a ```python block.\n\n"
+_FENCED = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
+STATUSES = ("timeout", "killed", "load_error", "crashed")  # counted per batch as rollout/sandbox_<status>
+
+
+@dataclass(frozen=True)
+class CodeProblem(Problem):
+    """A Problem whose `answer` is a reference solution and whose tests decide the reward."""
+
+    tests: tuple[str, ...] = ()  # test statements, e.g. "assert add(1, 2) == 3"
+    setup: str = ""  # code run before the program (MBPP's test_setup_code)
+    prefix: str = ""  # HumanEval: the signature and docstring the completion continues ("" for MBPP)
+
+
+def program_of(completion: str, problem: CodeProblem) -> str:
+    """The program a completion stands for: its first ```python block if it has one, else all of it; HumanEval-style
+    problems prepend the prompt the completion continues."""
+    fenced = _FENCED.search(completion)
+    code = fenced.group(1) if fenced else completion
+    return "\n".join(part for part in (problem.setup, problem.prefix + code) if part)
+
+
+def code_reward(passed: tuple[bool, ...], mode: str) -> float:
+    """fraction: the share of tests passed; all: 1.0 only when every test passed. No tests: 0."""
+    if not passed:
+        return 0.0
+    return sum(passed) / len(passed) if mode == "fraction" else float(all(passed))
+
+
+def read_code_rows(path: str | Path, max_rows: int | None) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"code problems file not found: {path}")
+    rows = []
+    with path.open() as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise TaskError(f"{path}:{number}: not a JSON line ({error})") from error
+            if max_rows is not None and len(rows) >= max_rows:
+                break
+    return rows
+
+
+def parse_code_row(row: dict, *, source: str) -> CodeProblem | None:
+    """An MBPP or HumanEval row as a CodeProblem; None when it has neither format's fields."""
+    key = row.get("task_id")
+    if "text" in row and "test_list" in row:
+        tests = tuple(str(t) for t in row["test_list"])
+        question, answer, setup, prefix = str(row["text"]).strip(), str(row.get("code", "")), str(row.get("test_setup_code") or ""), ""
+    elif "prompt" in row and "test" in row and "entry_point" in row:
+        tests = (f"{row['test']}\ncheck({row['entry_point']})",)  # one check: HumanEval's check(candidate) function
+        question, answer, setup, prefix = str(row["prompt"]), str(row.get("canonical_solution", "")), "", str(row["prompt"])
+    else:
+        return None
+    if not question or not tests:
+        return None
+    key = str(key) if key is not None else hashlib.sha256(question.encode()).hexdigest()[:16]
+    return CodeProblem(f"{source}/{key}", question, answer, str(row.get("level") or "all"), tests=tests, setup=setup,
+                       prefix=prefix)
+
+
+class CodeTask(Task):
+    """Prompt: the task text and the first `prompt_tests` tests (they show the function's name and signature);
+    the completion is the program (plain) or holds it in a ```python block (chat)."""
+
+    name = "code"
+    answer_type = "expression"  # unused: the tests decide
+    answer_fallback = "none"
+
+    def __init__(self, *, path: str | Path, test_path: str | Path | None = None, test_fraction: float = 0.25, seed: int,
+                 format: str = "plain", max_problems: int | None = None, reward_mode: str = "fraction",
+                 limits: Limits | None = None, workers: int = 2, prompt_tests: int = 1):
+        self.format = check_format(format)
+        if reward_mode not in REWARD_MODES:
+            raise TaskError(f"unknown reward mode {reward_mode!r}; expected one of {REWARD_MODES}")
+        self.reward_mode, self.limits, self.workers, self.prompt_tests = reward_mode, limits or Limits(), workers, prompt_tests
+        self.source = Path(path).stem
+        self.skipped = 0  # rows in neither MBPP nor HumanEval format
+        problems = self._problems(read_code_rows(path, max_problems))
+        if test_path is None:  # by hash of the text, as the jsonl task: the split survives reordering
+            self._test = [p for p in problems if stable_unit(p.question) < test_fraction]
+            self._train = [p for p in problems if stable_unit(p.question) >= test_fraction]
+        else:
+            self._train, self._test = problems, self._problems(read_code_rows(test_path, max_problems))
+        random.Random(seed).shuffle(self._train)
+        self._checks: dict[str, list[Check]] = {}
+        self._sandbox: Sandbox | None = None
+
+    def _problems(self, rows: list[dict]) -> list[CodeProblem]:
+        problems, seen = [], set()
+        for row in rows:
+            problem = parse_code_row(row, source=self.source)
+            if problem is None or problem.id in seen:
+                self.skipped += 1
+                continue
+            seen.add(problem.id)
+            problems.append(problem)
+        return problems
+
+    def train_problems(self) -> list[Problem]:
+        return list(self._train)
+
+    def test_problems(self) -> list[Problem]:
+        return list(self._test)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        if self._sandbox is None:  # built on first use: probing for a network namespace starts a process
+            self._sandbox = Sandbox(self.limits)
+        return self._sandbox
+
+    def shown(self, problem: CodeProblem) -> str:
+        """The question as the model sees it: MBPP's text and example tests; HumanEval's prompt as it is."""
+        if problem.prefix:
+            return problem.prefix
+        return "\n".join([problem.question, *problem.tests[: self.prompt_tests]]) + "\n"
+
+    def prompt_text(self, problem: Problem, tokenizer: Any = None) -> str:
+        if self.format == "plain":
+            return self.shown(problem)
+        if tokenizer is None:
+            raise TaskError(f"task {self.name!r}: the chat format needs a tokenizer")
+        messages = [{"role": "user", "content": CODE_INSTRUCTION + self.shown(problem)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def demonstration(self, problem: Problem) -> str:
+        """The reference solution (HumanEval's is the body that continues the prompt)."""
+        if self.format == "plain":
+            return problem.answer
+        return f"```python\n{problem.prefix}{problem.answer}\n```" if problem.prefix else f"```python\n{problem.answer}\n```"
+
+    def checks(self, problem: CodeProblem) -> list[Check]:
+        if problem.id not in self._checks:
+            self._checks[problem.id] = [parse_check(t) for t in problem.tests]
+        return self._checks[problem.id]
+
+    def run(self, completion: str, problem: CodeProblem) -> Outcome:
+        return self.sandbox.run(program_of(completion, problem), self.checks(problem))
+
+    def verdict(self, outcome: Outcome) -> Verdict:
+        passed = sum(outcome.passed)
+        note = f"{passed}/{len(outcome.passed)} tests" + (f", {outcome.status}: {outcome.detail}" if outcome.status != "ok" else "")
+        return Verdict(code_reward(outcome.passed, self.reward_mode), "program", note)
+
+    def judge(self, completion: str, problem: Problem) -> Verdict:
+        """One completion, in the sandbox (rollouts and eval go through `verifier`, which runs them in parallel)."""
+        return self.verdict(self.run(completion, problem))
+
+    def default_verifier(self, *, timeout: float):
+        return SandboxVerifier(self, workers=self.workers)
+
+
+class SandboxVerifier:
+    """Runs a batch's programs `workers` at a time. A program's own failure (a timeout, a limit, an exception) is its
+    score, counted as rollout/sandbox_<status>; a failure of the sandbox itself (no process could start, no temp
+    dir) scores 0 and counts as rollout/reward_errors."""
+
+    def __init__(self, task: CodeTask, *, workers: int):
+        self.task, self.workers = task, workers
+
+    def __call__(self, completions: list[str], problems: list) -> Verification:
+        def one(args) -> Outcome | Exception:
+            try:
+                return self.task.run(*args)
+            except Exception as error:  # the sandbox's own fault, never the run's end
+                return error
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            outcomes = list(pool.map(one, zip(completions, problems, strict=True)))
+        out = Verification(verdicts=[], counts={f"rollout/sandbox_{s}": 0.0 for s in STATUSES})
+        first = None
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                out.errors += 1
+                first = first or f"{type(outcome).__name__}: {outcome}"
+                out.verdicts.append(FAULT)
+                continue
+            if outcome.status in STATUSES:
+                out.counts[f"rollout/sandbox_{outcome.status}"] += 1
+            out.verdicts.append(self.task.verdict(outcome))
+        warn_faults(out, first, source="sandbox")
+        return out
