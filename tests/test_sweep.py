@@ -220,6 +220,8 @@ def test_a_budget_sweep_groups_and_contrasts_within_each_budget(tmp_path):
     assert contrasts["allocation only @ n=4"].baseline == "grpo @ n=4"
     assert contrasts["allocation only @ n=4"].difference.mean == pytest.approx((0.05 + 0.10) / 2)
     assert "varies by design" in sweep_recipe._budget_text(runs) and "not matched" not in sweep_recipe._budget_text(runs)
+    lines = agg.findings(agg.summarise(runs), list(contrasts.values()), metric_label="test pass@1")
+    assert "allocation only @ n=2 − grpo @ n=2, paired by seed (2 seeds): identical on every seed." in lines
 
 
 def test_budget_preset_crosses_three_budgets_with_two_allocators():

@@ -561,6 +561,9 @@ def findings(rows: Sequence[MethodSummary], contrasts: Sequence[Contrast], *, me
     for c in contrasts:
         if c.difference.n == 0:
             continue
+        if c.sd == 0 and c.difference.mean == 0:  # e.g. an allocator with no room to move at this budget
+            lines.append(f"{c.method} − {c.baseline}, paired by seed ({_seeds(len(c.seeds))}): identical on every seed.")
+            continue
         verdict = {True: "the 95% CI excludes 0", False: "the 95% CI includes 0",
                    None: "too few paired seeds for a CI"}[c.difference.excludes_zero()]
         width = f" ± {c.difference.half_width:.3f}" if c.difference.half_width is not None else ""
