@@ -491,6 +491,8 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 1.0
     kl_in_reward: float = 0.0  # gae: β of a per-token reward −β (log π_old − log π_ref) (InstructGPT-style PPO); 0 = off
+    # log π_old and entropies from the first mini-batch's training forward, not a separate pass, where exact (README)
+    reuse_forward: bool = True
 
     def __post_init__(self) -> None:
         _one_of("algorithm.advantage", self.advantage, (*GROUP_ADVANTAGES, "gae"))
