@@ -26,6 +26,7 @@ from dynamo_cli.allocators import Allocation
 from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.errors import DynamoError
+from dynamo_cli.padding import padding_waste
 from dynamo_cli.policy import batched_token_stats
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
 from dynamo_cli.rollout import Rollouts, stream_seed
@@ -146,6 +147,9 @@ class Collector:
         group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
         lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
         train_rewards, metrics = self.shape_rewards(rewards, lengths=dp.gather_rows(rollouts.completion_lengths))
+        if all(p.engine_tokens is not None for p in parts):  # the engine counted its token positions (hf does; vLLM: no padding to count)
+            metrics["rollout/padding_waste"] = padding_waste(real=dp.sum(sum(p.engine_tokens[0] for p in parts)),
+                                                             total=dp.sum(sum(p.engine_tokens[1] for p in parts)))
         batch = Trajectories.single_turn(rollouts)
         keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
         batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))

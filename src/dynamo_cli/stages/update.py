@@ -20,6 +20,7 @@ from dynamo_cli.critic import completion_values
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.modulators import TokenShaping
+from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.protocols import Modulator
 from dynamo_cli.stages import rollout_stats
@@ -73,6 +74,7 @@ class PolicyUpdate:
         grad_norm_sums = {t.name: 0.0 for t in self.trainables}
         sums = dict.fromkeys(self.loss.metric_names(), 0.0)
         modulate_seconds, updates = 0.0, 0
+        tokens_real, tokens_fed = 0, 0  # token positions of the policy forwards: real, all (train/padding_waste)
         modulation_metrics: dict[str, float] = {}
         distributions: dict[str, list[torch.Tensor]] = {}
 
@@ -102,22 +104,27 @@ class PolicyUpdate:
                 starts = range(0, len(mb), self.micro_batch_size)
                 for start in starts:
                     part = slice(start, start + self.micro_batch_size)
+                    window = padding_window(mb.select(part))  # the micro-batch's columns that are not padding in every row
                     with contextlib.ExitStack() as stack:  # gradients cross processes once per mini-batch
                         for t in self.trainables:
                             stack.enter_context(dp.accumulate(t.model, sync=start == starts[-1]))
                         if fused:
-                            out, entropy = self.forward(mb.select(part).to(dp.device), extra=() if shaping is None else shaping.extra_terms,
+                            out, entropy = self.forward(trim_padding(mb.select(part), window).to(dp.device),
+                                                        extra=() if shaping is None else shaping.extra_terms,
                                                         train_policy=self.policy in active, rollout_stats=True)
-                            rollout_stats.record(batch, rows[part], logprobs=out.logprobs, entropy=entropy)
-                            rollout_stats.record(mb, part, logprobs=out.logprobs, entropy=entropy)
+                            stats = dict(logprobs=pad_response(out.logprobs.detach(), mb.loss_mask.shape[1]),
+                                         entropy=pad_response(entropy, mb.loss_mask.shape[1]))
+                            rollout_stats.record(batch, rows[part], **stats)
+                            rollout_stats.record(mb, part, **stats)
                             if shaping is None:
                                 shaping = shape(mb, first=True)
                                 if any(self.loss.needs(what, shaping.extra_terms) != self.loss.needs(what) for what in ("entropy", "values")):
                                     # an extra term reads what the forward did not compute: again with it (no modulator today)
-                                    out = self.forward(mb.select(part).to(dp.device), extra=shaping.extra_terms,
+                                    out = self.forward(trim_padding(mb.select(part), window).to(dp.device), extra=shaping.extra_terms,
                                                        train_policy=self.policy in active)
                         shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
-                        micro = shaped.select(part).to(dp.device)
+                        micro = trim_padding(shaped.select(part), window).to(dp.device)
+                        tokens_real, tokens_fed = tokens_real + int(micro.attention_mask.sum()), tokens_fed + micro.attention_mask.numel()
                         if not fused:
                             out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
                         loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=shaping.extra_terms)
@@ -135,6 +142,7 @@ class PolicyUpdate:
             metrics[f"{prefix}lr"] = t.scheduler.get_last_lr()[0]
         metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
         metrics["time/modulate_s"] = modulate_seconds
+        metrics["train/padding_waste"] = padding_waste(real=dp.sum(tokens_real), total=dp.sum(tokens_fed))
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
     def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
