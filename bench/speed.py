@@ -129,13 +129,14 @@ def alloc_worker(prompts: int, repeats: int, seed: int) -> dict:
     successes = torch.binomial(attempts, torch.rand(2 * prompts, generator=g).double(), generator=g)
     allocator.update(pool, successes=successes, attempts=attempts, tags=tags)
     seconds, digest = [], hashlib.sha256()
-    for r in range(repeats):
-        draw = torch.randperm(2 * prompts, generator=torch.Generator().manual_seed(seed + r))[:prompts].tolist()
+    for r in range(-1, repeats):  # r = -1: an untimed warm-up on a draw of its own
+        draw = torch.randperm(2 * prompts, generator=torch.Generator().manual_seed(seed + r % (repeats + 1)))[:prompts].tolist()
         ids = [pool[i] for i in draw]
         t0 = time.perf_counter()
         counts = allocator.allocate(ids, tags=[tags[i] for i in draw]).counts
-        seconds.append(time.perf_counter() - t0)
-        digest.update(counts.numpy().tobytes())
+        if r >= 0:
+            seconds.append(time.perf_counter() - t0)
+            digest.update(counts.numpy().tobytes())
     return {"seconds": statistics.median(seconds), "counts_sha256": digest.hexdigest()}
 
 
