@@ -165,11 +165,22 @@ def water_fill(*, weights: Tensor, caps: Tensor, budget: int) -> Tensor:
     short = budget - int(alloc.sum())  # in [0, #items with frac > 0) up to float error, hence the loop
     while short > 0:  # runs once unless rounding error left an item short; never loops per unit
         key = torch.where(alloc < caps, frac, torch.full_like(frac, -1.0))
-        take = torch.sort(-key, stable=True).indices[: min(short, int((alloc < caps).sum()))]
+        take = largest_first(key, min(short, int((alloc < caps).sum())))
         alloc[take] += 1
         frac[take] = -0.5  # already rounded up: go last in a (rare) second pass
         short -= len(take)
     return alloc
+
+
+def largest_first(values: Tensor, k: int) -> Tensor:
+    """Indices of the k largest values, ties to the lower index: the set a stable descending sort puts first,
+    in O(P) (a selection, not a sort of all P). Unordered. values (P,) finite, 0 <= k <= P. Returns (k,) long."""
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    kth = -torch.kthvalue(-values, k).values  # the k-th largest value
+    above = (values > kth).nonzero().flatten()
+    ties = (values == kth).nonzero().flatten()[: k - len(above)]  # nonzero is in index order: the lower indices
+    return torch.cat([above, ties])
 
 
 def uniform_rollouts(num_prompts: int, n: int) -> Tensor:
@@ -252,6 +263,10 @@ class UniformAllocator:
         self._attempts = torch.zeros(0, dtype=torch.float64)  # (N,) decayed
         self._total_attempts = torch.zeros(0, dtype=torch.float64)  # (N,) undecayed
         self._tag_of = torch.zeros(0, dtype=torch.long)  # (N,) tag id, -1 = none given
+        # the last lookup (a copy of its ids, their rows): a step's allocate, next_round and update ask for the same
+        # ids, so only the first pays the per-id dict lookup (the one Python loop over prompts). Rows never move
+        # once assigned, so it stays valid until an id is added or the state is loaded.
+        self._looked_up: tuple[list[str], Tensor] | None = None
 
     def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
         if not prompt_ids:
@@ -270,22 +285,27 @@ class UniformAllocator:
             raise ValueError(f"got {len(tags)} tags for {len(prompt_ids)} prompts")
         if (successes < 0).any() or (successes > attempts).any():
             raise ValueError("need 0 <= successes <= attempts")
-        for pid in prompt_ids:
-            if pid not in self._index:
-                self._index[pid] = len(self._index)
+        rows = self._rows(prompt_ids)  # (P,) -1: a new prompt, given the next row in order of first appearance
+        fresh = (rows < 0).nonzero().flatten().tolist()
+        if fresh:
+            for i in fresh:
+                self._index.setdefault(prompt_ids[i], len(self._index))
+            rows = rows.clone()
+            rows[fresh] = torch.tensor([self._index[prompt_ids[i]] for i in fresh], dtype=torch.long)
+            self._looked_up = (list(prompt_ids), rows)
         grow = len(self._index) - len(self._attempts)
         zeros = torch.zeros(grow, dtype=torch.float64)
         self._successes = torch.cat([self._successes * self.decay, zeros])
         self._attempts = torch.cat([self._attempts * self.decay, zeros])
         self._total_attempts = torch.cat([self._total_attempts, zeros])
         self._tag_of = torch.cat([self._tag_of, torch.full((grow,), -1, dtype=torch.long)])
-        rows = torch.tensor([self._index[pid] for pid in prompt_ids], dtype=torch.long)
         self._successes.index_add_(0, rows, successes)
         self._attempts.index_add_(0, rows, attempts)
         self._total_attempts.index_add_(0, rows, attempts)
         if tags is not None:
-            self._tag_of[rows] = torch.tensor([self._tag_index.setdefault(t, len(self._tag_index)) for t in tags],
-                                              dtype=torch.long)
+            for tag in dict.fromkeys(tags):  # the few distinct tags, in order of first appearance
+                self._tag_index.setdefault(tag, len(self._tag_index))
+            self._tag_of[rows] = torch.tensor(list(map(self._tag_index.__getitem__, tags)), dtype=torch.long)
 
     def history(self, prompt_ids: list[str]) -> tuple[Tensor, Tensor]:
         """Lifetime (decayed) (successes (P,), attempts (P,)) float64; zeros for unseen prompts."""
@@ -293,7 +313,12 @@ class UniformAllocator:
         return self._gather(self._successes, rows), self._gather(self._attempts, rows)
 
     def _rows(self, prompt_ids: list[str]) -> Tensor:
-        return torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)  # (P,) -1: unseen
+        """(P,) long rows of the ids, -1: unseen. Shared with the cache: read, do not write."""
+        if self._looked_up is not None and self._looked_up[0] == prompt_ids:  # C-speed: the same string objects
+            return self._looked_up[1]
+        rows = torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)
+        self._looked_up = (list(prompt_ids), rows)
+        return rows
 
     @staticmethod
     def _gather(values: Tensor, rows: Tensor, missing: float = 0) -> Tensor:
@@ -329,6 +354,7 @@ class UniformAllocator:
         if any(len(state[c]) != len(ids) for c in columns):
             raise ValueError(f"allocator state: prompt_ids and {', '.join(columns)} differ in length")
         self._index = {pid: i for i, pid in enumerate(ids)}
+        self._looked_up = None
         self._tag_index = {tag: i for i, tag in enumerate(state["tags"])}
         self._successes = torch.tensor(state["successes"], dtype=torch.float64)
         self._attempts = torch.tensor(state["attempts"], dtype=torch.float64)

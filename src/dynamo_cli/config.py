@@ -538,6 +538,8 @@ class AlgorithmConfig:
     # differ from the trainer's): none | token (min(π_old/μ, cap) per token) | sequence (min(Π π_old/μ, cap) per sequence)
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0  # C, the truncation of the importance weights (TIS's default)
+    # log π_old and entropies from the first mini-batch's training forward, not a separate pass, where exact (README)
+    reuse_forward: bool = True
 
     def __post_init__(self) -> None:
         _one_of("algorithm.advantage", self.advantage, (*GROUP_ADVANTAGES, "gae"))

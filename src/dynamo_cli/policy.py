@@ -8,11 +8,13 @@ from dynamo_cli.rollout import position_ids_from_mask
 
 
 def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
-                           temperature: float, with_entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                           temperature: float, with_entropy: bool = True,
+                           detached_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N, Tc) of the completion tokens and, optionally, the entropy (N, Tc) of the full
     next-token distribution at each completion position, both at the sampling temperature.
 
-    Differentiable: call under torch.no_grad() for old/reference log-probs.
+    Differentiable: call under torch.no_grad() for old/reference log-probs. `detached_entropy` (with
+    with_entropy=False): the entropy anyway, without a graph (the rollout policy's, read off a training forward).
     """
     completion_width = input_ids.shape[1] - prompt_width
     out = model(input_ids=input_ids, attention_mask=attention_mask,
@@ -20,6 +22,9 @@ def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: to
     logits = out.logits[:, :-1].float() / temperature  # (N, Tc, V): position t predicts token t + 1
     logprobs = logprobs_from_logits(logits, input_ids[:, prompt_width:])
     entropy = entropy_from_logits(logits) if with_entropy else None
+    if entropy is None and detached_entropy:
+        with torch.no_grad():
+            entropy = entropy_from_logits(logits.detach())
     return logprobs, entropy
 
 

@@ -29,6 +29,8 @@ class Rollouts:
     texts: list[str]  # decoded completions, special tokens removed
     finished: torch.Tensor  # (N,) bool: the completion ended with EOS (False: cut at max_new_tokens)
     logprobs: torch.Tensor | None = None  # (N, Tc) the engine's own log-prob of each sampled token (vLLM, for algorithm.rollout_is)
+    # (real, all) token positions the engine's forwards processed: all - real is padding (rollout/padding_waste). None: unknown
+    engine_tokens: tuple[int, int] | None = None
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (N, Tc)
@@ -136,27 +138,35 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
     cache_key = cache_kwarg(model)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache, logits = cache_of(out), out.logits[:, -1]
-    next_position = positions[:, -1:] + 1  # (B, 1)
+    next_position = positions[:, -1:] + 1  # (A, 1)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
+    active = torch.arange(len(prompt_ids), device=device)  # (A,) rows still decoding: a finished row leaves the batch
+    real, slots = sum(map(len, prompt_ids)), ids.numel()  # token positions fed to the model: real ones, all
     tokens = []
     for t in range(max_new_tokens):
-        uniforms = None if seed is None else counter_uniforms(seed, streams, t)
-        token = sample_next(logits, temperature=temperature, top_p=top_p, uniforms=uniforms).to(device)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        uniforms = None if seed is None else counter_uniforms(seed, streams[active.cpu()], t)
+        sampled = sample_next(logits, temperature=temperature, top_p=top_p, uniforms=uniforms).to(device)  # (A,)
+        token = torch.full((len(prompt_ids),), pad_id, dtype=torch.long, device=device).index_copy_(0, active, sampled)
         tokens.append(token)
         finished |= token == eos_id
         if t == max_new_tokens - 1 or bool(finished.all()):  # a CPU-GPU sync per token: cheap next to the forward
             break
+        going = ~finished[active]  # (A,)
+        if not bool(going.all()):  # drop the rows that just finished from the batch and the KV cache
+            keep = going.nonzero().flatten()
+            cache.batch_select_indices(keep)
+            active, sampled, mask, next_position = active[keep], sampled[keep], mask[keep], next_position[keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
+        out = model(input_ids=sampled[:, None], attention_mask=mask, position_ids=next_position,
                     use_cache=True, **{cache_key: cache})
         cache, logits = cache_of(out), out.logits[:, -1]
         next_position = next_position + 1
+        real, slots = real + len(active), slots + len(active)
     completion = torch.stack(tokens, dim=1)  # (B, Tc)
     # a token counts if no EOS came strictly before it (the EOS itself counts: the policy chose to stop)
     eos_seen = (completion == eos_id).long().cumsum(-1)
     completion_mask = (eos_seen - (completion == eos_id).long()) == 0
-    return ids, completion, completion_mask, finished
+    return ids, completion, completion_mask, finished, (real, slots)
 
 
 def _pad_right(tensors: list[torch.Tensor], value) -> torch.Tensor:
@@ -185,31 +195,37 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
     if len(prompt_index) == 0:  # e.g. a process whose share of a small batch is empty
         empty = torch.zeros((0, 0), dtype=torch.long)
         return Rollouts(prompt_index=prompt_index, input_ids=empty, attention_mask=empty, completion_mask=empty.bool(),
-                        prompt_width=0, texts=[], finished=torch.zeros(0, dtype=torch.bool))
+                        prompt_width=0, texts=[], finished=torch.zeros(0, dtype=torch.bool), engine_tokens=(0, 0))
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    # several chunks: bucket the rows by prompt length (less left padding); one chunk keeps its order
+    order = torch.arange(len(prompt_index))
+    if len(prompt_index) > max_batch_size:
+        order = torch.sort(torch.tensor([len(encoded[i]) for i in prompt_index.tolist()]), stable=True).indices
     chunks = []
     for start in range(0, len(prompt_index), max_batch_size):
-        rows = prompt_index[start:start + max_batch_size].tolist()
+        rows = order[start:start + max_batch_size]
         chunks.append(_generate_chunk(
-            model, [encoded[i] for i in rows], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+            model, [encoded[i] for i in prompt_index[rows].tolist()], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            streams=streams[start:start + max_batch_size], device=device,
+            streams=streams[rows], device=device,
         ))
     model.train(was_training)
-    prompt_ids = _pad_left([c[0].cpu() for c in chunks], tokenizer.pad_token_id)
-    completion = _pad_right([c[1].cpu() for c in chunks], tokenizer.pad_token_id)
-    completion_mask = _pad_right([c[2].cpu() for c in chunks], False)
-    finished = torch.cat([c[3].cpu() for c in chunks])
+    back = torch.empty_like(order).index_copy_(0, order, torch.arange(len(order)))  # chunk row j is row order[j]
+    prompt_ids = _pad_left([c[0].cpu() for c in chunks], tokenizer.pad_token_id)[back]
+    completion = _pad_right([c[1].cpu() for c in chunks], tokenizer.pad_token_id)[back]
+    completion_mask = _pad_right([c[2].cpu() for c in chunks], False)[back]
+    finished = torch.cat([c[3].cpu() for c in chunks])[back]
     input_ids = torch.cat([prompt_ids, completion], dim=1)
     # from lengths, not `!= pad`: for some tokenizers (SmolLM) pad == EOS, which a prompt may contain
     prompt_mask = _prompt_mask(encoded, prompt_index, prompt_ids.shape[1])
     attention_mask = torch.cat([prompt_mask, completion_mask.long()], dim=1)
     texts = tokenizer.batch_decode(torch.where(completion_mask, completion, tokenizer.pad_token_id), skip_special_tokens=True)
     return Rollouts(prompt_index=prompt_index, input_ids=input_ids, attention_mask=attention_mask,
-                    completion_mask=completion_mask, prompt_width=prompt_ids.shape[1], texts=texts, finished=finished)
+                    completion_mask=completion_mask, prompt_width=prompt_ids.shape[1], texts=texts, finished=finished,
+                    engine_tokens=(sum(c[4][0] for c in chunks), sum(c[4][1] for c in chunks)))
 
 
 def _prompt_mask(encoded: list[list[int]], prompt_index: torch.Tensor, width: int) -> torch.Tensor:

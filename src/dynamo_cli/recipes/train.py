@@ -26,6 +26,7 @@ from dynamo_cli.optim import make_optimizer
 from dynamo_cli.resources import longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import stream_seed
 from dynamo_cli.rollout_vllm import VLLMUnavailable
+from dynamo_cli.stages import rollout_stats
 from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `from dynamo_cli.recipes.train import score` keeps working
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
@@ -98,14 +99,16 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     trainables = [Trainable("policy", model, optimizer, scheduler, grad_clip=cfg.optim.grad_clip),  # then the critic, if any
                   *builders.critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step,
                                               micro_batch_size=plan.training)]
+    separate_pass = rollout_stats.separate_pass_reason(  # None: log pi_old from the first training forward (stages/rollout_stats.py)
+        reuse_forward=cfg.algorithm.reuse_forward, estimator_reads_old_logprobs=cfg.algorithm.kl_in_reward > 0, model=policy)
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
                         logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
-                        shape_rewards=builders.build_reward_shaping(cfg), critic=critic)
+                        shape_rewards=builders.build_reward_shaping(cfg), critic=critic, defer_policy_stats=separate_pass is None)
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
-                          modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature)
+                          modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None)
 
     totals = {"step": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0}
     if resume_from:
@@ -128,6 +131,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                   f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage} critic={cfg.critic.name}, "
                   f"{P} prompts x {cfg.rollout.n} = {P * cfg.rollout.n} rollouts per step, {cfg.trainer.steps} steps{processes}")
     console.print(plan.note)
+    if separate_pass and cfg.algorithm.reuse_forward:
+        console.print(f"log pi_old by a separate pass: {separate_pass}")
     console.print(f"eval {eval_plan.note}")
 
     def run_eval(step: int) -> dict[str, Any]:

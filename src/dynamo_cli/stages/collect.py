@@ -26,9 +26,11 @@ from dynamo_cli.allocators import Allocation
 from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.errors import DynamoError
+from dynamo_cli.padding import padding_waste
 from dynamo_cli.policy import batched_token_stats
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
 from dynamo_cli.rollout import Rollouts, stream_seed
+from dynamo_cli.stages import rollout_stats
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.trajectory import Trajectories
 from dynamo_cli.verifiers import add_metrics
@@ -97,7 +99,7 @@ class Collector:
     def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
                  policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
                  top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards,
-                 critic=None):
+                 critic=None, defer_policy_stats: bool = False):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
         self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
@@ -106,6 +108,7 @@ class Collector:
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
         self.mask_truncated = mask_truncated
         self.shape_rewards = shape_rewards  # (rewards (B,), *, lengths (B,)) -> (shaped rewards (B,), metrics)
+        self.defer_policy_stats = defer_policy_stats  # old log-probs / entropies left to the update (stages/rollout_stats.py)
 
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
@@ -152,6 +155,9 @@ class Collector:
         lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
         train_rewards, metrics = self.shape_rewards(rewards, lengths=dp.gather_rows(rollouts.completion_lengths))
         metrics = {**metrics, **{k: dp.sum(v) for k, v in sorted(faults.items())}}  # every process's faults
+        if all(p.engine_tokens is not None for p in parts):  # the engine counted its token positions (hf does; vLLM: no padding to count)
+            metrics["rollout/padding_waste"] = padding_waste(real=dp.sum(sum(p.engine_tokens[0] for p in parts)),
+                                                             total=dp.sum(sum(p.engine_tokens[1] for p in parts)))
         batch = Trajectories.single_turn(rollouts)
         keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
         batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))
@@ -168,7 +174,11 @@ class Collector:
         device, stats = self.dp.device, dict(prompt_width=batch.prompt_width, temperature=self.temperature,
                                              micro_batch_size=self.logprob_batch)
         input_ids, attention_mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        old_logprobs, old_entropy = batched_token_stats(self.policy, input_ids=input_ids, attention_mask=attention_mask, **stats)
+        if self.defer_policy_stats:  # NaN buffers the update's first forward (and its pass over the other rows) fills
+            old = rollout_stats.deferred(batch)
+            old_logprobs, old_entropy = old.old_logprobs, old.old_entropy
+        else:
+            old_logprobs, old_entropy = batched_token_stats(self.policy, input_ids=input_ids, attention_mask=attention_mask, **stats)
         ref_logprobs = None
         if self.reference is not None:
             ref_logprobs, _ = batched_token_stats(self.reference, input_ids=input_ids, attention_mask=attention_mask,

@@ -20,8 +20,10 @@ from dynamo_cli.critic import completion_values
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.modulators import TokenShaping
+from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
 from dynamo_cli.protocols import Modulator
+from dynamo_cli.stages import rollout_stats
 from dynamo_cli.terms import Loss
 from dynamo_cli.trainable import Trainable
 from dynamo_cli.trajectory import ModelOutputs, Trajectories
@@ -49,10 +51,12 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 
 class PolicyUpdate:
     def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
-                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float):
+                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.modulator_scope, self.temperature = modulator_scope, temperature
+        # True: the batch's old_logprobs / old_entropy are rollout_stats.deferred buffers this update fills (collect skipped them)
+        self.reuse_forward = reuse_forward
 
     @property
     def policy(self) -> Trainable:
@@ -70,31 +74,59 @@ class PolicyUpdate:
         grad_norm_sums = {t.name: 0.0 for t in self.trainables}
         sums = dict.fromkeys(self.loss.metric_names(), 0.0)
         modulate_seconds, updates = 0.0, 0
+        tokens_real, tokens_fed = 0, 0  # token positions of the policy forwards: real, all (train/padding_waste)
         modulation_metrics: dict[str, float] = {}
         distributions: dict[str, list[torch.Tensor]] = {}
+
+        def shape(mb: Trajectories, *, first: bool) -> TokenShaping:
+            nonlocal modulate_seconds
+            t0 = time.perf_counter()
+            shaping = self.shape(mb, first=first, generator=generator)
+            modulate_seconds += time.perf_counter() - t0
+            for key, value in shaping.metrics.items():
+                modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
+            for key, value in shaping.distributions.items():
+                distributions.setdefault(key, []).append(value.cpu())
+            return shaping
+
         for epoch in range(self.ppo_epochs):
             order = torch.randperm(len(batch), generator=generator)
-            for mb_index, rows in enumerate(order.tensor_split(self.mini_batches)):  # exactly mini_batches parts
+            parts = order.tensor_split(self.mini_batches)  # exactly mini_batches parts
+            fuse_first = self.reuse_forward and epoch == 0 and self.fill_rollout_stats(batch, parts)
+            for mb_index, rows in enumerate(parts):
                 mb = batch.select(rows)
                 # before shaping: a token a modulator drops leaves the denominator alone. At least 1: with
                 # algorithm.mask_truncated a mini-batch of truncated completions has no loss token and adds 0
                 num_tokens, num_seqs = max(int(dp.sum(int(mb.loss_mask.sum()))), 1), int(dp.sum(len(mb)))
-                t0 = time.perf_counter()
-                shaping = self.shape(mb, first=(epoch, mb_index) == (0, 0), generator=generator)
-                modulate_seconds += time.perf_counter() - t0
-                for key, value in shaping.metrics.items():
-                    modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
-                for key, value in shaping.distributions.items():
-                    distributions.setdefault(key, []).append(value.cpu())
-
-                shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
+                fused = fuse_first and mb_index == 0  # its forward gives the rollout policy's statistics
+                # a modulator that reads them shapes after that forward (one micro-batch, see fill_rollout_stats)
+                shaping = None if fused and self.modulator.needs_policy_stats else shape(mb, first=(epoch, mb_index) == (0, 0))
                 starts = range(0, len(mb), self.micro_batch_size)
                 for start in starts:
-                    micro = shaped.select(slice(start, start + self.micro_batch_size)).to(dp.device)
+                    part = slice(start, start + self.micro_batch_size)
+                    window = padding_window(mb.select(part))  # the micro-batch's columns that are not padding in every row
                     with contextlib.ExitStack() as stack:  # gradients cross processes once per mini-batch
                         for t in self.trainables:
                             stack.enter_context(dp.accumulate(t.model, sync=start == starts[-1]))
-                        out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
+                        if fused:
+                            out, entropy = self.forward(trim_padding(mb.select(part), window).to(dp.device),
+                                                        extra=() if shaping is None else shaping.extra_terms,
+                                                        train_policy=self.policy in active, rollout_stats=True)
+                            stats = dict(logprobs=pad_response(out.logprobs.detach(), mb.loss_mask.shape[1]),
+                                         entropy=pad_response(entropy, mb.loss_mask.shape[1]))
+                            rollout_stats.record(batch, rows[part], **stats)
+                            rollout_stats.record(mb, part, **stats)
+                            if shaping is None:
+                                shaping = shape(mb, first=True)
+                                if any(self.loss.needs(what, shaping.extra_terms) != self.loss.needs(what) for what in ("entropy", "values")):
+                                    # an extra term reads what the forward did not compute: again with it (no modulator today)
+                                    out = self.forward(trim_padding(mb.select(part), window).to(dp.device), extra=shaping.extra_terms,
+                                                       train_policy=self.policy in active)
+                        shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
+                        micro = trim_padding(shaped.select(part), window).to(dp.device)
+                        tokens_real, tokens_fed = tokens_real + int(micro.attention_mask.sum()), tokens_fed + micro.attention_mask.numel()
+                        if not fused:
+                            out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
                         loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=shaping.extra_terms)
                         dp.backward(loss * dp.world_size)  # the engine averages over processes; the global mean wants their sum
                     for key, value in metrics.items():
@@ -110,6 +142,7 @@ class PolicyUpdate:
             metrics[f"{prefix}lr"] = t.scheduler.get_last_lr()[0]
         metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
         metrics["time/modulate_s"] = modulate_seconds
+        metrics["train/padding_waste"] = padding_waste(real=dp.sum(tokens_real), total=dp.sum(tokens_fed))
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
     def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
@@ -128,13 +161,33 @@ class PolicyUpdate:
                          logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync, generator=generator,
                          scope_index=scope_index(len(mb), scope=self.modulator_scope, micro_batch_size=self.micro_batch_size).to(device))
 
-    def forward(self, micro: Trajectories, *, extra=(), train_policy: bool = True) -> ModelOutputs:
+    def fill_rollout_stats(self, batch: Trajectories, parts: list[torch.Tensor]) -> bool:
+        """Before the first optimiser step: the rollout policy's statistics of the rows the first mini-batch's
+        forward will not give, by a no-grad pass. Returns whether that forward gives its own rows' statistics: not
+        when the modulator reads them before the loss and the mini-batch spans several micro-batches (their graphs
+        would all have to be held at once), then the pass covers every row, as the separate pass did."""
+        fuse = not self.modulator.needs_policy_stats or len(parts[0]) <= self.micro_batch_size
+        rest = torch.cat([*parts[1:], torch.empty(0, dtype=torch.long)]) if fuse else torch.cat(parts)
+        if len(rest):
+            rest_rows = batch.select(rest)
+            logprobs, entropy = batched_token_stats(  # rank-local, no gradient: on the unwrapped module
+                self.dp.unwrap(self.policy.model), input_ids=rest_rows.input_ids.to(self.dp.device),
+                attention_mask=rest_rows.attention_mask.to(self.dp.device), prompt_width=batch.prompt_width,
+                temperature=self.temperature, micro_batch_size=self.micro_batch_size)
+            rollout_stats.record(batch, rest, logprobs=logprobs, entropy=entropy)
+        return fuse
+
+    def forward(self, micro: Trajectories, *, extra=(), train_policy: bool = True,
+                rollout_stats: bool = False) -> ModelOutputs | tuple[ModelOutputs, torch.Tensor]:
         """The differentiable outputs over a micro-batch's response region: the policy's (without a graph while it
-        waits out a critic's warm-up), entropy only if a term reads it, the critic's values if a term reads them."""
+        waits out a critic's warm-up), entropy only if a term reads it, the critic's values if a term reads them.
+        `rollout_stats`: also the entropy (n, L) without a graph -> (outputs, entropy); log pi_old is logprobs.detach()."""
+        with_entropy = self.loss.needs("entropy", extra)
         with torch.set_grad_enabled(train_policy):
             logprobs, entropy = completion_token_stats(
                 self.policy.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
-                temperature=self.temperature, with_entropy=self.loss.needs("entropy", extra))
+                temperature=self.temperature, with_entropy=with_entropy, detached_entropy=rollout_stats)
         values = (completion_values(self.critic.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask,
                                     prompt_width=micro.prompt_width) if self.loss.needs("values", extra) else None)
-        return ModelOutputs(logprobs=logprobs, entropy=entropy, values=values)
+        out = ModelOutputs(logprobs=logprobs, entropy=entropy if with_entropy else None, values=values)
+        return (out, entropy.detach()) if rollout_stats else out
