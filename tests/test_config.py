@@ -165,7 +165,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: dapo, greso, knapsack, uniform, variance"),
         (["allocator.nmin=3"], "allocator.nmin is not a config key"),
         (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
         (["optim.lr=abc"], "optim.lr"),
@@ -206,6 +206,15 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["algorithm.mask_truncated=maybe"], "algorithm.mask_truncated"),
         (["algorithm.overlong_penalty.factor=-1"], "algorithm.overlong_penalty.factor=-1.0 must be >= 0"),
         (["algorithm.overlong_penalty.buffer=9"], "algorithm.overlong_penalty.buffer=9 must be <= its max_length=8"),
+        (["sampler=curriculum", "sampler.order=level"], "sampler.order='level' is not allowed; choose one of: tag, success"),
+        (["sampler=curriculum", "sampler.pacing=root"], "sampler.pacing='root' is not allowed; choose one of: linear, step"),
+        (["sampler=curriculum", "sampler.start=0"], "sampler.start=0.0 must be in (0, 1]"),
+        (["sampler=curriculum", "sampler.pace_steps=-1"], "sampler.pace_steps=-1 must be >= 0"),
+        (["sampler=uniform", "sampler.start=0.5"], "sampler.start is not a config key"),
+        (["allocator=dapo", "allocator.max_rounds=0"], "allocator.max_rounds=0 must be > 0"),
+        (["allocator=greso", "allocator.explore_prob=0"], "allocator.explore_prob=0.0 must be in (0, 1]"),
+        (["allocator=knapsack", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
+        (["allocator=knapsack", "rollout.n=128"], "rollout.n=128 must lie in [allocator.n_min, allocator.n_max] = [2, 64]"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
@@ -219,7 +228,7 @@ def test_bad_config_is_one_clear_line(overrides, expected):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["train", "allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["train", "allocator=varience"], "allocator=varience is not an option of allocator; choose one of: dapo, greso, knapsack, uniform, variance"),
         (["train", "optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
         (["train", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
         (["eval", "model.path=/no/such/dir"], "model.path='/no/such/dir' is not a directory"),

@@ -1,0 +1,169 @@
+"""Rollout-side allocators (DAPO's dynamic sampling, GRESO, Knapsack RL): pure functions against hand-worked
+values, the round protocol without a model, then DAPO through the collect stage's rounds with a tiny model."""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from dynamo_cli.protocols import RoundAllocator
+from dynamo_cli.rollout_allocators import (
+    DapoAllocator,
+    GresoAllocator,
+    KnapsackAllocator,
+    fresh_prompts_needed,
+    greso_skip,
+    informative_groups,
+    keep_first,
+    knapsack_rollouts,
+    knapsack_value,
+    zero_variance_streak,
+)
+
+
+# ------------------------------------------------------------------------------------------ DAPO
+def test_informative_groups_need_two_rollouts_with_different_rewards():
+    # group 0: [1, 1] equal; group 1: [0, 1] mixed; group 2: [0, 0] equal; group 3: one rollout; group 4: none
+    rewards = torch.tensor([1.0, 1, 0, 1, 0, 0, 1])
+    informative, generated = informative_groups(rewards=rewards, group_index=torch.tensor([0, 0, 1, 1, 2, 2, 3]), num_groups=5)
+    assert informative.tolist() == [False, True, False, False, False]
+    assert generated.tolist() == [True, True, True, True, False]
+
+
+def test_keep_first_truncates_to_the_target_in_draw_order():
+    informative = torch.tensor([True, False, True, True, True])
+    assert keep_first(informative, target=2).tolist() == [True, False, True, False, False]
+    assert keep_first(informative, target=9).tolist() == informative.tolist()  # short of the target: every informative one
+
+
+def test_fresh_prompts_follow_the_informative_rate_and_are_bounded():
+    # 3 of 8 informative, 5 missing: 5 · 8/3 = 13.3 -> 14, capped at the target 8
+    assert fresh_prompts_needed(informative=3, generated=8, target=8) == 8
+    # 6 of 8 informative, 2 missing: 2 · 8/6 = 2.67 -> 3
+    assert fresh_prompts_needed(informative=6, generated=8, target=8) == 3
+    assert fresh_prompts_needed(informative=0, generated=8, target=8) == 8  # nothing informative yet: a full round
+    assert fresh_prompts_needed(informative=8, generated=8, target=8) == 0
+    assert fresh_prompts_needed(informative=9, generated=12, target=8) == 0
+
+
+def test_dapo_asks_for_fresh_prompts_then_keeps_the_informative_groups():
+    dapo = DapoAllocator(n=2, max_rounds=5, explore_min_attempts=4, decay=1.0)
+    assert isinstance(dapo, RoundAllocator)
+    assert dapo.allocate(["a", "b"]).counts.tolist() == [2, 2]
+    # round 1: a = [1, 1] (all equal), b = [0, 1]: 1 of the target 2 -> 1 · 2/1 = 2 fresh prompts, no more rollouts of a, b
+    more = dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
+    assert more.fresh == 2 and more.counts.tolist() == [0, 0] and more.keep is None
+    # round 2: c = [0, 1] informative, d = [0, 0] dropped: b and c fill the batch; a and d are dropped
+    done = dapo.next_round(["a", "b", "c", "d"], rewards=torch.tensor([1.0, 1, 0, 1, 0, 1, 0, 0]),
+                           group_index=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), round=2)
+    assert done.fresh == 0 and done.counts.tolist() == [0, 0, 0, 0]
+    assert done.keep.tolist() == [False, True, True, False]
+    assert done.metrics == {"alloc/informative_groups": 2.0, "alloc/kept_groups": 2.0, "alloc/dropped_groups": 2.0,
+                            "alloc/fresh_prompts": 2.0, "alloc/spent_rollouts": 8.0}
+
+
+def test_dapo_stops_at_max_rounds_with_what_it_has():
+    dapo = DapoAllocator(n=2, max_rounds=1, explore_min_attempts=4, decay=1.0)
+    done = dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
+    assert done.fresh == 0 and done.keep.tolist() == [False, True] and done.metrics["alloc/kept_groups"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------- GRESO
+def test_greso_skip_probability_is_one_minus_p_explore_to_the_streak():
+    # p_e = 0.5: rolled out with probability 1, 0.5, 0.25, 0.125 for streaks 0..3
+    skip = greso_skip(streak=torch.tensor([0, 1, 2, 3]), explore_prob=0.5, uniform=torch.tensor([0.99, 0.4, 0.3, 0.1]))
+    assert skip.tolist() == [False, False, True, False]  # 0.99 < 1, 0.4 < 0.5, 0.3 >= 0.25, 0.1 < 0.125
+
+
+def test_zero_variance_streak_counts_consecutive_all_equal_visits():
+    # all 4 solved: 0 -> 1; mixed 2/4: reset to 0; skipped (0 rollouts): unchanged 3; a single rollout: unchanged 1
+    streak = zero_variance_streak(streak=torch.tensor([0, 2, 3, 1]), successes=torch.tensor([4.0, 2, 0, 1]),
+                                  attempts=torch.tensor([4.0, 4, 0, 1]))
+    assert streak.tolist() == [1, 0, 3, 1]
+
+
+def test_greso_skips_a_prompt_that_keeps_being_solved_and_resumes_exactly():
+    greso = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
+    for _ in range(6):  # "easy" solved 4/4 six times in a row (streak 6: rolled out with probability 1/64); "mixed" 2/4
+        greso.update(["easy", "mixed"], successes=torch.tensor([4.0, 2.0]), attempts=torch.tensor([4.0, 4.0]))
+    assert greso.state_dict()["zero_streak"] == {"easy": 6, "mixed": 0}
+    resumed = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
+    resumed.load_state_dict(greso.state_dict())
+    draws = [greso.allocate(["easy", "mixed"]) for _ in range(20)]
+    assert all(d.counts[1] == 4 for d in draws)  # streak 0: always rolled out
+    assert sum(int(d.counts[0] == 0) for d in draws) >= 15  # skipped ~63/64 of the time
+    assert [d.counts.tolist() for d in draws] == [resumed.allocate(["easy", "mixed"]).counts.tolist() for _ in range(20)]
+    assert draws[0].metrics["alloc/skipped_prompts"] == float(draws[0].counts[0] == 0)
+
+
+# -------------------------------------------------------------------------------------- Knapsack
+def test_knapsack_value_by_hand():
+    # p = 0.5, n = 2: (1 - 0.25 - 0.25) · 0.5 · 0.25 = 0.0625; n = 1 never has variance: 0; p = 0.9, n = 2: 0.18 · 0.009
+    values = knapsack_value(rate=torch.tensor([0.5, 0.5, 0.9]), counts=torch.tensor([2, 1, 2]))
+    torch.testing.assert_close(values, torch.tensor([0.0625, 0.0, 0.00162], dtype=torch.float64))
+
+
+def test_knapsack_rollouts_hand_example():
+    # rates [0.5, 0.9], n in [1, 3], budget 4: the 2 extra rollouts go to the largest marginal gains.
+    # p = 0.5: V(1→2) = 0.0625, V(2→3) = 0.09375 - 0.0625 = 0.03125; p = 0.9: 0.00162, then 0.00081 -> [3, 1]
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.9]), budget=4, n_min=1, n_max=3).tolist() == [3, 1]
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.5]), budget=4, n_min=1, n_max=3).tolist() == [2, 2]  # ties share
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.9]), budget=99, n_min=1, n_max=3).tolist() == [3, 3]  # clipped
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_knapsack_rollouts_is_the_brute_force_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    rate = torch.rand(4, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    n_min, n_max, budget = 1, 6, 13
+    best = max((c for c in itertools.product(range(n_min, n_max + 1), repeat=4) if sum(c) == budget),
+               key=lambda c: float(knapsack_value(rate=rate, counts=torch.tensor(c)).sum()))
+    got = knapsack_rollouts(rate=rate, budget=budget, n_min=n_min, n_max=n_max)
+    assert int(got.sum()) == budget and got.min() >= n_min and got.max() <= n_max
+    assert float(knapsack_value(rate=rate, counts=got).sum()) == pytest.approx(float(knapsack_value(rate=rate, counts=torch.tensor(best)).sum()))
+
+
+def test_knapsack_allocator_gives_the_hard_prompt_more_than_the_solved_one():
+    knapsack = KnapsackAllocator(n=4, n_min=2, n_max=8, explore_min_attempts=4, decay=1.0)
+    # "hard": 1 of 16 (Laplace 2/18), "solved": 16 of 16 (17/18): the hard prompt's rollouts are worth more
+    knapsack.update(["hard", "solved"], successes=torch.tensor([1.0, 16.0]), attempts=torch.tensor([16.0, 16.0]))
+    allocation = knapsack.allocate(["hard", "solved"])
+    assert allocation.counts.tolist() == [6, 2] and int(allocation.counts.sum()) == 8
+    assert 0 < allocation.metrics["alloc/expected_informative"] < 1
+
+
+# ---------------------------------------------------------------------- DAPO through collect's rounds
+def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dropped_groups():
+    """A random tiny policy solves nothing, so every group is all-zero: DAPO asks for a full round of fresh prompts
+    each time, stops at max_rounds, keeps no group. The fresh prompts continue the uniform sampler's stream (the next
+    step starts after them), every rollout stays in the batch (counted) but none has a loss token."""
+    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.rewards import OverlongPenalty
+    from dynamo_cli.rollout import PolicyRollouts
+    from dynamo_cli.samplers import UniformSampler, permutation_stream
+    from dynamo_cli.stages.collect import Collector
+    from dynamo_cli.tasks import MathTask
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    task = MathTask(seed=1, num_train=40, num_test_per_level=2, levels=["L5"], format="plain")
+    problems = task.train_problems()
+    sampler = UniformSampler(seed=0)
+    collect = Collector(task=task, problems=problems, tokenizer=tokenizer, sampler=sampler,
+                        allocator=DapoAllocator(n=2, max_rounds=3, explore_min_attempts=4, decay=1.0),
+                        engine=PolicyRollouts(model, tokenizer), policy=model, reference=None, dp=DataParallel.start("cpu"),
+                        per_step=4, seed=0, max_new_tokens=4, temperature=1.0, top_p=1.0, generation_batch=16, logprob_batch=16,
+                        mask_truncated=False, shape_rewards=OverlongPenalty(factor=0.0, max_length=4, buffer=1))
+    got = collect(1)
+    assert not got.rewards.any()  # the premise: an untrained policy solves no two-digit sum
+    stream = permutation_stream(0, 12, num_problems=len(problems), seed=0)
+    assert [p.id for p in got.problems] == [problems[i].id for i in stream]  # 4 drawn + 4 + 4 fresh, in stream order
+    assert got.allocation.counts.tolist() == [2] * 12 and len(got.rewards) == len(got.batch) == 24
+    assert got.allocation.keep.tolist() == [False] * 12 and not got.batch.loss_mask.any()
+    m = got.allocation.metrics
+    assert (m["alloc/rounds"], m["alloc/dropped_groups"], m["alloc/spent_rollouts"], m["alloc/kept_groups"]) == (3.0, 12.0, 24.0, 0.0)
+    assert sampler.state_dict() == {"extra": 8}
+    assert sampler.prompt_indices(2, num_problems=len(problems), per_step=4) == permutation_stream(12, 4, num_problems=len(problems), seed=0)
