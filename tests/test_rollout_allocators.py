@@ -3,6 +3,7 @@ values, the round protocol without a model, then DAPO through the collect stage'
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 import torch
@@ -167,3 +168,87 @@ def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dro
     assert (m["alloc/rounds"], m["alloc/dropped_groups"], m["alloc/spent_rollouts"], m["alloc/kept_groups"]) == (3.0, 12.0, 24.0, 0.0)
     assert sampler.state_dict() == {"extra": 8}
     assert sampler.prompt_indices(2, num_problems=len(problems), per_step=4) == permutation_stream(12, 4, num_problems=len(problems), seed=0)
+
+
+# ------------------------------------------------------------------------------ presets and runs
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
+    from dynamo_cli.config import register_schemas
+
+    register_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_schema(compose(config_name="train", overrides=overrides))
+
+
+@pytest.mark.parametrize("preset, group, option", [("curriculum", "sampler", "curriculum"), ("dapo", "allocator", "dapo"),
+                                                   ("greso", "allocator", "greso"), ("knapsack", "allocator", "knapsack")])
+def test_rollout_presets_are_clip_higher_plus_one_part(preset, group, option):
+    base, cfg = compose_train(["experiment=clip_higher"]), compose_train([f"experiment={preset}"])
+    assert getattr(cfg, group).name == option and cfg.modulator.name == "none"
+    assert cfg.algorithm == base.algorithm and cfg.rollout == base.rollout and cfg.optim == base.optim
+    other = "allocator" if group == "sampler" else "sampler"
+    assert getattr(cfg, other) == getattr(base, other)
+
+
+def test_curriculum_refuses_a_task_with_one_tag():
+    from dynamo_cli import builders
+    from dynamo_cli.errors import DynamoError
+    from dynamo_cli.tasks.base import Problem
+
+    cfg = compose_train(["sampler=curriculum"])
+    with pytest.raises(DynamoError, match="sampler.order=tag needs at least two difficulty tags.*choose sampler.order=success"):
+        builders.build_sampler(cfg, problems=[Problem(f"t/{i}", str(i), "0", "all") for i in range(4)])
+    assert builders.build_sampler(cfg, problems=[Problem("a", "1", "1", "L1"), Problem("b", "2", "2", "L2")]).pace_steps == 200
+
+
+SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "eval.max_problems=4", "eval.n_samples=0",
+         "algorithm.micro_batch_size=16", "task.num_train=2000", "task.levels=[L1,L2]", "trainer.eval_every=0", "optim.lr=1e-3"]
+OPTIONS = {  # overrides, a metric only that option writes (None: the sampler writes none)
+    "curriculum": (["sampler=curriculum", "sampler.start=0.1"], None),
+    "curriculum_online": (["sampler=curriculum", "sampler.order=success"], None),
+    "dapo": (["allocator=dapo", "allocator.max_rounds=3"], "alloc/dropped_groups"),
+    "greso": (["allocator=greso", "allocator.max_rounds=3"], "alloc/skipped_prompts"),
+    "knapsack": (["allocator=knapsack", "allocator.n_min=2", "allocator.n_max=8"], "alloc/expected_informative"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_train_two_steps_with_each_rollout_option(option, sft_checkpoint, tmp_path):
+    from conftest import dynamo
+
+    overrides, metric = OPTIONS[option]
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2", "trainer.dump_rollouts=true",
+           *SMALL, *overrides)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(metric is None or metric in r for r in steps)
+    rollouts = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    if option == "curriculum":  # 10% of the pool unlocked at step 1, easiest level first: L1 only
+        assert {r["prompt_id"].split("/")[1] for r in rollouts if r["step"] == 1} == {"L1"}
+    total = steps[-1]["rollout/total_rollouts"]
+    assert total == len(rollouts) and (total > 64 if option in ("dapo", "greso") else total == 64)  # every rollout counted
+
+
+@pytest.mark.slow
+def test_dapo_with_the_online_curriculum_resumes_exactly(sft_checkpoint, tmp_path):
+    """2 steps, then a resume to 3, against 3 straight: the sampler's counts and fresh-prompt offset and the
+    allocator's history come back from the checkpoint (the step-3 metrics and rollouts are the same)."""
+    from conftest import dynamo
+
+    args = [f"model.path={sft_checkpoint}", "trainer.dump_rollouts=true", *SMALL, "sampler=curriculum", "sampler.order=success",
+            "sampler.pace_steps=4", "allocator=dapo", "allocator.max_rounds=3", "optim.schedule=constant", "optim.warmup_steps=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    dynamo("train", f"hydra.run.dir={straight}", "trainer.steps=3", *args)
+    dynamo("train", f"hydra.run.dir={resumed}", "trainer.steps=2", *args)
+    dynamo("train", f"hydra.run.dir={resumed}", "trainer.steps=3", "trainer.resume=auto", *args)
+
+    def step3(run_dir):
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in metrics if r.get("step") == 3 and "train/loss" in r][-1]
+        rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+        return {k: v for k, v in last.items() if not k.startswith("time")}, [r for r in rollouts if r["step"] == 3]
+
+    assert step3(resumed) == step3(straight)

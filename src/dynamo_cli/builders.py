@@ -61,7 +61,7 @@ def _curriculum_sampler(s, *, run: TrainConfig, problems: list):
     if s.tag_order is not None and tags - set(s.tag_order):
         raise DynamoError(f"sampler.tag_order={list(s.tag_order)} misses the task's tags {sorted(tags - set(s.tag_order))}")
     return CurriculumSampler(problems=problems, seed=run.seed, order=s.order, pacing=s.pacing, start=s.start,
-                             pace_steps=s.pace_steps, stages=s.stages, tag_order=None if s.tag_order is None else list(s.tag_order))
+                             pace_steps=run.trainer.steps // 2 if s.pace_steps is None else s.pace_steps, stages=s.stages, tag_order=None if s.tag_order is None else list(s.tag_order))
 
 
 @ALLOCATORS.register("uniform")

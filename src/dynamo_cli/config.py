@@ -11,6 +11,7 @@ the option's YAML), so `allocator=uniform` carries no variance-only knobs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -295,7 +296,7 @@ class CurriculumSamplerConfig:
     order: str = "tag"  # tag (the task's difficulty tags, e.g. L3 < L4 < L5) | success (running success rate, online)
     pacing: str = "linear"  # linear | step (the same ramp in `stages` equal jumps)
     start: float = 0.34  # share unlocked at step 1 (0.34 of the default L3-L5 pool is L3 and a few L4)
-    pace_steps: int = 200  # steps until the whole pool is unlocked (half of the default 400 RL steps; 0: at once)
+    pace_steps: Optional[int] = None  # steps until the whole pool is unlocked (0: at once); null: half of trainer.steps
     stages: int = 3  # jumps of pacing=step (3: one per default level)
     tag_order: Optional[list[str]] = None  # tags easy -> hard; null: natural sort of the tags (L1 < L2 < ... < L10)
 
@@ -303,7 +304,8 @@ class CurriculumSamplerConfig:
         _one_of("sampler.order", self.order, ("tag", "success"))
         _one_of("sampler.pacing", self.pacing, ("linear", "step"))
         _check(0 < self.start <= 1, f"sampler.start={self.start} must be in (0, 1]")
-        _positive("sampler.pace_steps", self.pace_steps, strict=False)
+        if self.pace_steps is not None:
+            _positive("sampler.pace_steps", self.pace_steps, strict=False)
         _positive("sampler.stages", self.stages)
 
 
@@ -758,12 +760,14 @@ class SweepPresetConfig:
     metric: str = "pass@1"  # test metric of the curves and rollouts-to-target: pass@1 (sampled) | greedy_pass1
     target: Optional[float] = None  # rollouts-to-target threshold; None: 90% of the way from the start to the best final mean
     results: Optional[str] = "docs/results.md"  # generated page whose sweep section is rewritten; None: leave it alone
+    section: str = "sweep"  # the page's section this preset rewrites (one per preset: the baselines keep the ablation's)
 
     def __post_init__(self) -> None:
         _one_of("sweep.launcher", self.launcher, ("basic", "joblib", "slurm"))
         _positive("sweep.jobs", self.jobs)
         _check(self.launcher == "joblib" or self.jobs == 1, f"sweep.jobs={self.jobs} needs sweep.launcher=joblib")
         _one_of("sweep.metric", self.metric, ("pass@1", "greedy_pass1"))
+        _check(re.fullmatch(r"[a-z0-9_-]+", self.section) is not None, f"sweep.section={self.section!r} must be a lowercase name")
         _check(len(self.grid) > 0 and all(len(v) > 0 for v in self.grid.values()),
                "sweep.grid needs at least one key with at least one value")
         if self.target is not None:
