@@ -236,7 +236,7 @@ def test_bad_config_is_one_clear_line(overrides, expected):
          "task.answer_type='number' is not allowed; choose one of: integer, rational, expression"),
         (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
         # an optional group (experiment) is checked too: Hydra itself would skip the typo and run the defaults
-        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, dynamo,"),
+        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, curriculum, dapo, dynamo,"),
         (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
@@ -256,7 +256,8 @@ def test_cli_help_lists_commands_and_groups():
                  "critic", "none, separate"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
-    assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+    assert "allocator: dapo, greso, knapsack, uniform, variance" in train_help and "n_min" in train_help
+    assert "sampler: curriculum, uniform" in train_help
     assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
     assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
     assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
