@@ -165,7 +165,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
 @pytest.mark.parametrize(
     "overrides, expected",
     [
-        (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["allocator=varience"], "allocator=varience is not an option of allocator; choose one of: dapo, greso, knapsack, uniform, variance"),
         (["allocator.nmin=3"], "allocator.nmin is not a config key"),
         (["optim.lr=-1"], "optim.lr=-1.0 must be > 0"),
         (["optim.lr=abc"], "optim.lr"),
@@ -210,6 +210,15 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["task=code", "task.timeout=0"], "task.timeout=0.0 must be > 0"),
         (["task.reward=my_rewards.py"], "task.reward='my_rewards.py' must be <module>:<function>"),
         (["task.reward_timeout=0"], "task.reward_timeout=0.0 must be > 0"),
+        (["sampler=curriculum", "sampler.order=level"], "sampler.order='level' is not allowed; choose one of: tag, success"),
+        (["sampler=curriculum", "sampler.pacing=root"], "sampler.pacing='root' is not allowed; choose one of: linear, step"),
+        (["sampler=curriculum", "sampler.start=0"], "sampler.start=0.0 must be in (0, 1]"),
+        (["sampler=curriculum", "sampler.pace_steps=-1"], "sampler.pace_steps=-1 must be >= 0"),
+        (["sampler=uniform", "sampler.start=0.5"], "sampler.start is not a config key"),
+        (["allocator=dapo", "allocator.max_rounds=0"], "allocator.max_rounds=0 must be > 0"),
+        (["allocator=greso", "allocator.explore_prob=0"], "allocator.explore_prob=0.0 must be in (0, 1]"),
+        (["allocator=knapsack", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
+        (["allocator=knapsack", "rollout.n=128"], "rollout.n=128 must lie in [allocator.n_min, allocator.n_max] = [2, 64]"),
     ],
 )
 def test_bad_config_is_one_clear_line(overrides, expected):
@@ -223,7 +232,7 @@ def test_bad_config_is_one_clear_line(overrides, expected):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["train", "allocator=varience"], "allocator=varience is not an option of allocator; choose one of: uniform, variance"),
+        (["train", "allocator=varience"], "allocator=varience is not an option of allocator; choose one of: dapo, greso, knapsack, uniform, variance"),
         (["train", "optim.lr=-0.1"], "optim.lr=-0.1 must be > 0"),
         (["train", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
         (["eval", "model.path=/no/such/dir"], "model.path='/no/such/dir' is not a directory"),
@@ -231,7 +240,7 @@ def test_bad_config_is_one_clear_line(overrides, expected):
          "task.answer_type='number' is not allowed; choose one of: integer, rational, expression"),
         (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
         # an optional group (experiment) is checked too: Hydra itself would skip the typo and run the defaults
-        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, dynamo,"),
+        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, curriculum, dapo, dynamo,"),
         (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
@@ -251,7 +260,8 @@ def test_cli_help_lists_commands_and_groups():
                  "critic", "none, separate"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
-    assert "allocator: uniform, variance" in train_help and "n_min" in train_help
+    assert "allocator: dapo, greso, knapsack, uniform, variance" in train_help and "n_min" in train_help
+    assert "sampler: curriculum, uniform" in train_help
     assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
     assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
     assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help

@@ -40,3 +40,11 @@ def test_no_machine_paths_in_docs():
     for path, text in texts.items():
         found = re.findall(r"(?<![\w.~])/(?:tmp|root|home|work|Users)/[\w.-]+", text)
         assert not found, f"{path.name} names machine paths: {found[:3]}"
+
+
+def test_every_generated_section_of_the_results_page_names_its_commit():
+    text = (REPO / "docs" / "results.md").read_text()
+    sections = re.findall(r"<!-- BEGIN (.+?) \(generated\) -->(.*?)<!-- END \1 \(generated\) -->", text, flags=re.DOTALL)
+    assert sections, "docs/results.md has no generated section"
+    for name, body in sections:
+        assert re.search(r"from commit `[0-9a-f]{7,40}(-dirty)?`", body), f"section {name!r} does not name its commit"

@@ -290,7 +290,7 @@ def test_ablation_is_the_papers_table_at_a_matched_budget():
 def test_sweep_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="needs sweep.launcher=joblib"):
         SweepPresetConfig(name="x", grid={"seed": [0]}, jobs=2)
-    for args, message in [(["sweep=nope"], "sweep=nope is not an option of sweep; choose one of: ablation"),
+    for args, message in [(["sweep=nope"], "sweep=nope is not an option of sweep; choose one of: ablation, baselines"),
                           (["sweep.nope=1"], "sweep.nope is not a config key"),
                           (["sweep.metric=pass@9"], "sweep.metric='pass@9' is not allowed"),
                           (["--", "allocator=nope"], "the train runs of this sweep would fail: allocator=nope is not an option")]:
@@ -352,3 +352,59 @@ def test_generated_line_names_the_commit():
     line = agg.generated_line("dynamo sweep sweep=ablation", "abc1234")
     assert "`dynamo sweep sweep=ablation` from commit `abc1234`" in line
     assert re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?|unknown", agg.code_commit())
+
+
+# ------------------------------------------------------------------------------- the baselines sweep
+def test_runs_are_named_by_what_varies_across_the_sweep(tmp_path):
+    """experiment=grpo and experiment=clip_higher share allocator and modulator (uniform + none): named by the one
+    override that varies, they stay two methods; an ablation (only allocator and modulator vary) keeps its names."""
+    for job, (seed, experiment) in enumerate([(0, "grpo"), (0, "clip_higher"), (1, "grpo"), (1, "clip_higher")]):
+        path = write_run(tmp_path / "presets" / str(job), allocator="uniform", modulator="none", seed=seed, curve=[0.4, 0.5])
+        (path / ".hydra").mkdir()
+        (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"seed={seed}", f"experiment={experiment}", "model.path=x"]))
+    runs = agg.find_runs(tmp_path / "presets")
+    assert [r.method for r in runs] == ["grpo", "clip_higher", "grpo", "clip_higher"]
+    assert [r.method for r in agg.summarise(runs)] == ["grpo", "clip_higher"]
+    for job, allocator in enumerate(["uniform", "variance"]):
+        path = write_run(tmp_path / "ablation" / str(job), allocator=allocator, modulator="none", seed=0, curve=[0.4, 0.5])
+        (path / ".hydra").mkdir()
+        (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["seed=0", f"allocator={allocator}", "modulator=none"]))
+    assert [r.method for r in agg.find_runs(tmp_path / "ablation")] == ["grpo", "allocation only"]
+
+
+def test_baselines_sweep_is_every_method_at_one_budget():
+    from hydra import compose, initialize_config_dir
+
+    from dynamo_cli.cli import to_schema
+
+    cfg, _ = sweep_recipe.compose(["sweep=baselines"])
+    jobs = sweep_recipe.job_list([*sweep_recipe.grid_overrides(cfg.sweep.grid), *cfg.sweep.overrides])
+    experiments = {j[1].split("=")[1] for j in jobs}
+    assert len(jobs) == 39 and experiments == {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}  # every preset
+    for experiment in sorted(experiments):  # one rollout budget: n x P per step, and the same cap
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            run = to_schema(compose(config_name="train", overrides=[f"experiment={experiment}", *cfg.sweep.overrides]))
+        assert (run.rollout.n * run.trainer.prompts_per_step, run.trainer.steps, run.trainer.rollout_budget) == (512, 60, 30720)
+
+
+TINY_PRESET = ["trainer.prompts_per_step=4", "rollout.n=2", "eval.max_problems=8", "eval.n_samples=2", "eval.ks=[1,2]",
+               "task.num_train=500", "logger=none", "trainer.save_every=0", "algorithm.mini_batches=1"]
+
+
+@pytest.mark.slow
+def test_tiny_baselines_sweep_names_the_presets_and_stops_at_the_rollout_budget(tmp_path):
+    """2 presets x 1 seed, at most 2 steps each: trainer.rollout_budget=16 stops grpo (8 rollouts a step) after step 2
+    and dapo (8 or more a step: fresh prompts for dropped groups) no later; each run still ends with its eval."""
+    out, page = tmp_path / "sweep", tmp_path / "docs" / "results.md"
+    sft = '"trainer.steps=5","trainer.eval_every=0","eval.max_problems=8","task.num_train=500","logger=none"'
+    dynamo("sweep", "sweep=baselines", f"out_dir={out}", f"sweep.results={page}", "sweep.grid.seed=[0]",
+           "sweep.grid.experiment=[grpo,dapo]", f"sweep.sft_overrides=[{sft}]", "--", *TINY_PRESET, "trainer.steps=5",
+           "trainer.rollout_budget=16")
+    runs = agg.find_runs(out / "runs")
+    assert [r.method for r in runs] == ["grpo", "dapo"] and all(r.finished for r in runs)
+    assert runs[0].last_step == 2 and runs[0].rollouts == 16
+    assert runs[1].last_step <= 2 and runs[1].rollouts >= 16
+    summary = (out / "summary.md").read_text()
+    assert "| grpo | 1/1 |" in summary and "| dapo | 1/1 |" in summary
+    assert "stops early once it has generated trainer.rollout_budget = 16 rollouts" in summary
+    assert "<!-- BEGIN sweep baselines (generated) -->" in page.read_text() and (page.parent / "results" / "baselines_pass1_vs_rollouts.png").is_file()

@@ -175,10 +175,12 @@ class Run:
     tokens: int = 0  # completion tokens generated over the run
     seconds: float = 0.0  # summed step time (eval excluded)
     budget: str = ""  # "n=2": set by find_runs when the runs' budgets differ, so each budget is its own group
+    overrides: dict[str, str] = field(default_factory=dict)  # the job's command-line overrides (.hydra/overrides.yaml)
+    label: str | None = None  # the method's name from what varies across the sweep (`label_by_what_varies`)
 
     @property
     def method(self) -> str:
-        return method_label(self.allocator, self.modulator) + (f" @ {self.budget}" if self.budget else "")
+        return (self.label or method_label(self.allocator, self.modulator)) + (f" @ {self.budget}" if self.budget else "")
 
     def final_metric(self, metric: str) -> float | None:
         """metric as named in eval records (greedy_pass1, pass@1, pass@4, mean@n) from eval.json."""
@@ -230,6 +232,9 @@ def load_run(path: Path) -> Run:
                                        tokens=int(record.get("rollout/total_tokens", 0)),
                                        seconds=float(record.get("time/elapsed_s", 0.0)),
                                        metrics={k[len("eval/"):]: v for k, v in record.items() if k.startswith("eval/")}))
+    overrides_file = path / ".hydra" / "overrides.yaml"
+    if overrides_file.is_file():
+        run.overrides = dict(o.split("=", 1) for o in yaml.safe_load(overrides_file.read_text()) or [] if "=" in o)
     if run.finished:
         result = json.loads((path / "eval.json").read_text())
         run.final, run.final_levels = result["overall"], result.get("levels", {})
@@ -246,7 +251,7 @@ def find_runs(root: Path) -> list[Run]:
     def natural(path: Path):  # job 10 after job 9
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
-    return label_budgets([load_run(d) for d in sorted(dirs, key=natural)])
+    return label_budgets(label_by_what_varies([load_run(d) for d in sorted(dirs, key=natural)]))
 
 
 def label_budgets(runs: list[Run]) -> list[Run]:
@@ -256,6 +261,24 @@ def label_budgets(runs: list[Run]) -> list[Run]:
         varying = [i for i in range(3) if len({budget_of(r)[i] for r in runs}) > 1]
         for run in runs:
             run.budget = ", ".join(f"{('n', 'P', 'steps')[i]}={budget_of(run)[i]}" for i in varying)
+    return runs
+
+
+BUDGET_KEYS = ("rollout.n", "trainer.prompts_per_step", "trainer.steps")  # named by label_budgets, not in the label
+
+
+def label_by_what_varies(runs: list[Run]) -> list[Run]:
+    """Name each run's method by the overrides that differ between runs, seed and budget aside: `experiment=dapo`
+    across presets gives "dapo" (one varying key: its value), several keys give "k=v k=v". When only allocator and
+    modulator vary (the ablation), or nothing does, the ablation's names stay (METHOD_LABELS): two presets with
+    the same allocator and modulator (grpo, clip_higher) are then still told apart. Sets Run.label in place."""
+    keys = list(dict.fromkeys(k for run in runs for k in run.overrides))
+    varying = [k for k in keys if k != "seed" and k not in BUDGET_KEYS and len({run.overrides.get(k) for run in runs}) > 1]
+    if not varying or set(varying) <= {"allocator", "modulator"}:
+        return runs
+    for run in runs:
+        values = [(k, run.overrides.get(k, "-")) for k in varying]
+        run.label = values[0][1] if len(values) == 1 else " ".join(f"{k}={v}" for k, v in values)
     return runs
 
 

@@ -11,6 +11,7 @@ and its check live in the schema (config.py), once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -227,6 +228,10 @@ class Allocation:
     counts: Tensor  # (P,) long, rollouts per prompt, sum == budget
     priority: Tensor  # (P,) informativeness used (uniform: ones)
     metrics: dict[str, float] = field(default_factory=dict)  # alloc/...
+    # rounds (protocols.RoundAllocator): a round allocation may ask for `fresh` new prompts from the sampler (which
+    # `allocate` then splits rollouts among), and the round that ends the step may name the groups that enter the loss
+    fresh: int = 0
+    keep: Optional[Tensor] = None  # (P,) bool over the step's prompts so far; None: every group
 
 
 def _count_metrics(counts: Tensor) -> dict[str, float]:

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from functools import partial
 
-from dynamo_cli import allocators, modulators
+from dynamo_cli import allocators, modulators, rollout_allocators
 from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
 from dynamo_cli.config import CodeTaskConfig, JsonlTaskConfig, MathTaskConfig, OptimConfig, TrainConfig
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import make_optimizer
 from dynamo_cli.registry import Registry
 from dynamo_cli.rewards import OverlongPenalty
-from dynamo_cli.samplers import UniformSampler
+from dynamo_cli.samplers import CurriculumSampler, UniformSampler
 from dynamo_cli.stages.estimate import GAEEstimator, GroupEstimator
 from dynamo_cli.trainable import Trainable
 
@@ -60,8 +60,20 @@ def _code(cfg: CodeTaskConfig):
 
 # -------------------------------------------------------------------------------- collect's parts
 @SAMPLERS.register("uniform")
-def _uniform_sampler(cfg, *, run: TrainConfig):
+def _uniform_sampler(cfg, *, run: TrainConfig, problems: list):
     return UniformSampler(seed=run.seed)
+
+
+@SAMPLERS.register("curriculum")
+def _curriculum_sampler(s, *, run: TrainConfig, problems: list):
+    tags = {p.level for p in problems}
+    if s.order == "tag" and len(tags) < 2:
+        raise DynamoError(f"sampler.order=tag needs at least two difficulty tags; task={run.task.name} has {sorted(tags)}: "
+                          "choose sampler.order=success")
+    if s.tag_order is not None and tags - set(s.tag_order):
+        raise DynamoError(f"sampler.tag_order={list(s.tag_order)} misses the task's tags {sorted(tags - set(s.tag_order))}")
+    return CurriculumSampler(problems=problems, seed=run.seed, order=s.order, pacing=s.pacing, start=s.start,
+                             pace_steps=run.trainer.steps // 2 if s.pace_steps is None else s.pace_steps, stages=s.stages, tag_order=None if s.tag_order is None else list(s.tag_order))
 
 
 @ALLOCATORS.register("uniform")
@@ -75,6 +87,24 @@ def _variance_allocator(a, *, n: int):
         n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
         mastered_threshold=a.mastered_threshold, floor=a.floor, unexplored_priority=a.unexplored_priority,
         weight=a.weight, decay=a.decay, prior=a.prior, prior_strength=a.prior_strength)
+
+
+@ALLOCATORS.register("dapo")
+def _dapo_allocator(a, *, n: int):
+    return rollout_allocators.DapoAllocator(n=n, max_rounds=a.max_rounds, explore_min_attempts=a.explore_min_attempts,
+                                            decay=a.decay)
+
+
+@ALLOCATORS.register("greso")
+def _greso_allocator(a, *, n: int):
+    return rollout_allocators.GresoAllocator(n=n, max_rounds=a.max_rounds, explore_prob=a.explore_prob, seed=a.seed,
+                                             explore_min_attempts=a.explore_min_attempts, decay=a.decay)
+
+
+@ALLOCATORS.register("knapsack")
+def _knapsack_allocator(a, *, n: int):
+    return rollout_allocators.KnapsackAllocator(n=n, n_min=a.n_min, n_max=a.n_max, explore_min_attempts=a.explore_min_attempts,
+                                                decay=a.decay)
 
 
 @ROLLOUT_ENGINES.register("hf")
@@ -173,8 +203,9 @@ def build_verifier(cfg, task):
     return UserReward(cfg.reward, batched=cfg.reward_batched, workers=cfg.workers, timeout=cfg.reward_timeout)
 
 
-def build_sampler(cfg: TrainConfig):
-    return SAMPLERS.build(cfg.sampler, run=cfg)
+def build_sampler(cfg: TrainConfig, *, problems: list):
+    """The sampler over the run's prompt pool `problems` (a curriculum orders them by their tags)."""
+    return SAMPLERS.build(cfg.sampler, run=cfg, problems=problems)
 
 
 def build_allocator(cfg: TrainConfig):

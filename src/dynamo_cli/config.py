@@ -11,6 +11,7 @@ the option's YAML), so `allocator=uniform` carries no variance-only knobs.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -278,12 +279,77 @@ class VarianceAllocatorConfig(AllocatorConfig):
         _positive("allocator.prior_strength", self.prior_strength)
 
 
+@dataclass
+class DapoAllocatorConfig(AllocatorConfig):
+    """DAPO's dynamic sampling (arXiv 2503.14476): groups whose rewards are all equal are dropped and fresh prompts
+    from the sampler are generated in further rounds until the step has trainer.prompts_per_step informative groups
+    (rollout_allocators.py). Every rollout generated counts in the budget (rollout/total_rollouts)."""
+
+    name: str = "dapo"
+    max_rounds: int = 10  # most generation rounds per step (verl's DAPO recipe: max_num_gen_batches=10)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive("allocator.max_rounds", self.max_rounds)
+
+
+@dataclass
+class GresoAllocatorConfig(DapoAllocatorConfig):
+    """GRESO (arXiv 2506.02177): DAPO's dynamic sampling plus a pre-rollout filter. A prompt whose last z visits
+    all had zero reward variance is skipped with probability 1 - explore_prob^z (a probabilistic re-check)."""
+
+    name: str = "greso"
+    explore_prob: float = 0.5  # p_e: a prompt with z zero-variance visits in a row is rolled out with probability p_e^z
+    seed: int = 0  # of the skip draws: the same on every process, replayed on resume
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.explore_prob <= 1, f"allocator.explore_prob={self.explore_prob} must be in (0, 1]")
+
+
+@dataclass
+class KnapsackAllocatorConfig(AllocatorConfig):
+    """Knapsack RL (arXiv 2509.25849): n_i maximise Σ_i (1 - p_i^n_i - (1 - p_i)^n_i) · p_i (1 - p_i)^2 (the chance of
+    a non-zero GRPO gradient times its information gain) under Σ n_i = budget and n_min <= n_i <= n_max."""
+
+    name: str = "knapsack"
+    n_min: int = 2  # fewest rollouts a prompt gets (2: a group needs two rollouts to have variance)
+    n_max: int = 64  # most rollouts a prompt gets (the paper lets a hard prompt take up to ~93)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.n_min >= 1, f"allocator.n_min={self.n_min} must be >= 1")
+        _check(self.n_min <= self.n_max, f"allocator.n_min={self.n_min} must be <= allocator.n_max={self.n_max}")
+
+
 # ----------------------------------------------------------------------------------------- sampling
 @dataclass
 class UniformSamplerConfig:
     """Every training problem once per epoch, in an order fixed by the run's seed (samplers.py)."""
 
     name: str = "uniform"
+
+
+@dataclass
+class CurriculumSamplerConfig:
+    """Easy -> hard with a pacing schedule (samplers.py; Hacohen & Weinshall 2019): each step draws at random from
+    the unlocked share of the ordered pool, which grows from `start` to 1 over `pace_steps` steps."""
+
+    name: str = "curriculum"
+    order: str = "tag"  # tag (the task's difficulty tags, e.g. L3 < L4 < L5) | success (running success rate, online)
+    pacing: str = "linear"  # linear | step (the same ramp in `stages` equal jumps)
+    start: float = 0.34  # share unlocked at step 1 (0.34 of the default L3-L5 pool is L3 and a few L4)
+    pace_steps: Optional[int] = None  # steps until the whole pool is unlocked (0: at once); null: half of trainer.steps
+    stages: int = 3  # jumps of pacing=step (3: one per default level)
+    tag_order: Optional[list[str]] = None  # tags easy -> hard; null: natural sort of the tags (L1 < L2 < ... < L10)
+
+    def __post_init__(self) -> None:
+        _one_of("sampler.order", self.order, ("tag", "success"))
+        _one_of("sampler.pacing", self.pacing, ("linear", "step"))
+        _check(0 < self.start <= 1, f"sampler.start={self.start} must be in (0, 1]")
+        if self.pace_steps is not None:
+            _positive("sampler.pace_steps", self.pace_steps, strict=False)
+        _positive("sampler.stages", self.stages)
 
 
 # --------------------------------------------------------------------------------------- modulation
@@ -634,10 +700,15 @@ class RLTrainerConfig:
     resume: str = "never"  # never | auto (latest checkpoint in this run dir) | a checkpoint dir
     dump_rollouts: bool = False  # write rollouts.jsonl: one line per completion
     live_rows: int = 12  # rows of the live rollout-budget table
+    # stop (final eval and checkpoint) once this many rollouts were generated, dropped ones included: one budget for
+    # methods that spend different numbers per step (allocator=dapo|greso); null: trainer.steps alone decides
+    rollout_budget: Optional[int] = None
 
     def __post_init__(self) -> None:
         for key in ("steps", "prompts_per_step", "keep_last", "log_every"):
             _positive(f"trainer.{key}", getattr(self, key))
+        if self.rollout_budget is not None:
+            _positive("trainer.rollout_budget", self.rollout_budget)
         if self.prompt_pool is not None:
             _positive("trainer.prompt_pool", self.prompt_pool)
         for key in ("eval_every", "save_every", "live_rows"):
@@ -698,7 +769,7 @@ class TrainConfig(RunConfig):
                f"rollout={self.rollout.name} samples with the trainer's own model and reports none: use rollout=vllm or rollout_is=none")
         _check(gae or critic == "none", f"critic={critic} trains a value function that algorithm.advantage={self.algorithm.advantage} "
                "never reads; choose algorithm.advantage=gae or critic=none")
-        if isinstance(self.allocator, VarianceAllocatorConfig):
+        if isinstance(self.allocator, (VarianceAllocatorConfig, KnapsackAllocatorConfig)):
             a, n = self.allocator, self.rollout.n
             _check(
                 a.n_min <= n <= a.n_max,
@@ -785,8 +856,12 @@ def register_schemas() -> None:
     cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
     cs.store(group="schema/task", name="code", node=CodeTaskConfig)
     cs.store(group="schema/sampler", name="uniform", node=UniformSamplerConfig)
+    cs.store(group="schema/sampler", name="curriculum", node=CurriculumSamplerConfig)
     cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)
     cs.store(group="schema/allocator", name="variance", node=VarianceAllocatorConfig)
+    cs.store(group="schema/allocator", name="dapo", node=DapoAllocatorConfig)
+    cs.store(group="schema/allocator", name="greso", node=GresoAllocatorConfig)
+    cs.store(group="schema/allocator", name="knapsack", node=KnapsackAllocatorConfig)
     cs.store(group="schema/rollout", name="hf", node=HFRolloutConfig)
     cs.store(group="schema/rollout", name="vllm", node=VLLMRolloutConfig)
     cs.store(group="schema/modulator", name="none", node=NoModulatorConfig)

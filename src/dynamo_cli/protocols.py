@@ -21,6 +21,9 @@ class Sampler(Protocol):
 
     def prompt_indices(self, step: int, *, num_problems: int, per_step: int) -> list[int]: ...
 
+    def more(self, step: int, *, num_problems: int, count: int) -> list[int]:
+        """`count` fresh problems for the same step (a round allocator asked for them), continuing its draw."""
+
     def update(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor) -> None:
         """After a step's rewards are known (a curriculum re-weights here; uniform does nothing)."""
 
@@ -47,8 +50,12 @@ class Allocator(Protocol):
 class RoundAllocator(Allocator, Protocol):
     """An allocator that looks at a round's rewards and may ask for another round within the same step
     (DAPO's dynamic sampling, GRESO). `collect` calls `next_round` with every round's rewards and prompt index
-    so far (all processes) until it returns None; a returned Allocation's counts (P,) are *extra* rollouts for
-    the same prompts, and must split evenly over the processes. `update` then sees the summed counts."""
+    so far (all processes) until it returns None or an Allocation that asks for nothing; a returned Allocation's
+    counts (P,) are *extra* rollouts for the step's prompts so far, and with `fresh` = k > 0 the sampler draws k
+    new prompts (`Sampler.more`) whose rollouts `allocate` decides. Every round's total must split evenly over
+    the processes. The Allocation that ends the rounds may carry `keep` (P,) bool: only those groups' rollouts
+    enter the loss (the rest stay in the batch with an empty loss mask, counted in the budget). `update` then
+    sees the summed counts of every prompt drawn."""
 
     def next_round(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor, round: int) -> Optional[Allocation]: ...
 

@@ -38,6 +38,7 @@ keys of the preset (sweep.<key>=...): {keys}
 
 examples:
   dynamo sweep sweep=ablation                                  # GRPO / allocation / modulation / DynaMO x 3 seeds
+  dynamo sweep sweep=baselines                                 # every method (experiment=...) at one rollout budget
   dynamo sweep sweep=ablation sweep.model_path=<sft checkpoint>  # skip the sft run
   dynamo sweep sweep=ablation sweep.launcher=joblib sweep.jobs=2  # parallel runs (helps with spare cores/GPUs)
   dynamo sweep sweep=ablation sweep.launcher=slurm sweep.model_path=<sft ckpt> -- hydra.launcher.partition=<p>
@@ -256,6 +257,10 @@ def _budget_text(runs: list[agg.Run]) -> str:
     cfg = runs[0].config
     text = (f"Matched budget: every run draws {p} prompts × n = {n} → {n * p:,} rollouts per step for {steps} steps "
             f"({n * p * steps:,} rollouts)")
+    caps = {r.config["trainer"].get("rollout_budget") for r in runs}  # .get: run dirs from before trainer.rollout_budget
+    if len(caps) == 1 and None not in caps:
+        text += (f", and stops early once it has generated trainer.rollout_budget = {caps.pop():,} rollouts (all rounds, "
+                 "dropped groups included: allocator=dapo|greso spend more than n × P per step)")
     bounds = [r.config["allocator"] for r in runs if "n_min" in r.config["allocator"]]
     if bounds:
         text += f"; variance allocation keeps every prompt in [n_min, n_max] = [{bounds[0]['n_min']}, {bounds[0]['n_max']}]"

@@ -76,7 +76,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     task = builders.build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
     test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
-    sampler, allocator, modulator = builders.build_sampler(cfg), builders.build_allocator(cfg), builders.build_modulator(cfg)
+    sampler = builders.build_sampler(cfg, problems=train_problems)  # a curriculum orders the pool by its tags
+    allocator, modulator = builders.build_allocator(cfg), builders.build_modulator(cfg)
     estimate = builders.build_estimator(cfg, dp)  # dp: GAE whitens its advantages over every process's tokens
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
@@ -167,7 +168,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
             t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
             advantages, returns, sequence_advantages, zero_signal = estimate(
-                step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index, num_groups=P, rows=step_data.rows)
+                step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index,
+                num_groups=len(step_data.problems), rows=step_data.rows)  # P, or more when a round allocator drew fresh prompts
             step_data.seconds["score"] += time.perf_counter() - t0
             t0 = time.perf_counter()  # 3. modulate and update the policy (and the critic)
             update_metrics, distributions = update(step_data.batch.replace(advantages=advantages, returns=returns), step=step,
@@ -191,7 +193,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 "rollout/reward_mean": rewards.mean().item(),
                 "rollout/pass_rate": (step_data.successes > 0).float().mean().item(),
                 "rollout/zero_signal_frac": zero_signal.float().mean().item(),
-                "rollout/zero_signal_groups": int(torch.zeros(P).index_add_(0, group_index, zero_signal.float()).gt(0).sum()),
+                "rollout/zero_signal_groups": int(torch.zeros(len(step_data.problems)).index_add_(0, group_index, zero_signal.float()).gt(0).sum()),
                 "rollout/response_length": lengths.float().mean().item(),
                 "rollout/truncated_frac": (~finished).float().mean().item(),
                 "rollout/count": len(rewards),
@@ -210,7 +212,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             distributions["alloc/counts"] = counts.float()
             for name, values in distributions.items():
                 metrics.update(quantiles(name, values))
-            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps:
+            spent = cfg.trainer.rollout_budget is not None and totals["rollouts"] >= cfg.trainer.rollout_budget  # the last step
+            if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps or spent:
                 tracker.log(metrics, step=step)
                 tracker.log_distributions(distributions, step=step)
             if cfg.trainer.dump_rollouts:
@@ -218,7 +221,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 if rollouts_file:
                     dump_rollouts(rollouts_file, step=step, problems=step_data.problems, prompts=step_data.prompts, prompt_index=group_index,
                                   texts=texts, rewards=rewards, rules=step_data.rules, counts=counts, advantages=sequence_advantages)
-            if step == cfg.trainer.steps or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
+            if step == cfg.trainer.steps or spent or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
                 last_eval = run_eval(step)
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
             view.update(step, budget_rows(allocator, step_data.problems, counts, step_data.successes), metrics)
@@ -226,6 +229,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 save(checkpoints / f"step-{step}")
                 if dp.is_main:
                     checkpoint.prune(checkpoints, cfg.trainer.keep_last)
+            if spent:  # trainer.rollout_budget reached: the final eval ran above, the final checkpoint follows
+                break
 
     final = save(checkpoints / "final")
     with dp.full_weights(model):

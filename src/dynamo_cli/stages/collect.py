@@ -10,7 +10,8 @@ overlong filtering): they still count in their group's statistics, but no loss t
 Every process draws the same prompts and allocates from its copy of the global statistics (checked each step:
 dist/replica_alloc_diff). Sampling is counter-based on (seed, step, global row): the same completions on 1 or
 N processes. An allocator implementing protocols.RoundAllocator sees each round's rewards and may ask for
-another round of rollouts for the same prompts (DAPO-style refills); today's allocators allocate once.
+another round of rollouts for the step's prompts or for fresh ones from the sampler (allocator=dapo|greso), and
+name the groups that enter the loss (the others keep their rows, with an empty loss mask: counted, not learnt).
 Rows are in rank-major order: every process's rows of every round, process by process.
 """
 from __future__ import annotations
@@ -121,6 +122,7 @@ class Collector:
         seconds["alloc"] += time.perf_counter() - t0
         parts, local_rewards, local_rules, counts, rounds = [], [], [], torch.zeros(P, dtype=torch.long), 0
         faults: dict[str, float] = {}  # the verifier's fault counts over this step's rounds, this process
+        priority, keep, last_metrics = first.priority, None, {}
         while allocation is not None:
             if rounds > 0 and int(allocation.counts.sum()) % dp.world_size:
                 raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
@@ -129,24 +131,42 @@ class Collector:
             t0 = time.perf_counter()
             lo, hi = dp.shard(int(allocation.counts.sum()))
             seed = stream_seed(self.seed, step) if rounds == 0 else stream_seed(self.seed, step, rounds)
-            parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
-                                              temperature=self.temperature, top_p=self.top_p, seed=seed,
-                                              streams=torch.arange(lo, hi), max_batch_size=self.generation_batch))
-            seconds["generate"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            round_rewards, round_rules, round_faults = score(self.task, problems, parts[-1])
-            faults = add_metrics(faults, round_faults)
-            local_rewards.append(round_rewards)
-            local_rules.append(round_rules)
+            if int(allocation.counts.sum()) > 0:  # a round may have nothing to generate (GRESO skipped every fresh prompt)
+                parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi),
+                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                                                  top_p=self.top_p, seed=seed, streams=torch.arange(lo, hi),
+                                                  max_batch_size=self.generation_batch))
+                seconds["generate"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                round_rewards, round_rules, round_faults = score(self.task, problems, parts[-1])
+                faults = add_metrics(faults, round_faults)
+                local_rewards.append(round_rewards)
+                local_rules.append(round_rules)
             counts, rounds = counts + allocation.counts, rounds + 1
             seconds["score"] += time.perf_counter() - t0
             allocation = None
             if isinstance(self.allocator, RoundAllocator):  # sees every round so far, asks for more or stops
                 t0 = time.perf_counter()
-                allocation = self.allocator.next_round(prompt_ids, rewards=dp.gather_rows(torch.cat(local_rewards)), round=rounds,
-                                                       group_index=dp.gather_rows(torch.cat([p.prompt_index for p in parts])))
+                allocation = self.allocator.next_round(prompt_ids, rewards=dp.gather_rows(torch.cat(local_rewards or [torch.zeros(0)])),
+                                                       group_index=dp.gather_rows(torch.cat([p.prompt_index for p in parts]
+                                                                                            or [torch.zeros(0, dtype=torch.long)])),
+                                                       round=rounds)
+                if allocation is not None and allocation.fresh:  # new prompts from the sampler, allocated by the allocator
+                    fresh = [self.problems[i] for i in self.sampler.more(step, num_problems=len(self.problems), count=allocation.fresh)]
+                    problems, tags = problems + fresh, tags + [p.level for p in fresh]
+                    prompt_ids, prompts = prompt_ids + [p.id for p in fresh], prompts + [self.task.prompt_text(p, self.tokenizer) for p in fresh]
+                    fresh_allocation = self.allocator.allocate([p.id for p in fresh], tags=[p.level for p in fresh])
+                    allocation = Allocation(counts=torch.cat([allocation.counts, fresh_allocation.counts]), priority=priority,
+                                            metrics=allocation.metrics, keep=allocation.keep)
+                    counts, priority = torch.cat([counts, torch.zeros(len(fresh), dtype=torch.long)]), torch.cat([priority, fresh_allocation.priority])
+                if allocation is not None:
+                    keep, last_metrics = allocation.keep, allocation.metrics
+                    if int(allocation.counts.sum()) == 0 and not allocation.fresh:  # asks for nothing: the rounds end here
+                        allocation = None
                 seconds["alloc"] += time.perf_counter() - t0
 
+        if not parts:
+            raise DynamoError(f"allocator={type(self.allocator).__name__} generated no rollouts in step {step}")
         t0 = time.perf_counter()
         rollouts = merge_rollouts(parts, pad_id=self.tokenizer.pad_token_id)
         rewards = dp.gather_rows(torch.cat(local_rewards))  # (B,), global (rank-major) row order
@@ -159,11 +179,14 @@ class Collector:
             metrics["rollout/padding_waste"] = padding_waste(real=dp.sum(sum(p.engine_tokens[0] for p in parts)),
                                                              total=dp.sum(sum(p.engine_tokens[1] for p in parts)))
         batch = Trajectories.single_turn(rollouts)
-        keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
-        batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))
+        keep_rows = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
+        if keep is not None:  # the round allocator's choice of groups (DAPO: the informative ones)
+            keep_rows = keep_rows & keep[rollouts.prompt_index]
+        batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep_rows[:, None]))
         seconds["score"] += time.perf_counter() - t0
-        if rounds > 1:
-            first = Allocation(counts=counts, priority=first.priority, metrics={**first.metrics, "alloc/rounds": float(rounds)})
+        if rounds > 1 or keep is not None or last_metrics:
+            first = Allocation(counts=counts, priority=priority, metrics={**first.metrics, **last_metrics, "alloc/rounds": float(rounds)},
+                               keep=keep)
         return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards,
                          train_rewards=train_rewards, rules=rules, rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch,
                          seconds=seconds, metrics=metrics)

@@ -1,0 +1,254 @@
+"""Rollout-side allocators (DAPO's dynamic sampling, GRESO, Knapsack RL): pure functions against hand-worked
+values, the round protocol without a model, then DAPO through the collect stage's rounds with a tiny model."""
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+import torch
+
+from dynamo_cli.protocols import RoundAllocator
+from dynamo_cli.rollout_allocators import (
+    DapoAllocator,
+    GresoAllocator,
+    KnapsackAllocator,
+    fresh_prompts_needed,
+    greso_skip,
+    informative_groups,
+    keep_first,
+    knapsack_rollouts,
+    knapsack_value,
+    zero_variance_streak,
+)
+
+
+# ------------------------------------------------------------------------------------------ DAPO
+def test_informative_groups_need_two_rollouts_with_different_rewards():
+    # group 0: [1, 1] equal; group 1: [0, 1] mixed; group 2: [0, 0] equal; group 3: one rollout; group 4: none
+    rewards = torch.tensor([1.0, 1, 0, 1, 0, 0, 1])
+    informative, generated = informative_groups(rewards=rewards, group_index=torch.tensor([0, 0, 1, 1, 2, 2, 3]), num_groups=5)
+    assert informative.tolist() == [False, True, False, False, False]
+    assert generated.tolist() == [True, True, True, True, False]
+
+
+def test_keep_first_truncates_to_the_target_in_draw_order():
+    informative = torch.tensor([True, False, True, True, True])
+    assert keep_first(informative, target=2).tolist() == [True, False, True, False, False]
+    assert keep_first(informative, target=9).tolist() == informative.tolist()  # short of the target: every informative one
+
+
+def test_fresh_prompts_follow_the_informative_rate_and_are_bounded():
+    # 3 of 8 informative, 5 missing: 5 · 8/3 = 13.3 -> 14, capped at the target 8
+    assert fresh_prompts_needed(informative=3, generated=8, target=8) == 8
+    # 6 of 8 informative, 2 missing: 2 · 8/6 = 2.67 -> 3
+    assert fresh_prompts_needed(informative=6, generated=8, target=8) == 3
+    assert fresh_prompts_needed(informative=0, generated=8, target=8) == 8  # nothing informative yet: a full round
+    assert fresh_prompts_needed(informative=8, generated=8, target=8) == 0
+    assert fresh_prompts_needed(informative=9, generated=12, target=8) == 0
+
+
+def test_dapo_asks_for_fresh_prompts_then_keeps_the_informative_groups():
+    dapo = DapoAllocator(n=2, max_rounds=5, explore_min_attempts=4, decay=1.0)
+    assert isinstance(dapo, RoundAllocator)
+    assert dapo.allocate(["a", "b"]).counts.tolist() == [2, 2]
+    # round 1: a = [1, 1] (all equal), b = [0, 1]: 1 of the target 2 -> 1 · 2/1 = 2 fresh prompts, no more rollouts of a, b
+    more = dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
+    assert more.fresh == 2 and more.counts.tolist() == [0, 0] and more.keep is None
+    # round 2: c = [0, 1] informative, d = [0, 0] dropped: b and c fill the batch; a and d are dropped
+    done = dapo.next_round(["a", "b", "c", "d"], rewards=torch.tensor([1.0, 1, 0, 1, 0, 1, 0, 0]),
+                           group_index=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]), round=2)
+    assert done.fresh == 0 and done.counts.tolist() == [0, 0, 0, 0]
+    assert done.keep.tolist() == [False, True, True, False]
+    assert done.metrics == {"alloc/informative_groups": 2.0, "alloc/kept_groups": 2.0, "alloc/dropped_groups": 2.0,
+                            "alloc/fresh_prompts": 2.0, "alloc/spent_rollouts": 8.0}
+
+
+def test_dapo_stops_at_max_rounds_with_what_it_has():
+    dapo = DapoAllocator(n=2, max_rounds=1, explore_min_attempts=4, decay=1.0)
+    done = dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
+    assert done.fresh == 0 and done.keep.tolist() == [False, True] and done.metrics["alloc/kept_groups"] == 1.0
+
+
+# ----------------------------------------------------------------------------------------- GRESO
+def test_greso_skip_probability_is_one_minus_p_explore_to_the_streak():
+    # p_e = 0.5: rolled out with probability 1, 0.5, 0.25, 0.125 for streaks 0..3
+    skip = greso_skip(streak=torch.tensor([0, 1, 2, 3]), explore_prob=0.5, uniform=torch.tensor([0.99, 0.4, 0.3, 0.1]))
+    assert skip.tolist() == [False, False, True, False]  # 0.99 < 1, 0.4 < 0.5, 0.3 >= 0.25, 0.1 < 0.125
+
+
+def test_zero_variance_streak_counts_consecutive_all_equal_visits():
+    # all 4 solved: 0 -> 1; mixed 2/4: reset to 0; skipped (0 rollouts): unchanged 3; a single rollout: unchanged 1
+    streak = zero_variance_streak(streak=torch.tensor([0, 2, 3, 1]), successes=torch.tensor([4.0, 2, 0, 1]),
+                                  attempts=torch.tensor([4.0, 4, 0, 1]))
+    assert streak.tolist() == [1, 0, 3, 1]
+
+
+def test_greso_skips_a_prompt_that_keeps_being_solved_and_resumes_exactly():
+    greso = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
+    for _ in range(6):  # "easy" solved 4/4 six times in a row (streak 6: rolled out with probability 1/64); "mixed" 2/4
+        greso.update(["easy", "mixed"], successes=torch.tensor([4.0, 2.0]), attempts=torch.tensor([4.0, 4.0]))
+    assert greso.state_dict()["zero_streak"] == {"easy": 6, "mixed": 0}
+    resumed = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
+    resumed.load_state_dict(greso.state_dict())
+    draws = [greso.allocate(["easy", "mixed"]) for _ in range(20)]
+    assert all(d.counts[1] == 4 for d in draws)  # streak 0: always rolled out
+    assert sum(int(d.counts[0] == 0) for d in draws) >= 15  # skipped ~63/64 of the time
+    assert [d.counts.tolist() for d in draws] == [resumed.allocate(["easy", "mixed"]).counts.tolist() for _ in range(20)]
+    assert draws[0].metrics["alloc/skipped_prompts"] == float(draws[0].counts[0] == 0)
+
+
+# -------------------------------------------------------------------------------------- Knapsack
+def test_knapsack_value_by_hand():
+    # p = 0.5, n = 2: (1 - 0.25 - 0.25) · 0.5 · 0.25 = 0.0625; n = 1 never has variance: 0; p = 0.9, n = 2: 0.18 · 0.009
+    values = knapsack_value(rate=torch.tensor([0.5, 0.5, 0.9]), counts=torch.tensor([2, 1, 2]))
+    torch.testing.assert_close(values, torch.tensor([0.0625, 0.0, 0.00162], dtype=torch.float64))
+
+
+def test_knapsack_rollouts_hand_example():
+    # rates [0.5, 0.9], n in [1, 3], budget 4: the 2 extra rollouts go to the largest marginal gains.
+    # p = 0.5: V(1→2) = 0.0625, V(2→3) = 0.09375 - 0.0625 = 0.03125; p = 0.9: 0.00162, then 0.00081 -> [3, 1]
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.9]), budget=4, n_min=1, n_max=3).tolist() == [3, 1]
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.5]), budget=4, n_min=1, n_max=3).tolist() == [2, 2]  # ties share
+    assert knapsack_rollouts(rate=torch.tensor([0.5, 0.9]), budget=99, n_min=1, n_max=3).tolist() == [3, 3]  # clipped
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_knapsack_rollouts_is_the_brute_force_optimum(seed):
+    g = torch.Generator().manual_seed(seed)
+    rate = torch.rand(4, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    n_min, n_max, budget = 1, 6, 13
+    best = max((c for c in itertools.product(range(n_min, n_max + 1), repeat=4) if sum(c) == budget),
+               key=lambda c: float(knapsack_value(rate=rate, counts=torch.tensor(c)).sum()))
+    got = knapsack_rollouts(rate=rate, budget=budget, n_min=n_min, n_max=n_max)
+    assert int(got.sum()) == budget and got.min() >= n_min and got.max() <= n_max
+    assert float(knapsack_value(rate=rate, counts=got).sum()) == pytest.approx(float(knapsack_value(rate=rate, counts=torch.tensor(best)).sum()))
+
+
+def test_knapsack_allocator_gives_the_hard_prompt_more_than_the_solved_one():
+    knapsack = KnapsackAllocator(n=4, n_min=2, n_max=8, explore_min_attempts=4, decay=1.0)
+    # "hard": 1 of 16 (Laplace 2/18), "solved": 16 of 16 (17/18): the hard prompt's rollouts are worth more
+    knapsack.update(["hard", "solved"], successes=torch.tensor([1.0, 16.0]), attempts=torch.tensor([16.0, 16.0]))
+    allocation = knapsack.allocate(["hard", "solved"])
+    assert allocation.counts.tolist() == [6, 2] and int(allocation.counts.sum()) == 8
+    assert 0 < allocation.metrics["alloc/expected_informative"] < 1
+
+
+# ---------------------------------------------------------------------- DAPO through collect's rounds
+def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dropped_groups():
+    """A random tiny policy solves nothing, so every group is all-zero: DAPO asks for a full round of fresh prompts
+    each time, stops at max_rounds, keeps no group. The fresh prompts continue the uniform sampler's stream (the next
+    step starts after them), every rollout stays in the batch (counted) but none has a loss token."""
+    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.rewards import OverlongPenalty
+    from dynamo_cli.rollout import PolicyRollouts
+    from dynamo_cli.samplers import UniformSampler, permutation_stream
+    from dynamo_cli.stages.collect import Collector
+    from dynamo_cli.tasks import MathTask
+
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
+    task = MathTask(seed=1, num_train=40, num_test_per_level=2, levels=["L5"], format="plain")
+    problems = task.train_problems()
+    sampler = UniformSampler(seed=0)
+    collect = Collector(task=task, problems=problems, tokenizer=tokenizer, sampler=sampler,
+                        allocator=DapoAllocator(n=2, max_rounds=3, explore_min_attempts=4, decay=1.0),
+                        engine=PolicyRollouts(model, tokenizer), policy=model, reference=None, dp=DataParallel.start("cpu"),
+                        per_step=4, seed=0, max_new_tokens=4, temperature=1.0, top_p=1.0, generation_batch=16, logprob_batch=16,
+                        mask_truncated=False, shape_rewards=OverlongPenalty(factor=0.0, max_length=4, buffer=1))
+    got = collect(1)
+    assert not got.rewards.any()  # the premise: an untrained policy solves no two-digit sum
+    stream = permutation_stream(0, 12, num_problems=len(problems), seed=0)
+    assert [p.id for p in got.problems] == [problems[i].id for i in stream]  # 4 drawn + 4 + 4 fresh, in stream order
+    assert got.allocation.counts.tolist() == [2] * 12 and len(got.rewards) == len(got.batch) == 24
+    assert got.allocation.keep.tolist() == [False] * 12 and not got.batch.loss_mask.any()
+    m = got.allocation.metrics
+    assert (m["alloc/rounds"], m["alloc/dropped_groups"], m["alloc/spent_rollouts"], m["alloc/kept_groups"]) == (3.0, 12.0, 24.0, 0.0)
+    assert sampler.state_dict() == {"extra": 8}
+    assert sampler.prompt_indices(2, num_problems=len(problems), per_step=4) == permutation_stream(12, 4, num_problems=len(problems), seed=0)
+
+
+# ------------------------------------------------------------------------------ presets and runs
+def compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
+    from dynamo_cli.config import register_schemas
+
+    register_schemas()
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_schema(compose(config_name="train", overrides=overrides))
+
+
+@pytest.mark.parametrize("preset, group, option", [("curriculum", "sampler", "curriculum"), ("dapo", "allocator", "dapo"),
+                                                   ("greso", "allocator", "greso"), ("knapsack", "allocator", "knapsack")])
+def test_rollout_presets_are_clip_higher_plus_one_part(preset, group, option):
+    base, cfg = compose_train(["experiment=clip_higher"]), compose_train([f"experiment={preset}"])
+    assert getattr(cfg, group).name == option and cfg.modulator.name == "none"
+    assert cfg.algorithm == base.algorithm and cfg.rollout == base.rollout and cfg.optim == base.optim
+    other = "allocator" if group == "sampler" else "sampler"
+    assert getattr(cfg, other) == getattr(base, other)
+
+
+def test_curriculum_refuses_a_task_with_one_tag():
+    from dynamo_cli import builders
+    from dynamo_cli.errors import DynamoError
+    from dynamo_cli.tasks.base import Problem
+
+    cfg = compose_train(["sampler=curriculum"])
+    with pytest.raises(DynamoError, match="sampler.order=tag needs at least two difficulty tags.*choose sampler.order=success"):
+        builders.build_sampler(cfg, problems=[Problem(f"t/{i}", str(i), "0", "all") for i in range(4)])
+    assert builders.build_sampler(cfg, problems=[Problem("a", "1", "1", "L1"), Problem("b", "2", "2", "L2")]).pace_steps == 200
+
+
+SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "eval.max_problems=4", "eval.n_samples=0",
+         "algorithm.micro_batch_size=16", "task.num_train=2000", "task.levels=[L1,L2]", "trainer.eval_every=0", "optim.lr=1e-3"]
+OPTIONS = {  # overrides, a metric only that option writes (None: the sampler writes none)
+    "curriculum": (["sampler=curriculum", "sampler.start=0.1"], None),
+    "curriculum_online": (["sampler=curriculum", "sampler.order=success"], None),
+    "dapo": (["allocator=dapo", "allocator.max_rounds=3"], "alloc/dropped_groups"),
+    "greso": (["allocator=greso", "allocator.max_rounds=3"], "alloc/skipped_prompts"),
+    "knapsack": (["allocator=knapsack", "allocator.n_min=2", "allocator.n_max=8"], "alloc/expected_informative"),
+}
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_train_two_steps_with_each_rollout_option(option, sft_checkpoint, tmp_path):
+    from conftest import dynamo
+
+    overrides, metric = OPTIONS[option]
+    dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2", "trainer.dump_rollouts=true",
+           *SMALL, *overrides)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    steps = [r for r in map(json.loads, lines) if "train/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(metric is None or metric in r for r in steps)
+    rollouts = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    if option == "curriculum":  # 10% of the pool unlocked at step 1, easiest level first: L1 only
+        assert {r["prompt_id"].split("/")[1] for r in rollouts if r["step"] == 1} == {"L1"}
+    total = steps[-1]["rollout/total_rollouts"]
+    assert total == len(rollouts) and (total > 64 if option in ("dapo", "greso") else total == 64)  # every rollout counted
+
+
+@pytest.mark.slow
+def test_dapo_with_the_online_curriculum_resumes_exactly(sft_checkpoint, tmp_path):
+    """2 steps, then a resume to 3, against 3 straight: the sampler's counts and fresh-prompt offset and the
+    allocator's history come back from the checkpoint (the step-3 metrics and rollouts are the same)."""
+    from conftest import dynamo
+
+    args = [f"model.path={sft_checkpoint}", "trainer.dump_rollouts=true", *SMALL, "sampler=curriculum", "sampler.order=success",
+            "sampler.pace_steps=4", "allocator=dapo", "allocator.max_rounds=3", "optim.schedule=constant", "optim.warmup_steps=0"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    dynamo("train", f"hydra.run.dir={straight}", "trainer.steps=3", *args)
+    dynamo("train", f"hydra.run.dir={resumed}", "trainer.steps=2", *args)
+    dynamo("train", f"hydra.run.dir={resumed}", "trainer.steps=3", "trainer.resume=auto", *args)
+
+    def step3(run_dir):
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        last = [r for r in metrics if r.get("step") == 3 and "train/loss" in r][-1]
+        rollouts = [json.loads(line) for line in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+        return {k: v for k, v in last.items() if not k.startswith("time")}, [r for r in rollouts if r["step"] == 3]
+
+    assert step3(resumed) == step3(straight)
