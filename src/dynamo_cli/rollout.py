@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,14 @@ class Rollouts:
     prompt_width: int  # Tp: completions start at this column
     texts: list[str]  # decoded completions, special tokens removed
     finished: torch.Tensor  # (N,) bool: the completion ended with EOS (False: cut at max_new_tokens)
+    # multi-turn rollouts (episodes.MultiTurnEpisodes): the completion holds policy and environment tokens
+    policy_mask: Optional[torch.Tensor] = None  # (N, Tc) bool: the policy's tokens; None: the whole completion
+    turns: Optional[torch.Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the completion
+    transcripts: Optional[list] = None  # per row, every turn in order: {"who": "environment" | "policy", "content"}
+
+    @property
+    def policy_tokens(self) -> torch.Tensor:  # (N, Tc) bool: what the loss, entropies and advantages may touch
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (N, Tc)

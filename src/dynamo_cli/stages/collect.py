@@ -25,20 +25,12 @@ from torch import Tensor
 from dynamo_cli.allocators import Allocation
 from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
+from dynamo_cli.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.policy import batched_token_stats
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
 from dynamo_cli.rollout import Rollouts, stream_seed
-from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.trajectory import Trajectories
-
-
-def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) rewards and (N,) answer rules (indices into tasks.answers.RULES). Completion r is judged against *its own*
-    prompt's problem, problems[prompt_index[r]]."""
-    verdicts = [task.judge(text, problems[i]) for i, text in zip(rollouts.prompt_index.tolist(), rollouts.texts, strict=True)]
-    return (torch.tensor([v.reward for v in verdicts], dtype=torch.float32),
-            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long))
 
 
 def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
@@ -55,7 +47,16 @@ def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
                     input_ids=torch.cat([widen(p.input_ids, p, pad_id) for p in parts]),
                     attention_mask=torch.cat([widen(p.attention_mask, p, 0) for p in parts]),
                     completion_mask=torch.cat([F.pad(p.completion_mask, (0, cw - p.completion_mask.shape[1]), value=False) for p in parts]),
-                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]))
+                    prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]),
+                    **_merge_turns(parts, cw))
+
+
+def _merge_turns(parts: list[Rollouts], cw: int) -> dict:
+    """Multi-turn rounds (policy_mask set): their policy masks, turn spans and transcripts; {} for single-turn ones."""
+    if parts[0].policy_mask is None:
+        return {}
+    return {"policy_mask": torch.cat([F.pad(p.policy_mask, (0, cw - p.policy_mask.shape[1]), value=False) for p in parts]),
+            "turns": pad_turns([p.turns for p in parts]), "transcripts": [t for p in parts for t in p.transcripts]}
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Collector:
     def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
                  policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
                  top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards,
-                 critic=None):
+                 critic=None, episodes=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
         self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
@@ -101,6 +102,8 @@ class Collector:
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
         self.mask_truncated = mask_truncated
         self.shape_rewards = shape_rewards  # (rewards (B,), *, lengths (B,)) -> (shaped rewards (B,), metrics)
+        # what one rollout is (episodes.py): a completion judged by the task, or a dialogue with its environment
+        self.episodes = episodes if episodes is not None else SingleTurnEpisodes(engine.generate, task)
 
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
@@ -111,25 +114,24 @@ class Collector:
         tags = [p.level for p in problems]
         allocation = first = self.allocator.allocate(prompt_ids, tags=tags)
         seconds["alloc"] += time.perf_counter() - t0
-        parts, local_rewards, local_rules, counts, rounds = [], [], [], torch.zeros(P, dtype=torch.long), 0
+        parts, local_rewards, local_rules, local_stats, counts, rounds = [], [], [], [], torch.zeros(P, dtype=torch.long), 0
         while allocation is not None:
             if rounds > 0 and int(allocation.counts.sum()) % dp.world_size:
                 raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
                                   f"rollouts, which do not split evenly over {dp.world_size} processes")
             # this process's share [lo, hi) of the round's completions; row r answers problems[prompt_index[r]]
-            t0 = time.perf_counter()
             lo, hi = dp.shard(int(allocation.counts.sum()))
             seed = stream_seed(self.seed, step) if rounds == 0 else stream_seed(self.seed, step, rounds)
-            parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
-                                              temperature=self.temperature, top_p=self.top_p, seed=seed,
-                                              streams=torch.arange(lo, hi), max_batch_size=self.generation_batch))
-            seconds["generate"] += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            round_rewards, round_rules = score(self.task, problems, parts[-1])
-            local_rewards.append(round_rewards)
-            local_rules.append(round_rules)
+            episode = self.episodes(problems, prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi), max_new_tokens=self.max_new_tokens,
+                                    temperature=self.temperature, top_p=self.top_p, seed=seed,
+                                    streams=torch.arange(lo, hi), max_batch_size=self.generation_batch)
+            parts.append(episode.rollouts)
+            local_rewards.append(episode.rewards)
+            local_rules.append(episode.rules)
+            local_stats.append(episode.stats)
             counts, rounds = counts + allocation.counts, rounds + 1
-            seconds["score"] += time.perf_counter() - t0
+            seconds["generate"] += episode.seconds["generate"]
+            seconds["score"] += episode.seconds["score"]
             allocation = None
             if isinstance(self.allocator, RoundAllocator):  # sees every round so far, asks for more or stops
                 t0 = time.perf_counter()
@@ -144,7 +146,9 @@ class Collector:
         group_index = dp.gather_rows(rollouts.prompt_index)  # (B,): the prompt of each rollout
         lo = sum(dp.gather_objects(len(rollouts))[:dp.rank])  # this process's first row in the global order
         train_rewards, metrics = self.shape_rewards(rewards, lengths=dp.gather_rows(rollouts.completion_lengths))
-        batch = Trajectories.single_turn(rollouts)
+        for name, values in merge_stats(local_stats).items():  # multi-turn: rollout/turns, rollout/tool_calls, ...
+            metrics[f"rollout/{name}"] = dp.gather_rows(values).mean().item()
+        batch = Trajectories.from_rollouts(rollouts)  # loss mask: the policy's tokens only
         keep = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
         batch = self.rollout_statistics(batch.replace(loss_mask=batch.loss_mask & keep[:, None]))
         seconds["score"] += time.perf_counter() - t0
