@@ -8,7 +8,16 @@ from functools import partial
 
 from dynamo_cli import allocators, modulators, rollout_allocators
 from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
-from dynamo_cli.config import CodeTaskConfig, JsonlTaskConfig, MathTaskConfig, OptimConfig, TrainConfig
+from dynamo_cli.config import (
+    CalcTaskConfig,
+    ChatJsonlTaskConfig,
+    CodeTaskConfig,
+    GuessTaskConfig,
+    JsonlTaskConfig,
+    MathTaskConfig,
+    OptimConfig,
+    TrainConfig,
+)
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import make_optimizer
 from dynamo_cli.registry import Registry
@@ -58,7 +67,52 @@ def _code(cfg: CodeTaskConfig):
                     prompt_tests=cfg.prompt_tests)
 
 
+@TASKS.register(CalcTaskConfig)
+def _calc(cfg: CalcTaskConfig):
+    from dynamo_cli.tasks.calc import CalcTask
+
+    return CalcTask(seed=cfg.seed, num_train=cfg.num_train, num_test_per_level=cfg.num_test_per_level, levels=list(cfg.levels),
+                    max_turns=cfg.max_turns, max_tokens=cfg.max_tokens, teacher_tool_use=cfg.teacher_tool_use,
+                    answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
+
+
+@TASKS.register(GuessTaskConfig)
+def _guess(cfg: GuessTaskConfig):
+    from dynamo_cli.tasks.guess import GuessTask
+
+    return GuessTask(high=cfg.high, num_train=cfg.num_train, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
+                     turn_penalty=cfg.turn_penalty, teacher=cfg.teacher)
+
+
+@TASKS.register(ChatJsonlTaskConfig)
+def _chat_jsonl(cfg: ChatJsonlTaskConfig):
+    from dynamo_cli.tasks.chat_jsonl import ChatJsonlTask
+
+    return ChatJsonlTask(path=cfg.path, test_path=cfg.test_path, messages_field=cfg.messages_field, id_field=cfg.id_field,
+                         test_fraction=cfg.test_fraction, seed=cfg.seed, max_problems=cfg.max_problems,
+                         answer_type=cfg.answer_type, answer_fallback=cfg.answer_fallback)
+
+
 # -------------------------------------------------------------------------------- collect's parts
+EPISODES = Registry("episode runner", key=lambda task: task.interaction)  # what one rollout of a prompt is (episodes.py)
+
+
+@EPISODES.register("single_turn")
+def _single_turn(task, *, generate, policy, tokenizer, backend: str):
+    from dynamo_cli.episodes import SingleTurnEpisodes
+
+    return SingleTurnEpisodes(generate, task)
+
+
+@EPISODES.register("environment")
+def _environment(task, *, generate, policy, tokenizer, backend: str):
+    from dynamo_cli.episodes import MultiTurnEpisodes
+
+    if backend != "hf":
+        raise DynamoError(f"task={task.name} is an environment: its multi-turn rollouts run on rollout=hf, not rollout={backend}")
+    return MultiTurnEpisodes(policy, tokenizer, task)
+
+
 @SAMPLERS.register("uniform")
 def _uniform_sampler(cfg, *, run: TrainConfig, problems: list):
     return UniformSampler(seed=run.seed)
@@ -251,6 +305,11 @@ def build_reward_shaping(cfg: TrainConfig) -> OverlongPenalty:
     """Between verifier and estimator: rewards (B,), lengths (B,) -> (the rewards the estimator learns from, metrics)."""
     max_length, buffer = cfg.algorithm.overlong_penalty.resolved(cfg.rollout.max_new_tokens or cfg.task.max_new_tokens)
     return OverlongPenalty(factor=cfg.algorithm.overlong_penalty.factor, max_length=max_length, buffer=buffer)
+
+
+def build_episodes(cfg: TrainConfig, task, *, engine, policy, tokenizer):
+    """What one rollout is: the engine's completion judged by the task, or (an environment task) a dialogue with it."""
+    return EPISODES.build(task, generate=engine.generate, policy=policy, tokenizer=tokenizer, backend=cfg.rollout.name)
 
 
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):

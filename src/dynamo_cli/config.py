@@ -226,6 +226,91 @@ class CodeTaskConfig(TaskConfig):
         _positive("task.prompt_tests", self.prompt_tests, strict=False)
         for key in ("timeout", "cpu_seconds", "memory_mb", "max_processes", "file_mb"):
             _positive(f"task.{key}", getattr(self, key))
+
+
+@dataclass
+class EnvironmentTaskConfig(TaskConfig):
+    """A task that is an environment (tasks/environment.py): multi-turn rollouts (rollout=hf), loss on policy tokens."""
+
+    format: str = "chat"  # dialogues are rendered with the chat template
+    max_turns: int = 3  # policy turns per trajectory at most
+    max_tokens: int = 96  # response tokens per trajectory at most, policy and environment together
+    # task.max_new_tokens is the limit of one policy turn
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("task.format", self.format, ("chat",))
+        _positive("task.max_turns", self.max_turns)
+        _positive("task.max_tokens", self.max_tokens)
+
+
+@dataclass
+class CalcTaskConfig(EnvironmentTaskConfig):
+    """Tool use (tasks/calc.py): arithmetic with a calculator the policy may call, <calc>47*8</calc> -> <result>376</result>."""
+
+    name: str = "calc"
+    seed: int = 1234  # the math task's data seed: the same problems and split
+    num_train: int = 20000
+    num_test_per_level: int = 50
+    levels: list[str] = field(default_factory=lambda: ["L5", "L6"])  # two-digit sums and products: the tool pays
+    teacher_tool_use: float = 0.5  # share of problems (by hash of the id) on which the SFT teacher calls the calculator
+    answer_type: str = "integer"
+    answer_fallback: str = "last_number"  # the final turn is the bare number, as in the plain format
+    max_new_tokens: Optional[int] = 24  # one turn: "<calc>47*8</calc>" or "376"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 <= self.teacher_tool_use <= 1, f"task.teacher_tool_use={self.teacher_tool_use} must be in [0, 1]")
+        _positive("task.num_train", self.num_train)
+        _positive("task.num_test_per_level", self.num_test_per_level)
+        for level in self.levels:
+            _one_of("task.levels", level, MATH_LEVELS)
+        _check(len(self.levels) > 0, "task.levels is empty; choose from: " + ", ".join(MATH_LEVELS))
+
+
+@dataclass
+class GuessTaskConfig(EnvironmentTaskConfig):
+    """A feedback dialogue (tasks/guess.py): guess a number from 1 to `high`, told "too high" / "too low"."""
+
+    name: str = "guess"
+    high: int = 8  # the number is one of 1..high (every one is a test problem)
+    num_train: int = 4096  # training problems: passes over 1..high
+    turn_penalty: float = 0.2  # reward 1 - turn_penalty * (turns - 1) when solved: fewer turns pay more
+    teacher: str = "random"  # SFT teacher: random (a number still possible) | bisect (the middle one)
+    answer_type: str = "integer"
+    answer_fallback: str = "last_number"  # a guess is a bare number
+    max_turns: int = 4
+    max_tokens: int = 128
+    max_new_tokens: Optional[int] = 8  # one guess
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.high >= 2, f"task.high={self.high} must be >= 2")
+        _positive("task.num_train", self.num_train)
+        _check(0 <= self.turn_penalty <= 1, f"task.turn_penalty={self.turn_penalty} must be in [0, 1]")
+        _one_of("task.teacher", self.teacher, ("random", "bisect"))
+
+
+@dataclass
+class ChatJsonlTaskConfig(TaskConfig):
+    """Dialogues from a local JSONL file (tasks/chat_jsonl.py): rows with a `messages` list of {role, content};
+    SFT trains on every assistant turn; eval asks for the final assistant turn of held-out dialogues."""
+
+    name: str = "chat_jsonl"
+    path: str = MISSING  # the dialogues file (.jsonl/.json/.parquet)
+    test_path: Optional[str] = None  # a separate test file; otherwise a stable hash split of `path`
+    messages_field: str = "messages"
+    id_field: Optional[str] = None  # a stable id column; otherwise a hash of the messages
+    test_fraction: float = 0.2  # share of `path` held out as test when there is no test_path
+    seed: int = 1234  # the hash split's and the training order's seed
+    max_problems: Optional[int] = None  # cap on rows read
+    format: str = "chat"  # dialogues are rendered with the chat template
+    answer_type: str = "rational"  # eval: the final assistant turn's answer ("The answer is 12."); rows without one train only
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _one_of("task.format", self.format, ("chat",))
+        _check(0 < self.test_fraction < 1, f"task.test_fraction={self.test_fraction} must be in (0, 1)")
         for key in ("path", "test_path"):
             value = getattr(self, key)
             if value is not None:
@@ -855,6 +940,9 @@ def register_schemas() -> None:
     cs.store(group="schema/task", name="math", node=MathTaskConfig)
     cs.store(group="schema/task", name="jsonl", node=JsonlTaskConfig)
     cs.store(group="schema/task", name="code", node=CodeTaskConfig)
+    cs.store(group="schema/task", name="calc", node=CalcTaskConfig)
+    cs.store(group="schema/task", name="guess", node=GuessTaskConfig)
+    cs.store(group="schema/task", name="chat_jsonl", node=ChatJsonlTaskConfig)
     cs.store(group="schema/sampler", name="uniform", node=UniformSamplerConfig)
     cs.store(group="schema/sampler", name="curriculum", node=CurriculumSamplerConfig)
     cs.store(group="schema/allocator", name="uniform", node=UniformAllocatorConfig)

@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import torch
 
+from dynamo_cli.builders import EPISODES
 from dynamo_cli.config import EvalSettings
 from dynamo_cli.metrics import pass_at_k
 from dynamo_cli.resources import BatchPlan, longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import generate, stream_seed
+from dynamo_cli.tasks.answers import RULES
 
 
 def eval_subset(problems: list, max_problems: int | None) -> list:
@@ -38,28 +41,31 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     lo, hi = dp.shard(len(problems)) if dp is not None else (0, len(problems))
     mine = problems[lo:hi]
     prompts = [task.prompt_text(p, tokenizer) for p in mine]
-    greedy = generate(model, tokenizer, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
+    # a completion judged by the task, or (an environment task) a dialogue with it: builders.EPISODES
+    episodes = EPISODES.build(task, generate=partial(generate, model, tokenizer), policy=model, tokenizer=tokenizer, backend="hf")
+    greedy = episodes(mine, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                       max_batch_size=batch_size)
-    verdicts = task.verifier(greedy.texts, [mine[i] for i in greedy.prompt_index.tolist()]).verdicts  # faults score 0
-    greedy_ok, greedy_rules = [v.reward for v in verdicts], [v.rule for v in verdicts]
-    greedy_texts = greedy.texts
+    greedy_ok, greedy_rules = greedy.rewards.tolist(), [RULES[k] for k in greedy.rules.tolist()]
+    greedy_texts = greedy.rollouts.texts
+    greedy_stats = [{name: float(v[i]) for name, v in greedy.stats.items()} for i in range(len(mine))]  # multi-turn: turns, ...
     n = settings.n_samples
     correct = [0] * len(mine)
     if n > 0:
-        sampled = generate(model, tokenizer, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
+        sampled = episodes(mine, prompts, counts=torch.full((len(prompts),), n, dtype=torch.long),
                            max_new_tokens=max_new_tokens, temperature=settings.temperature, top_p=settings.top_p,
                            seed=stream_seed(seed), streams=torch.arange(lo * n, hi * n), max_batch_size=batch_size)
-        sampled_verdicts = task.verifier(sampled.texts, [mine[i] for i in sampled.prompt_index.tolist()]).verdicts
-        for i, verdict in zip(sampled.prompt_index.tolist(), sampled_verdicts, strict=True):
-            correct[i] += int(verdict.reward > 0)
+        for i, reward in zip(sampled.rollouts.prompt_index.tolist(), sampled.rewards.tolist(), strict=True):
+            correct[i] += int(reward > 0)
     if dp is not None and dp.distributed:
-        shares = dp.gather_objects((greedy_ok, greedy_texts, greedy_rules, correct))
-        greedy_ok, greedy_texts, greedy_rules, correct = ([x for share in shares for x in share[k]] for k in range(4))
+        shares = dp.gather_objects((greedy_ok, greedy_texts, greedy_rules, correct, greedy_stats))
+        greedy_ok, greedy_texts, greedy_rules, correct, greedy_stats = ([x for share in shares for x in share[k]] for k in range(5))
     ks = sorted(k for k in settings.ks if k <= n)
 
     def summarise(rows: list[int]) -> dict[str, float]:
         stats: dict[str, float] = {"problems": len(rows), "greedy": sum(greedy_ok[i] for i in rows) / len(rows)}
+        for name in greedy_stats[0] if greedy_stats else ():  # the greedy episodes' means: eval/turns, eval/tool_calls, ...
+            stats[name] = sum(greedy_stats[i][name] for i in rows) / len(rows)
         if n > 0:
             stats["mean@n"] = sum(correct[i] for i in rows) / (n * len(rows))
             for k in ks:
@@ -74,7 +80,7 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
         "overall": summarise(list(range(len(problems)))),
         "levels": {level: summarise(rows) for level, rows in sorted(by_level.items())},
         "problems": [{"id": p.id, "level": p.level, "greedy": greedy_ok[i], "greedy_completion": greedy_texts[i],
-                      "greedy_rule": greedy_rules[i],
+                      "greedy_rule": greedy_rules[i], **greedy_stats[i],
                       **({"correct": correct[i]} if n else {})} for i, p in enumerate(problems)],
     }
 
@@ -85,7 +91,7 @@ def eval_metrics(result: dict[str, Any], prefix: str = "eval") -> dict[str, floa
     for scope, stats in [("", result["overall"]), *[(f"{lvl}/", s) for lvl, s in result["levels"].items()]]:
         out[f"{prefix}/{scope}greedy_pass1"] = stats["greedy"]
         for key, value in stats.items():
-            if key.startswith("pass@") or key == "mean@n":
+            if key not in ("problems", "greedy"):  # pass@k, mean@n and a multi-turn task's episode means (turns, ...)
                 out[f"{prefix}/{scope}{key}"] = value
     return out
 

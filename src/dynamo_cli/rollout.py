@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, fields
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,14 @@ class Rollouts:
     logprobs: torch.Tensor | None = None  # (N, Tc) the engine's own log-prob of each sampled token (vLLM, for algorithm.rollout_is)
     # (real, all) token positions the engine's forwards processed: all - real is padding (rollout/padding_waste). None: unknown
     engine_tokens: tuple[int, int] | None = None
+    # multi-turn rollouts (episodes.MultiTurnEpisodes): the completion holds policy and environment tokens
+    policy_mask: Optional[torch.Tensor] = None  # (N, Tc) bool: the policy's tokens; None: the whole completion
+    turns: Optional[torch.Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the completion
+    transcripts: Optional[list] = None  # per row, every turn in order: {"who": "environment" | "policy", "content"}
+
+    @property
+    def policy_tokens(self) -> torch.Tensor:  # (N, Tc) bool: what the loss, entropies and advantages may touch
+        return self.completion_mask if self.policy_mask is None else self.policy_mask
 
     @property
     def completion_ids(self) -> torch.Tensor:  # (N, Tc)

@@ -61,6 +61,12 @@ class Trajectories:
         return cls(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, loss_mask=rollouts.completion_mask,
                    prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width, rollout_logprobs=rollouts.logprobs)
 
+    @classmethod
+    def from_rollouts(cls, rollouts) -> "Trajectories":
+        """Single- or multi-turn rollouts: the loss mask is the policy's tokens, environment tokens are read only."""
+        return cls(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, loss_mask=rollouts.policy_tokens,
+                   prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width, turns=rollouts.turns)
+
 
 @dataclass
 class ModelOutputs:

@@ -1,4 +1,5 @@
-"""`dynamo sft`: supervised fine-tuning on the task's demonstrations, loss on completion tokens only."""
+"""`dynamo sft`: supervised fine-tuning on the task's demonstrations, loss on completion tokens only (on a dialogue:
+its assistant turns only, `Task.sft_examples`)."""
 from __future__ import annotations
 
 import time
@@ -21,24 +22,23 @@ from dynamo_cli.rollout import position_ids_from_mask
 from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
 
-def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + EOS) per problem."""
-    prompts = tokenizer([task.prompt_text(p, tokenizer) for p in problems], add_special_tokens=False)["input_ids"]
-    completions = tokenizer([task.demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
-    return [(p, c + [tokenizer.eos_token_id]) for p, c in zip(prompts, completions, strict=True)]
+def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int], list[bool]]]:
+    """(prompt ids, completion ids, loss mask over the completion) per problem (`Task.sft_examples`): a single-turn
+    task's demonstration + EOS, all trained on; a dialogue's (environment, chat_jsonl) only on its assistant turns."""
+    return task.sft_examples(problems, tokenizer)
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int):
-    """Left-padded (B, T) ids, attention mask and labels with -100 everywhere but completion tokens."""
-    width = max(len(p) + len(c) for p, c in examples)
+def collate(examples: list[tuple[list[int], list[int], list[bool]]], pad_id: int):
+    """Left-padded (B, T) ids, attention mask and labels with -100 everywhere but the completion's trained tokens."""
+    width = max(len(p) + len(c) for p, c, _ in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
     labels = torch.full_like(ids, -100)
-    for row, (p, c) in enumerate(examples):
+    for row, (p, c, trained) in enumerate(examples):
         seq = torch.tensor(p + c)
         ids[row, width - len(seq):] = seq
         mask[row, width - len(seq):] = 1
-        labels[row, width - len(c):] = torch.tensor(c)
+        labels[row, width - len(c):] = torch.where(torch.tensor(trained, dtype=torch.bool), torch.tensor(c), -100)
     return ids, mask, labels
 
 
@@ -73,7 +73,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft",
                       enabled=dp.is_main)
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps)
-    longest = max(len(p) + len(c) for p, c in examples)
+    longest = max(len(p) + len(c) for p, c, _ in examples)
     plan = plan_batch_sizes(model, device, generation=None, training=cfg.trainer.micro_batch_size, prompt_tokens=0,
                             new_tokens=longest, most_generation=1, most_training=cfg.trainer.batch_size // dp.world_size,
                             memory_fraction=cfg.memory_fraction)  # logits over every position: all "completion"
@@ -100,7 +100,7 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     with StepProgress(console, total=cfg.trainer.steps, description="sft") as progress:
         for step in range(1, cfg.trainer.steps + 1):
             batch = torch.randint(len(examples), (cfg.trainer.batch_size,), generator=order).tolist()  # the same on every rank
-            num_tokens = sum(len(examples[i][1]) for i in batch)  # of the whole batch: the loss is its token mean
+            num_tokens = sum(sum(examples[i][2]) for i in batch)  # trained tokens of the whole batch: the loss is their mean
             lo, hi = dp.shard(len(batch))
             mine = batch[lo:hi]
             micro = [mine[i:i + micro_batch_size] for i in range(0, len(mine), micro_batch_size)]

@@ -106,7 +106,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                         policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
                         logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
-                        shape_rewards=builders.build_reward_shaping(cfg), critic=critic, defer_policy_stats=separate_pass is None)
+                        shape_rewards=builders.build_reward_shaping(cfg), critic=critic, defer_policy_stats=separate_pass is None,
+                        episodes=builders.build_episodes(cfg, task, engine=engine, policy=policy, tokenizer=tokenizer))
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None)
@@ -184,7 +185,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 raise DynamoError(f"the processes diverged at step {step}: {replicas}")
             rollouts, rewards, counts, group_index = step_data.rollouts, step_data.rewards, step_data.allocation.counts, step_data.group_index
             lengths, finished = dp.gather_rows(rollouts.completion_lengths), dp.gather_rows(rollouts.finished)
-            entropy_sum = dp.sum(float((step_data.batch.old_entropy * rollouts.completion_mask).sum()))
+            entropy_sum = dp.sum(float((step_data.batch.old_entropy * rollouts.policy_tokens).sum()))  # policy tokens only
             generated_tokens = int(lengths.sum())
             step_seconds = time.perf_counter() - step_start
             totals = {"step": step, "rollouts": totals["rollouts"] + len(rewards),
@@ -218,9 +219,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 tracker.log_distributions(distributions, step=step)
             if cfg.trainer.dump_rollouts:
                 texts = [text for share in dp.gather_objects(rollouts.texts) for text in share]
+                transcripts = (None if rollouts.transcripts is None else  # multi-turn: every turn, with who said it
+                               [t for share in dp.gather_objects(rollouts.transcripts) for t in share])
                 if rollouts_file:
                     dump_rollouts(rollouts_file, step=step, problems=step_data.problems, prompts=step_data.prompts, prompt_index=group_index,
-                                  texts=texts, rewards=rewards, rules=step_data.rules, counts=counts, advantages=sequence_advantages)
+                                  texts=texts, rewards=rewards, rules=step_data.rules, counts=counts, advantages=sequence_advantages,
+                                  transcripts=transcripts)
             if step == cfg.trainer.steps or spent or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
                 last_eval = run_eval(step)
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
@@ -253,10 +257,12 @@ def prompt_pool(problems: list, size: Optional[int]) -> list:
     return list({p.id: p for p in problems}.values())[:size]  # a dict keeps the first occurrence's order
 
 
-def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, texts, rewards, rules, counts, advantages) -> None:
-    """One line per completion: anyone can re-check every reward and every allocation."""
+def dump_rollouts(path: Path, *, step: int, problems, prompts, prompt_index, texts, rewards, rules, counts, advantages,
+                  transcripts=None) -> None:
+    """One line per completion: anyone can re-check every reward and every allocation. Multi-turn rollouts add
+    `turns`: every turn in order, {"who": "environment" | "policy", "content"}."""
     with path.open("a") as f:
         for r, i in enumerate(prompt_index.tolist()):
             f.write(json.dumps({"step": step, "prompt_id": problems[i].id, "prompt": prompts[i], "completion": texts[r],
                                 "answer": problems[i].answer, "reward": float(rewards[r]), "rule": RULES[rules[r]], "n_alloc": int(counts[i]),
-                                "advantage": float(advantages[r])}) + "\n")
+                                "advantage": float(advantages[r]), **({} if transcripts is None else {"turns": transcripts[r]})}) + "\n")

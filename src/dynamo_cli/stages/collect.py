@@ -26,25 +26,15 @@ from torch import Tensor
 from dynamo_cli.allocators import Allocation
 from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
+from dynamo_cli.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.padding import padding_waste
 from dynamo_cli.policy import batched_token_stats
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
 from dynamo_cli.rollout import Rollouts, stream_seed
 from dynamo_cli.stages import rollout_stats
-from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.trajectory import Trajectories
 from dynamo_cli.verifiers import add_metrics
-
-
-def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
-    """(N,) rewards, (N,) answer rules (indices into tasks.answers.RULES) and the verifier's fault counts
-    (rollout/reward_errors, rollout/reward_timeouts, ...). Completion r is judged against *its own* prompt's problem,
-    problems[prompt_index[r]], by the task's verifier (verifiers.py): a fault scores 0 and is counted, never raised."""
-    verification = task.verifier(rollouts.texts, [problems[i] for i in rollouts.prompt_index.tolist()])
-    verdicts = verification.verdicts
-    return (torch.tensor([v.reward for v in verdicts], dtype=torch.float32),
-            torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long), verification.metrics())
 
 
 def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
@@ -63,7 +53,16 @@ def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
                     completion_mask=torch.cat([F.pad(p.completion_mask, (0, cw - p.completion_mask.shape[1]), value=False) for p in parts]),
                     prompt_width=pw, texts=[t for p in parts for t in p.texts], finished=torch.cat([p.finished for p in parts]),
                     logprobs=(torch.cat([F.pad(p.logprobs, (0, cw - p.logprobs.shape[1])) for p in parts])
-                              if all(p.logprobs is not None for p in parts) else None))
+                              if all(p.logprobs is not None for p in parts) else None),
+                    **_merge_turns(parts, cw))
+
+
+def _merge_turns(parts: list[Rollouts], cw: int) -> dict:
+    """Multi-turn rounds (policy_mask set): their policy masks, turn spans and transcripts; {} for single-turn ones."""
+    if parts[0].policy_mask is None:
+        return {}
+    return {"policy_mask": torch.cat([F.pad(p.policy_mask, (0, cw - p.policy_mask.shape[1]), value=False) for p in parts]),
+            "turns": pad_turns([p.turns for p in parts]), "transcripts": [t for p in parts for t in p.transcripts]}
 
 
 @dataclass
@@ -100,7 +99,7 @@ class Collector:
     def __init__(self, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator, engine: RolloutEngine,
                  policy, reference, dp: DataParallel, per_step: int, seed: int, max_new_tokens: int, temperature: float,
                  top_p: float, generation_batch: int, logprob_batch: int, mask_truncated: bool, shape_rewards,
-                 critic=None, defer_policy_stats: bool = False):
+                 critic=None, defer_policy_stats: bool = False, episodes=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
         self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
@@ -110,6 +109,8 @@ class Collector:
         self.mask_truncated = mask_truncated
         self.shape_rewards = shape_rewards  # (rewards (B,), *, lengths (B,)) -> (shaped rewards (B,), metrics)
         self.defer_policy_stats = defer_policy_stats  # old log-probs / entropies left to the update (stages/rollout_stats.py)
+        # what one rollout is (episodes.py): a completion judged by the task, or a dialogue with its environment
+        self.episodes = episodes if episodes is not None else SingleTurnEpisodes(engine.generate, task)
 
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
@@ -120,7 +121,7 @@ class Collector:
         tags = [p.level for p in problems]
         allocation = first = self.allocator.allocate(prompt_ids, tags=tags)
         seconds["alloc"] += time.perf_counter() - t0
-        parts, local_rewards, local_rules, counts, rounds = [], [], [], torch.zeros(P, dtype=torch.long), 0
+        parts, local_rewards, local_rules, local_stats, counts, rounds = [], [], [], [], torch.zeros(P, dtype=torch.long), 0
         faults: dict[str, float] = {}  # the verifier's fault counts over this step's rounds, this process
         priority, keep, last_metrics = first.priority, None, {}
         while allocation is not None:
@@ -128,22 +129,20 @@ class Collector:
                 raise DynamoError(f"allocator={type(self.allocator).__name__} asked for {int(allocation.counts.sum())} more "
                                   f"rollouts, which do not split evenly over {dp.world_size} processes")
             # this process's share [lo, hi) of the round's completions; row r answers problems[prompt_index[r]]
-            t0 = time.perf_counter()
             lo, hi = dp.shard(int(allocation.counts.sum()))
             seed = stream_seed(self.seed, step) if rounds == 0 else stream_seed(self.seed, step, rounds)
             if int(allocation.counts.sum()) > 0:  # a round may have nothing to generate (GRESO skipped every fresh prompt)
-                parts.append(self.engine.generate(prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi),
-                                                  max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                                  top_p=self.top_p, seed=seed, streams=torch.arange(lo, hi),
-                                                  max_batch_size=self.generation_batch))
-                seconds["generate"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                round_rewards, round_rules, round_faults = score(self.task, problems, parts[-1])
-                faults = add_metrics(faults, round_faults)
-                local_rewards.append(round_rewards)
-                local_rules.append(round_rules)
+                episode = self.episodes(problems, prompts, counts=shard_counts(allocation.counts, lo=lo, hi=hi),
+                                        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
+                                        seed=seed, streams=torch.arange(lo, hi), max_batch_size=self.generation_batch)
+                parts.append(episode.rollouts)
+                local_rewards.append(episode.rewards)
+                local_rules.append(episode.rules)
+                local_stats.append(episode.stats)
+                faults = add_metrics(faults, episode.faults)
+                seconds["generate"] += episode.seconds["generate"]
+                seconds["score"] += episode.seconds["score"]
             counts, rounds = counts + allocation.counts, rounds + 1
-            seconds["score"] += time.perf_counter() - t0
             allocation = None
             if isinstance(self.allocator, RoundAllocator):  # sees every round so far, asks for more or stops
                 t0 = time.perf_counter()
@@ -178,7 +177,9 @@ class Collector:
         if all(p.engine_tokens is not None for p in parts):  # the engine counted its token positions (hf does; vLLM: no padding to count)
             metrics["rollout/padding_waste"] = padding_waste(real=dp.sum(sum(p.engine_tokens[0] for p in parts)),
                                                              total=dp.sum(sum(p.engine_tokens[1] for p in parts)))
-        batch = Trajectories.single_turn(rollouts)
+        for name, values in merge_stats(local_stats).items():  # multi-turn: rollout/turns, rollout/tool_calls, ...
+            metrics[f"rollout/{name}"] = dp.gather_rows(values).mean().item()
+        batch = Trajectories.from_rollouts(rollouts)  # loss mask: the policy's tokens only
         keep_rows = rollouts.finished | (not self.mask_truncated)  # (N,) with mask_truncated, only completions that ended
         if keep is not None:  # the round allocator's choice of groups (DAPO: the informative ones)
             keep_rows = keep_rows & keep[rollouts.prompt_index]

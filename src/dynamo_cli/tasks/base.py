@@ -70,6 +70,7 @@ class Task(ABC):
     answer_type: str  # integer | rational | expression (answers.literal_value)
     answer_fallback: str  # none | last_number: used when a completion has no \\boxed{} and no answer cue
     plain_cue: str = "\nAnswer: "  # appended to the question in the plain format
+    interaction: str = "single_turn"  # how a rollout runs (builders.EPISODES): single_turn | environment
 
     @abstractmethod
     def train_problems(self) -> list[Problem]: ...
@@ -91,6 +92,13 @@ class Task(ABC):
         if self.format == "plain":
             return problem.answer
         return f"The answer is \\boxed{{{problem.answer}}}."
+
+    def sft_examples(self, problems: list[Problem], tokenizer: Any) -> list[tuple[list[int], list[int], list[bool]]]:
+        """(prompt ids, completion ids, loss mask over the completion) per problem for SFT: the demonstration and EOS,
+        all trained on (a dialogue task trains on its assistant turns only)."""
+        prompts = tokenizer([self.prompt_text(p, tokenizer) for p in problems], add_special_tokens=False)["input_ids"]
+        completions = tokenizer([self.demonstration(p) for p in problems], add_special_tokens=False)["input_ids"]
+        return [(p, c + [tokenizer.eos_token_id], [True] * (len(c) + 1)) for p, c in zip(prompts, completions, strict=True)]
 
     def judge(self, completion: str, problem: Problem) -> Verdict:
         """The completion's reward (1.0 when its final answer equals the problem's), the rule that
