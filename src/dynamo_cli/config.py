@@ -11,7 +11,6 @@ the option's YAML), so `allocator=uniform` carries no variance-only knobs.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

@@ -138,7 +138,7 @@ class MultiTurnEpisodes:
             for start in range(0, len(active), max_batch_size):
                 chunk = active[start:start + max_batch_size]
                 prefixes = [encoded[rows[r]] + [t for ids, _ in segments[r] for t in ids] for r in chunk]
-                _, completion, mask, _ = _generate_chunk(
+                _, completion, mask, _, _ = _generate_chunk(  # (ids, completion, mask, finished, engine tokens)
                     model, prefixes, pad_id=pad_id, eos_id=eos_id, max_new_tokens=max(limits[r] for r in chunk),
                     temperature=temperature, top_p=top_p, seed=turn_seed, streams=streams[chunk], device=device)
                 completion, mask = completion.cpu(), mask.cpu()
