@@ -434,3 +434,37 @@ def test_a_wandb_error_mid_run_switches_it_off_with_one_warning_and_metrics_json
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dynamo: warning: W&B failed mid-run (ConnectionError: wandb: network is unreachable): W&B is off for the "
                    f"rest of this run; metrics.jsonl keeps every step ({tmp_path / 'metrics.jsonl'})"]
+
+
+@pytest.mark.slow
+def test_two_processes_agree_to_checkpoint_when_only_one_is_signalled(tmp_path):
+    """SIGUSR1 to rank 1 alone (srun signals every task, but not at the same instant): both ranks finish the step,
+    rank 0 writes the checkpoint, both exit 143; a 2-process resume then logs each step exactly once."""
+    import psutil
+    from test_distributed import _free_port
+
+    args = ["train", f"hydra.run.dir={tmp_path}", *harness.OVERRIDES, "trainer.steps=4", "trainer.save_every=0"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/cpu_ddp.yaml",
+               "--num_processes", "2", "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args]
+    launcher = subprocess.Popen(command, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    metrics, deadline = tmp_path / "metrics.jsonl", time.time() + 600
+    while not (metrics.exists() and any("train/loss" in r for r in read_jsonl(metrics))):
+        assert launcher.poll() is None and time.time() < deadline, "run ended before its first step"
+        time.sleep(0.1)
+    rank1 = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+             if "dynamo_cli" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
+    assert len(rank1) == 1
+    rank1[0].send_signal(signal.SIGUSR1)
+    _, err = launcher.communicate(timeout=600)
+    assert "dynamo train: preempted: a preemption signal (on some process): checkpoint" in err  # rank 0 speaks
+    assert "exitcode  : 143" in err or launcher.returncode == 143, err[-3000:]
+    step = checkpoint.load_trainer_state(checkpoint.latest(tmp_path / "checkpoints"))["totals"]["step"]
+    assert 1 <= step < 4 and not (tmp_path / "checkpoints" / "final").exists()
+
+    command[command.index("--main_process_port") + 1] = str(_free_port())
+    resumed = subprocess.run([*command, "trainer.resume=auto"], cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True,
+                             capture_output=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [r["step"] for r in read_jsonl(metrics) if "train/loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_jsonl(metrics) if "eval/greedy_pass1" in r] == [0, 2, 4]

@@ -12,6 +12,8 @@ from dynamo_cli.distributed import DataParallel
 
 
 class Preemption:
+    """Installs its handlers when built; `with Preemption(...)` gives the old ones back however the block ends."""
+
     def __init__(self, signals: list[str]):
         self.received: Optional[str] = None  # the name of the first preemption signal seen
         self._previous = {}
@@ -25,6 +27,12 @@ class Preemption:
     def requested(self, dp: DataParallel) -> bool:
         """Did any process see a preemption signal? A collective: every process calls it at the same point."""
         return dp.sum(float(self.received is not None)) > 0
+
+    def __enter__(self) -> "Preemption":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
 
     def restore(self) -> None:
         """Give the signals back their previous handlers (a run inside a longer-lived process, e.g. a test)."""

@@ -167,14 +167,14 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             raise DynamoError(failed)
         return directory
 
-    preemption = Preemption(cfg.trainer.preempt_signals)  # from here on a SIGTERM/SIGUSR1 ends in a checkpoint
-
+    # from here a SIGTERM/SIGUSR1 ends in a checkpoint after the step it arrives in; the `with` below gives the old handlers back
+    preemption = Preemption(cfg.trainer.preempt_signals)
     last_eval = None
     if totals["step"] == 0:
         first = run_eval(0)
         console.print(f"before RL: test greedy pass@1 {first['overall']['greedy']:.3f}")
 
-    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view:
+    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view, preemption:
         for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
             step_start = time.perf_counter()
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
@@ -245,7 +245,6 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                     checkpoint.prune(checkpoints, cfg.trainer.keep_last)
             if preempted:
                 tracker.close()
-                preemption.restore()
                 if lock:
                     lock.release()
                 dp.close()
@@ -262,7 +261,6 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     tracker.close()
     console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
     console.print(f"final checkpoint: {final}")
-    preemption.restore()
     if lock:
         lock.release()
     dp.close()
