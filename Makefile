@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench lint real-model clean
+.PHONY: help install test demo bench bench-faults lint real-model clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ demo: $(STAMP)  ## sft -> train (DynaMO) -> eval on the embedded defaults; print
 
 bench: $(STAMP)  ## benchmarks: ratios measured in one run (see bench/)
 	$(PY) -m bench.run_all
+
+bench-faults: $(STAMP)  ## kill-anywhere: SIGKILL a train run at 10 moments, resume each, check it ends bit-exactly
+	$(PY) -m bench.faults --kills 10
 
 lint: $(STAMP)  ## static checks (ruff)
 	$(PY) -m pip install -q ruff

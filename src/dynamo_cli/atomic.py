@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 
 def write_text(path: Path, text: str) -> None:
@@ -29,15 +29,22 @@ def _fsync_tree(directory: Path) -> None:
         os.close(fd)
 
 
-def write_dir(target: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` fills a temporary dir beside `target`; it is fsynced, then renamed into place. An existing
-    `target` is moved aside first and removed last, so a crash leaves one of the two whole."""
+def write_dir(target: Path, write: Callable[[Path], None], check: Optional[Callable[[Path], None]] = None) -> Path:
+    """`write(tmp)` fills a temporary dir beside `target`; it is fsynced, `check(tmp)` (if given) reads it back and
+    raises if it is not whole, then it is renamed into place. An existing `target` is moved aside first and removed
+    last, so a crash leaves one of the two whole. A failed write (a full disk) removes the temporary dir and raises."""
     target = Path(target)
     tmp = target.with_name(f".tmp-{target.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
-    _fsync_tree(tmp)
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if check is not None:
+            check(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs; `target` was never touched
+        raise
     if target.exists():
         old = target.with_name(f".old-{target.name}")
         shutil.rmtree(old, ignore_errors=True)

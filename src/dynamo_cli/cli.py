@@ -20,7 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from dynamo_cli.config import ConfigError, register_schemas
-from dynamo_cli.errors import DynamoError  # noqa: F401 - re-exported: `from dynamo_cli.cli import DynamoError` keeps working
+from dynamo_cli.errors import (
+    DynamoError,  # noqa: F401 - re-exported: `from dynamo_cli.cli import DynamoError` keeps working
+    Preempted,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO_ROOT / "conf"
@@ -155,6 +158,10 @@ def _hydra_app(command: str) -> Callable[[], None]:
             recipe(to_schema(cfg), run_dir)
         except (DynamoError, ConfigError) as error:
             fail(command, str(error))
+        except Preempted as stop:  # a checkpoint was written: exit with the code the scheduler requeues on
+            if is_rank_zero():
+                print(f"dynamo {command}: preempted: {stop}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
         if is_rank_zero():  # one line from a multi-process run
             print(run_dir)  # the last line a command prints is its run dir
 

@@ -769,6 +769,9 @@ class SFTTrainerConfig:
             _positive(f"trainer.{key}", getattr(self, key), strict=False)
 
 
+PREEMPT_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")  # trainer.preempt_signals may name these
+
+
 @dataclass
 class RLTrainerConfig:
     steps: int = 400  # RL steps
@@ -787,8 +790,17 @@ class RLTrainerConfig:
     # stop (final eval and checkpoint) once this many rollouts were generated, dropped ones included: one budget for
     # methods that spend different numbers per step (allocator=dapo|greso); null: trainer.steps alone decides
     rollout_budget: Optional[int] = None
+    # an optimiser step with a NaN/Inf loss or gradient norm is skipped (guard.py); more than this many in a row stop the run
+    max_skipped_steps: int = 8
+    # signals that preempt a run (SLURM sends SIGTERM, or SIGUSR1 with --signal): finish the step, checkpoint, exit
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    preempt_exit_code: int = 143  # the exit code after a preemption checkpoint (128 + SIGTERM); see README "What survives what"
 
     def __post_init__(self) -> None:
+        _positive("trainer.max_skipped_steps", self.max_skipped_steps, strict=False)
+        for name in self.preempt_signals:
+            _check(name in PREEMPT_SIGNALS, f"trainer.preempt_signals: {name!r} is not allowed; choose from: {', '.join(PREEMPT_SIGNALS)}")
+        _check(0 < self.preempt_exit_code < 256, f"trainer.preempt_exit_code={self.preempt_exit_code} must be in 1..255")
         for key in ("steps", "prompts_per_step", "keep_last", "log_every"):
             _positive(f"trainer.{key}", getattr(self, key))
         if self.rollout_budget is not None:

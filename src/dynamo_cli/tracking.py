@@ -20,6 +20,7 @@ from rich.table import Table
 from dynamo_cli import atomic
 from dynamo_cli.allocators import bernoulli_variance
 from dynamo_cli.config import LoggerConfig
+from dynamo_cli.errors import warn
 
 
 def make_console(cfg: LoggerConfig, *, quiet: bool = False) -> Console:
@@ -63,7 +64,11 @@ def _jsonable(value: Any) -> Any:
 
 
 class Tracker:
-    """Writes one JSON object per logged step to `metrics.jsonl` and mirrors it to W&B."""
+    """Writes one JSON object per logged step to `metrics.jsonl` and mirrors it to W&B.
+
+    metrics.jsonl is written first and never depends on W&B. W&B failing is never fatal: `logger.mode=online` that
+    cannot start (no network, no key) falls back to an offline run in the run dir, and offline failing too to
+    none; an error mid-run switches W&B off. Each case prints one warning."""
 
     def __init__(self, *, run_dir: Path, cfg: LoggerConfig, config: dict, job_type: str,
                  resume_step: Optional[int] = None, enabled: bool = True):
@@ -76,13 +81,7 @@ class Tracker:
             truncate_jsonl(self.path, max_step=resume_step)  # those steps are about to be logged again
         if cfg.name == "wandb" and cfg.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
-            import wandb
-
-            self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-                mode=cfg.mode, dir=str(run_dir), name=Path(run_dir).name, job_type=job_type, config=config,
-                settings=wandb.Settings(console="off", silent=True),
-            )
+            self.run = start_wandb(cfg, run_dir=Path(run_dir), job_type=job_type, config=config)
 
     def log(self, metrics: dict[str, Any], *, step: int) -> None:
         if not self.enabled:
@@ -92,7 +91,16 @@ class Tracker:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.run is not None:
-            self.run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step)
+            self._mirror(lambda run: run.log({k: v for k, v in record.items() if k not in ("step", "time")}, step=step))
+
+    def _mirror(self, call) -> None:
+        """`call(run)` on the W&B run; an error switches W&B off for the rest of the run (one warning)."""
+        try:
+            call(self.run)
+        except Exception as error:  # noqa: BLE001 - whatever W&B raises, metrics.jsonl carries on
+            warn(f"W&B failed mid-run ({_first_line(error)}): W&B is off for the rest of this run; "
+                 f"metrics.jsonl keeps every step ({self.path})")
+            self.run = None
 
     def log_distributions(self, distributions: dict[str, torch.Tensor], *, step: int) -> None:
         """Histograms (allocation sizes, β_comp, β_stab, |ΔH|) go to W&B; metrics.jsonl keeps quantiles."""
@@ -101,17 +109,49 @@ class Tracker:
         if self.run is not None:
             import wandb
 
-            self.run.log({k: wandb.Histogram(v.detach().float().cpu().numpy()) for k, v in distributions.items() if v.numel()}, step=step)
+            self._mirror(lambda run: run.log({k: wandb.Histogram(v.detach().float().cpu().numpy())
+                                              for k, v in distributions.items() if v.numel()}, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
-        if self.run is not None:
+        def write(run) -> None:
             for k, v in values.items():
-                self.run.summary[k] = _jsonable(v)
+                run.summary[k] = _jsonable(v)
+
+        if self.run is not None:
+            self._mirror(write)
 
     def close(self) -> None:
         if self.run is not None:
-            self.run.finish()
+            self._mirror(lambda run: run.finish())
             self.run = None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def start_wandb(cfg: LoggerConfig, *, run_dir: Path, job_type: str, config: dict):
+    """The W&B run, in `cfg.mode`; if that fails, offline; if that fails too, None (W&B off). One warning."""
+    import wandb
+
+    def init(mode: str):
+        return wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+                          mode=mode, dir=str(run_dir), name=run_dir.name, job_type=job_type, config=config,
+                          settings=wandb.Settings(console="off", silent=True))
+
+    try:
+        return init(cfg.mode)
+    except Exception as error:  # noqa: BLE001 - no network, no API key, a W&B bug: never fatal
+        first = error
+    run, fallback = None, "W&B is off (metrics.jsonl only)"
+    if cfg.mode != "offline":
+        try:
+            run, fallback = init("offline"), f"logging offline to {run_dir / 'wandb'} (`wandb sync` uploads it later)"
+        except Exception:  # noqa: BLE001
+            run = None
+    warn(f"W&B logger.mode={cfg.mode} failed to start ({_first_line(first)}): {fallback}")
+    return run
 
 
 def quantiles(name: str, values: torch.Tensor) -> dict[str, float]:

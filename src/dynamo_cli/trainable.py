@@ -26,11 +26,23 @@ class Trainable:
 
     def step(self, dp: DataParallel) -> float:
         """Clip, step the optimiser and the schedule, clear the gradients. Returns the norm before clipping."""
-        norm = dp.clip_gradients(self.model, self.grad_clip)
+        norm = self.clip(dp)
+        self.apply()
+        return norm
+
+    def clip(self, dp: DataParallel) -> float:
+        """Clip the accumulated gradient in place; the global norm before clipping (NaN/Inf: see guard.py)."""
+        return dp.clip_gradients(self.model, self.grad_clip)
+
+    def apply(self) -> None:
+        """Step the optimiser and the schedule on the (clipped) gradient, then clear it."""
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+
+    def discard(self) -> None:
+        """Drop the gradient of a skipped (non-finite) step: weights, optimiser state and schedule stay as they were."""
+        self.optimizer.zero_grad(set_to_none=True)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}

@@ -16,17 +16,20 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from dynamo_cli import builders, checkpoint
+from dynamo_cli import builders, checkpoint, faultpoints
 from dynamo_cli.config import TrainConfig
 from dynamo_cli.distributed import DataParallel
-from dynamo_cli.errors import DynamoError
+from dynamo_cli.errors import DynamoError, Preempted, warn
 from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
+from dynamo_cli.guard import NonFiniteGuard
 from dynamo_cli.models import count_parameters, load_policy, reference_policy
 from dynamo_cli.optim import make_optimizer
+from dynamo_cli.preempt import Preemption
 from dynamo_cli.resources import longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import stream_seed
 from dynamo_cli.rollout_vllm import VLLMUnavailable
 from dynamo_cli.stages import rollout_stats
+from dynamo_cli.runlock import RunLock
 from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `from dynamo_cli.recipes.train import score` keeps working
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
@@ -48,6 +51,16 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     dp = DataParallel.start(cfg.device)
     dp.check_engine(fsdp2=True)
     run_dir = dp.agree_on_run_dir(run_dir)
+    lock, refused = None, None
+    if dp.is_main:  # one run per run dir (runlock.py); rank 0 holds the lock for all processes
+        try:
+            lock = RunLock.acquire(run_dir)
+        except DynamoError as error:
+            refused = str(error)
+    if refused := dp.broadcast_object(refused):
+        raise DynamoError(refused)
+    if lock and lock.previous:
+        warn(f"took over the stale lock of pid {lock.previous.get('pid')} on {lock.previous.get('host')} (not running)")
     P, max_new_tokens = cfg.trainer.prompts_per_step, cfg.rollout.max_new_tokens or cfg.task.max_new_tokens
     check_batch_layout(rollouts_per_step=P * cfg.rollout.n, world_size=dp.world_size, mini_batches=cfg.algorithm.mini_batches)
     checkpoints = run_dir / "checkpoints"
@@ -110,7 +123,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                         episodes=builders.build_episodes(cfg, task, engine=engine, policy=policy, tokenizer=tokenizer))
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
-                          modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None)
+                          modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None,
+                          guard=NonFiniteGuard(max_in_a_row=cfg.trainer.max_skipped_steps))
 
     totals = {"step": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0}
     if resume_from:
@@ -120,6 +134,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         allocator.load_state_dict(state["allocator"])
         sampler.load_state_dict(state.get("sampler", {}))  # checkpoints from before the sampler group hold none
         checkpoint.restore_rng(state["rng"])
+        update.guard.load_state_dict(state.get("guard", {"skipped": 0, "in_a_row": 0}))  # none before the guard
         totals = state["totals"]
         console.print(f"resumed from {resume_from} at step {totals['step']}")
 
@@ -141,29 +156,37 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         with dp.full_weights(model):  # FSDP2: eval is rank-local, on the gathered weights
             result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,
                               seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
+        faultpoints.reach("eval")
         tracker.log({**eval_metrics(result), **plan.metrics(), "rollout/total_rollouts": totals["rollouts"],
                      "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
         return result
 
     def save(directory: Path) -> Path:
         """Everything an exact resume needs: weights, optimisers, schedulers, allocator and sampler state, RNG, totals.
-        Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for it. Under FSDP2
-        every rank first helps gather the full weights and writes its optimiser shard (fsdp.py)."""
+        Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for its verdict. Under
+        FSDP2 every rank first helps gather the full weights and writes its optimiser shard (fsdp.py)."""
         full_model, staged = dp.checkpoint_model(policy), dp.stage_optimizer_shards(trainables, directory)
+        failed = None
         if dp.is_main:
-            checkpoint.save_checkpoint(directory, model=full_model, tokenizer=tokenizer, staged=staged, trainer_state={
-                **trainables_state(trainables), "allocator": allocator.state_dict(), "sampler": sampler.state_dict(),
-                "rng": checkpoint.rng_state(), "totals": totals},
-                extra_models={t.name: dp.unwrap(t.model) for t in trainables[1:]})
-        dp.barrier()
+            try:
+                checkpoint.save_checkpoint(directory, model=full_model, tokenizer=tokenizer, staged=staged, trainer_state={
+                    **trainables_state(trainables), "allocator": allocator.state_dict(), "sampler": sampler.state_dict(),
+                    "rng": checkpoint.rng_state(), "totals": totals, "guard": update.guard.state_dict()},
+                    extra_models={t.name: dp.unwrap(t.model) for t in trainables[1:]})
+            except DynamoError as error:  # a full disk: every process stops, not only rank 0
+                failed = str(error)
+        if failed := dp.broadcast_object(failed):
+            raise DynamoError(failed)
         return directory
 
+    # from here a SIGTERM/SIGUSR1 ends in a checkpoint after the step it arrives in; the `with` below gives the old handlers back
+    preemption = Preemption(cfg.trainer.preempt_signals)
     last_eval = None
     if totals["step"] == 0:
         first = run_eval(0)
         console.print(f"before RL: test greedy pass@1 {first['overall']['greedy']:.3f}")
 
-    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view:
+    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view, preemption:
         for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
             step_start = time.perf_counter()
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
@@ -229,12 +252,24 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                 last_eval = run_eval(step)
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
             view.update(step, budget_rows(allocator, step_data.problems, counts, step_data.successes), metrics)
-            if cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and step != cfg.trainer.steps:
+            if skipped := update.guard.take_causes():
+                console.print(f"step {step}: skipped {len(skipped)} optimiser step(s): {'; '.join(skipped)}", markup=False)
+            faultpoints.reach("step_end")
+            preempted = step != cfg.trainer.steps and preemption.requested(dp)  # the last step ends the run anyway
+            if preempted or (cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and step != cfg.trainer.steps):
                 save(checkpoints / f"step-{step}")
                 if dp.is_main:
                     checkpoint.prune(checkpoints, cfg.trainer.keep_last)
             if spent:  # trainer.rollout_budget reached: the final eval ran above, the final checkpoint follows
                 break
+            if preempted:
+                tracker.close()
+                if lock:
+                    lock.release()
+                dp.close()
+                raise Preempted(f"{preemption.received or 'a preemption signal'} (on some process): checkpoint "
+                                f"{checkpoints / f'step-{step}'} written after step {step}; continue with trainer.resume=auto",
+                                exit_code=cfg.trainer.preempt_exit_code)
 
     final = save(checkpoints / "final")
     with dp.full_weights(model):
@@ -246,6 +281,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     tracker.close()
     console.print(eval_table(result, title=f"test split after {totals['step']} RL steps"))
     console.print(f"final checkpoint: {final}")
+    if lock:
+        lock.release()
     dp.close()
 
 

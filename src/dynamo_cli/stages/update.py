@@ -19,6 +19,7 @@ import torch
 from dynamo_cli.critic import completion_values
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
+from dynamo_cli.guard import NonFiniteGuard
 from dynamo_cli.modulators import TokenShaping
 from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
 from dynamo_cli.policy import batched_token_stats, completion_token_stats
@@ -51,8 +52,10 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 
 class PolicyUpdate:
     def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
-                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False):
+                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False,
+                 guard: NonFiniteGuard | None = None):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
+        self.guard = guard or NonFiniteGuard(max_in_a_row=0)  # the recipe passes trainer.max_skipped_steps; alone: any skip stops
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.modulator_scope, self.temperature = modulator_scope, temperature
         # True: the batch's old_logprobs / old_entropy are rollout_stats.deferred buffers this update fills (collect skipped them)
@@ -102,6 +105,7 @@ class PolicyUpdate:
                 # a modulator that reads them shapes after that forward (one micro-batch, see fill_rollout_stats)
                 shaping = None if fused and self.modulator.needs_policy_stats else shape(mb, first=(epoch, mb_index) == (0, 0))
                 starts = range(0, len(mb), self.micro_batch_size)
+                loss_finite = True
                 for start in starts:
                     part = slice(start, start + self.micro_batch_size)
                     window = padding_window(mb.select(part))  # the micro-batch's columns that are not padding in every row
@@ -129,10 +133,18 @@ class PolicyUpdate:
                             out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
                         loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=shaping.extra_terms)
                         dp.backward(loss * dp.world_size)  # the engine averages over processes; the global mean wants their sum
+                    loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))  # a CPU-GPU sync, like the metrics'
                     for key, value in metrics.items():
                         sums[key] = sums.get(key, 0.0) + value
+                norms = {t.name: t.clip(dp) for t in active}  # global norms: the same on every process
+                loss_finite = dp.sum(float(not loss_finite)) == 0  # a rank's NaN loss is every rank's skip
+                take = self.guard.allow(step=step, update=updates + 1, loss_finite=loss_finite, grad_norms=norms)
                 for t in active:
-                    grad_norm_sums[t.name] += t.step(dp)
+                    if take:
+                        t.apply()
+                    else:
+                        t.discard()
+                    grad_norm_sums[t.name] += norms[t.name]
                 updates += 1
         # each process summed its share of every global mean: the sum over processes is the mean over the global batch
         metrics = {f"train/{k}": dp.sum(v) / updates for k, v in sums.items()}
@@ -143,6 +155,7 @@ class PolicyUpdate:
         metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
         metrics["time/modulate_s"] = modulate_seconds
         metrics["train/padding_waste"] = padding_waste(real=dp.sum(tokens_real), total=dp.sum(tokens_fed))
+        metrics["train/skipped_steps"] = self.guard.skipped
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
     def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
