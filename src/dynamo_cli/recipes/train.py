@@ -28,8 +28,8 @@ from dynamo_cli.preempt import Preemption
 from dynamo_cli.resources import longest_prompt, plan_batch_sizes
 from dynamo_cli.rollout import stream_seed
 from dynamo_cli.rollout_vllm import VLLMUnavailable
-from dynamo_cli.stages import rollout_stats
 from dynamo_cli.runlock import RunLock
+from dynamo_cli.stages import rollout_stats
 from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `from dynamo_cli.recipes.train import score` keeps working
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
