@@ -73,7 +73,7 @@ def test_a_discarded_step_leaves_weights_adam_state_and_schedule_untouched():
 
     class OneProcess(DataParallel):
         def __init__(self):
-            self.world_size, self.rank = 1, 0
+            self.world_size, self.rank, self.fsdp_version = 1, 0, None
 
         @property
         def deepspeed(self) -> bool:
@@ -135,6 +135,7 @@ def _poison_logits(monkeypatch):
 
 def _poison_rewards(monkeypatch):
     """NaN rewards for every completion of step 2 (a verifier gone wrong)."""
+    from dynamo_cli import episodes
     from dynamo_cli.stages import collect
 
     real = collect.Collector.__call__
@@ -142,12 +143,12 @@ def _poison_rewards(monkeypatch):
     def call(self, step):
         if step != 2:
             return real(self, step)
-        real_score = collect.score
-        collect.score = lambda *a, **k: (lambda r: (r[0] * float("nan"), r[1]))(real_score(*a, **k))
+        real_score = episodes.score  # what the single-turn episode runner scores with
+        episodes.score = lambda *a, **k: (lambda r: (r[0] * float("nan"), *r[1:]))(real_score(*a, **k))
         try:
             return real(self, step)
         finally:
-            collect.score = real_score
+            episodes.score = real_score
 
     monkeypatch.setattr(collect.Collector, "__call__", call)
 
