@@ -21,8 +21,10 @@ METHODS = ("grpo", "dynamo")
 
 
 def latest_sweep() -> Path | None:
-    """The newest outputs/sweep/<date>/<time>-<name>/ that holds at least one train run."""
-    candidates = sorted((p for p in REPO.glob("outputs/sweep/*/*") if (p / "runs").is_dir()), key=lambda p: p.stat().st_mtime)
+    """The newest outputs/sweep/<date>/<time>-ablation/ that holds at least one train run (the ablation has both
+    DynaMO and GRPO at one budget; a budget or baselines sweep does not)."""
+    candidates = sorted((p for p in REPO.glob("outputs/sweep/*/*-ablation") if (p / "runs").is_dir()),
+                        key=lambda p: p.stat().st_mtime)
     for sweep_dir in reversed(candidates):
         if agg.find_runs(sweep_dir / "runs"):
             return sweep_dir

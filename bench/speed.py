@@ -1,6 +1,6 @@
 """Bench f: this tree's speed against a baseline commit, measured side by side in one run.
 
-The baseline (default `main`) is exported with `git archive` into a temporary directory; every measurement
+The baseline (default 3983b68, main before the speed work) is exported with `git archive` into a temporary directory; every measurement
 runs in a subprocess whose PYTHONPATH puts that tree's (or this tree's) `src` first, and the two alternate
 (baseline, new, baseline, new, ...) so drift on a shared machine hits both alike. Medians over the repeats.
 
@@ -38,6 +38,10 @@ CASES = {  # name -> overrides of `dynamo train`
 }
 QUICK_CASES = ("GRPO, 1 update/step", "DynaMO, 1 update/step")
 
+
+
+# issue 14's "today's main": the last commit before the speed work (no reuse_forward, no padding cuts)
+BASELINE = "3983b68"
 
 def export(ref: str, into: Path) -> str:
     """`git archive REF src conf` unpacked into `into`; returns the commit's short hash."""
@@ -163,7 +167,7 @@ def ratio(new: float | None, old: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="main", help="git ref measured against (default main)")
+    parser.add_argument("--baseline", default=BASELINE, help=f"git ref measured against (default {BASELINE})")
     parser.add_argument("--checkpoint", help="SFT checkpoint dir (default: the latest under outputs/, else train one)")
     parser.add_argument("--repeats", type=int, help="interleaved repeats per measurement, median reported (default 3; quick 1)")
     parser.add_argument("--steps", type=int, help="train steps per run, the first left out (default 4; quick 2)")
