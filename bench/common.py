@@ -110,7 +110,7 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
     prompts = [task.prompt_text(p, tokenizer) for p in problems]
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,
                         seed=seed, max_batch_size=512)
-    rewards, _, _ = score(task, problems, rollouts)  # (rewards, answer rules, verifier faults)
+    rewards = score(task, problems, rollouts)[0]  # (rewards, rules[, faults]): also the baseline tree's score (bench f)
     successes = torch.zeros(len(problems)).index_add_(0, rollouts.prompt_index, (rewards > 0).float())
     allocator.update([p.id for p in problems], successes=successes, attempts=counts.float())
     return allocator, prompts

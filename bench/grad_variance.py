@@ -46,7 +46,7 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
     algo = AlgorithmConfig()
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
                         top_p=1.0, seed=seed, max_batch_size=512)
-    rewards, _, _ = score(task, problems, rollouts)  # (rewards, answer rules, verifier faults)
+    rewards = score(task, problems, rollouts)[0]  # (rewards, rules[, faults]): also the baseline tree's score (bench f)
     advantages, zero = grpo_advantages(rewards=rewards, group_index=rollouts.prompt_index, num_groups=len(problems))
     num_tokens, num_seqs = int(rollouts.completion_mask.sum()), len(rollouts)
     model.zero_grad(set_to_none=True)
