@@ -102,9 +102,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(processes: int, *args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file conf/accelerate/cpu_ddp.yaml -m dynamo_cli ...`, as README says."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/cpu_ddp.yaml",
+def launch(processes: int, *args: str, config: str = "conf/accelerate/cpu_ddp.yaml") -> subprocess.CompletedProcess:
+    """`accelerate launch --config_file <config> -m dynamo_cli ...`, as README says."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
            "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args, "device=cpu"]
     result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=600)
     if result.returncode != 0:

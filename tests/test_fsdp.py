@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
-from conftest import ENV, REPO, dynamo
+from conftest import REPO, dynamo
 from safetensors.torch import load_file
-from test_distributed import TRAIN_2P, _free_port, _records, _relative_distance
+from test_distributed import TRAIN_2P, _records, _relative_distance, launch
 
 from dynamo_cli import fsdp
 from dynamo_cli.errors import DynamoError
@@ -131,12 +130,7 @@ def test_the_staging_dir_sits_beside_the_checkpoint_and_is_moved_in(tmp_path):
 # ------------------------------------------------------------------------------- 2 processes vs 1
 def launch_fsdp2(processes: int, *args: str) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file conf/accelerate/fsdp2.yaml -m dynamo_cli ...`, as README says."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/fsdp2.yaml",
-           "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args, "device=cpu"]
-    result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=600)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
+    return launch(processes, *args, config="conf/accelerate/fsdp2.yaml")
 
 
 @pytest.mark.slow

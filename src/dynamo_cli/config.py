@@ -145,6 +145,15 @@ class TaskConfig:
 MATH_LEVELS = ("L1", "L2", "L3", "L4", "L5", "L6")
 
 
+def _check_math_problems(cfg) -> None:
+    """The procedural math problems' keys, shared by task=math and task=calc (which uses the same problems)."""
+    _positive("task.num_train", cfg.num_train)
+    _positive("task.num_test_per_level", cfg.num_test_per_level)
+    for level in cfg.levels:
+        _one_of("task.levels", level, MATH_LEVELS)
+    _check(len(cfg.levels) > 0, "task.levels is empty; choose from: " + ", ".join(MATH_LEVELS))
+
+
 @dataclass
 class MathTaskConfig(TaskConfig):
     """Procedural arithmetic over six difficulty levels (tasks/math.py): L1 a+b and L2 a×b on single digits,
@@ -166,11 +175,7 @@ class MathTaskConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 <= self.teacher_slip <= 1, f"task.teacher_slip={self.teacher_slip} must be in [0, 1]")
-        _positive("task.num_train", self.num_train)
-        _positive("task.num_test_per_level", self.num_test_per_level)
-        for level in self.levels:
-            _one_of("task.levels", level, MATH_LEVELS)
-        _check(len(self.levels) > 0, "task.levels is empty; choose from: " + ", ".join(MATH_LEVELS))
+        _check_math_problems(self)
 
 
 @dataclass
@@ -260,11 +265,7 @@ class CalcTaskConfig(EnvironmentTaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(0 <= self.teacher_tool_use <= 1, f"task.teacher_tool_use={self.teacher_tool_use} must be in [0, 1]")
-        _positive("task.num_train", self.num_train)
-        _positive("task.num_test_per_level", self.num_test_per_level)
-        for level in self.levels:
-            _one_of("task.levels", level, MATH_LEVELS)
-        _check(len(self.levels) > 0, "task.levels is empty; choose from: " + ", ".join(MATH_LEVELS))
+        _check_math_problems(self)
 
 
 @dataclass
