@@ -216,7 +216,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["sampler=curriculum", "sampler.pace_steps=-1"], "sampler.pace_steps=-1 must be >= 0"),
         (["sampler=uniform", "sampler.start=0.5"], "sampler.start is not a config key"),
         (["allocator=dapo", "allocator.max_rounds=0"], "allocator.max_rounds=0 must be > 0"),
-        (["allocator=greso", "allocator.explore_prob=0"], "allocator.explore_prob=0.0 must be in (0, 1]"),
+        (["allocator=greso", "allocator.p_hard=0.99"], "allocator.p_hard=0.99 must be in [p_min, p_max] = [0.05, 0.95]"),
         (["allocator=knapsack", "allocator.n_min=9", "allocator.n_max=4"], "allocator.n_min=9 must be <= allocator.n_max=4"),
         (["allocator=knapsack", "rollout.n=128"], "rollout.n=128 must lie in [allocator.n_min, allocator.n_max] = [2, 64]"),
     ],

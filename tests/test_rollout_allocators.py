@@ -13,6 +13,7 @@ from dynamo_cli.rollout_allocators import (
     DapoAllocator,
     GresoAllocator,
     KnapsackAllocator,
+    adapt_explore_prob,
     fresh_prompts_needed,
     greso_skip,
     informative_groups,
@@ -77,6 +78,44 @@ def test_greso_skip_probability_is_one_minus_p_explore_to_the_streak():
     assert skip.tolist() == [False, False, True, False]  # 0.99 < 1, 0.4 < 0.5, 0.3 >= 0.25, 0.1 < 0.125
 
 
+def test_greso_skip_reads_each_prompts_own_probability():
+    # streak 1 each: p_easy 0.9 keeps a draw of 0.5, p_hard 0.2 skips it
+    skip = greso_skip(streak=torch.tensor([1, 1]), explore_prob=torch.tensor([0.9, 0.2], dtype=torch.float64),
+                      uniform=torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert skip.tolist() == [False, True]
+
+
+def test_adapt_explore_prob_steps_towards_the_target_within_bounds():
+    assert adapt_explore_prob(0.5, zero_share=0.30, target=0.25, delta=0.01, low=0.05, high=0.95) == pytest.approx(0.49)
+    assert adapt_explore_prob(0.5, zero_share=0.10, target=0.25, delta=0.01, low=0.05, high=0.95) == pytest.approx(0.51)
+    assert adapt_explore_prob(0.055, zero_share=1.0, target=0.25, delta=0.01, low=0.05, high=0.95) == 0.05
+    assert adapt_explore_prob(0.95, zero_share=0.0, target=0.25, delta=0.01, low=0.05, high=0.95) == 0.95
+    assert adapt_explore_prob(0.5, zero_share=1.0, target=0.25, delta=0.0, low=0.05, high=0.95) == 0.5  # delta 0: fixed
+
+
+GRESO = dict(n=4, max_rounds=3, p_easy=0.5, p_hard=0.5, target_zero_variance=0.25, delta=0.01, p_min=0.05, p_max=0.95, seed=1,
+             explore_min_attempts=4, decay=1.0)
+
+
+def test_greso_steers_p_easy_and_p_hard_by_the_steps_zero_variance_shares():
+    # a step of 4 groups: 2 all solved (easy share 0.5 >= 0.25/3), 0 all failed (hard share 0 < 0.25·2/3), 2 mixed,
+    # and a prompt skipped (0 rollouts: not a group of this step)
+    greso = GresoAllocator(**GRESO)
+    greso.update(["a", "b", "c", "d", "skipped"], successes=torch.tensor([4.0, 4, 1, 2, 0]),
+                 attempts=torch.tensor([4.0, 4, 4, 4, 0]))
+    assert (greso.p_easy, greso.p_hard) == (pytest.approx(0.49), pytest.approx(0.51))
+    greso.update(["c"], successes=torch.tensor([0.0]), attempts=torch.tensor([4.0]))  # all failed: hard share 1, easy 0
+    assert (greso.p_easy, greso.p_hard) == (pytest.approx(0.50), pytest.approx(0.50))
+    state = greso.state_dict()
+    assert state["last_solved"] == {"a": True, "b": True, "c": False}
+    resumed = GresoAllocator(**GRESO)
+    resumed.load_state_dict(state)
+    assert (resumed.p_easy, resumed.p_hard, resumed.state_dict()) == (greso.p_easy, greso.p_hard, state)
+    # "a" (streak 1, easy) is rolled out with p_easy, "c" (streak 1, hard) with p_hard: 0.5 each here
+    draws = torch.stack([greso.allocate(["a", "c", "d"]).counts for _ in range(400)])
+    assert draws[:, 2].eq(4).all() and 0.4 < draws[:, 0].eq(4).float().mean() < 0.6
+
+
 def test_zero_variance_streak_counts_consecutive_all_equal_visits():
     # all 4 solved: 0 -> 1; mixed 2/4: reset to 0; skipped (0 rollouts): unchanged 3; a single rollout: unchanged 1
     streak = zero_variance_streak(streak=torch.tensor([0, 2, 3, 1]), successes=torch.tensor([4.0, 2, 0, 1]),
@@ -85,11 +124,11 @@ def test_zero_variance_streak_counts_consecutive_all_equal_visits():
 
 
 def test_greso_skips_a_prompt_that_keeps_being_solved_and_resumes_exactly():
-    greso = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
-    for _ in range(6):  # "easy" solved 4/4 six times in a row (streak 6: rolled out with probability 1/64); "mixed" 2/4
+    greso = GresoAllocator(**GRESO)
+    for _ in range(6):  # "easy" solved 4/4 six times in a row (streak 6: rolled out with probability <= 1/64); "mixed" 2/4
         greso.update(["easy", "mixed"], successes=torch.tensor([4.0, 2.0]), attempts=torch.tensor([4.0, 4.0]))
     assert greso.state_dict()["zero_streak"] == {"easy": 6, "mixed": 0}
-    resumed = GresoAllocator(n=4, max_rounds=3, explore_prob=0.5, seed=1, explore_min_attempts=4, decay=1.0)
+    resumed = GresoAllocator(**GRESO)
     resumed.load_state_dict(greso.state_dict())
     draws = [greso.allocate(["easy", "mixed"]) for _ in range(20)]
     assert all(d.counts[1] == 4 for d in draws)  # streak 0: always rolled out

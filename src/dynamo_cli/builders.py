@@ -151,8 +151,9 @@ def _dapo_allocator(a, *, n: int):
 
 @ALLOCATORS.register("greso")
 def _greso_allocator(a, *, n: int):
-    return rollout_allocators.GresoAllocator(n=n, max_rounds=a.max_rounds, explore_prob=a.explore_prob, seed=a.seed,
-                                             explore_min_attempts=a.explore_min_attempts, decay=a.decay)
+    return rollout_allocators.GresoAllocator(n=n, max_rounds=a.max_rounds, p_easy=a.p_easy, p_hard=a.p_hard,
+                                             target_zero_variance=a.target_zero_variance, delta=a.delta, p_min=a.p_min,
+                                             p_max=a.p_max, seed=a.seed, explore_min_attempts=a.explore_min_attempts, decay=a.decay)
 
 
 @ALLOCATORS.register("knapsack")

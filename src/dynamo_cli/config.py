@@ -381,15 +381,27 @@ class DapoAllocatorConfig(AllocatorConfig):
 @dataclass
 class GresoAllocatorConfig(DapoAllocatorConfig):
     """GRESO (arXiv 2506.02177): DAPO's dynamic sampling plus a pre-rollout filter. A prompt whose last z visits
-    all had zero reward variance is skipped with probability 1 - explore_prob^z (a probabilistic re-check)."""
+    all had zero reward variance is rolled out with probability p^z (a probabilistic re-check), p = p_easy if it was
+    last seen all solved, p_hard if all failed; each p moves by `delta` a step towards its target share of
+    zero-variance groups. Defaults as the paper's scripts (Infini-AI-Lab/GRESO: p 0.5, target 0.25, 0.01, [0.05, 0.95])."""
 
     name: str = "greso"
-    explore_prob: float = 0.5  # p_e: a prompt with z zero-variance visits in a row is rolled out with probability p_e^z
+    p_easy: float = 0.5  # initial exploration probability of a prompt last seen all solved
+    p_hard: float = 0.5  # ... of a prompt last seen all failed
+    target_zero_variance: float = 0.25  # target share of zero-variance groups: a third all solved, two thirds all failed
+    delta: float = 0.01  # the probabilities' step per RL step (0: fixed probabilities)
+    p_min: float = 0.05
+    p_max: float = 0.95
     seed: int = 0  # of the skip draws: the same on every process, replayed on resume
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0 < self.explore_prob <= 1, f"allocator.explore_prob={self.explore_prob} must be in (0, 1]")
+        _check(0 < self.p_min <= self.p_max <= 1, f"allocator.p_min={self.p_min}, allocator.p_max={self.p_max} must satisfy 0 < p_min <= p_max <= 1")
+        for key in ("p_easy", "p_hard"):
+            value = getattr(self, key)
+            _check(self.p_min <= value <= self.p_max, f"allocator.{key}={value} must be in [p_min, p_max] = [{self.p_min}, {self.p_max}]")
+        _check(0 <= self.target_zero_variance <= 1, f"allocator.target_zero_variance={self.target_zero_variance} must be in [0, 1]")
+        _check(0 <= self.delta < 1, f"allocator.delta={self.delta} must be in [0, 1)")
 
 
 @dataclass

@@ -4,8 +4,9 @@
               equal has zero advantage, so it is dropped and fresh prompts are generated until the step has P
               informative groups (P = trainer.prompts_per_step), for at most `max_rounds` rounds.
     greso     GRESO (Zheng et al. 2025, arXiv 2506.02177): DAPO's dynamic sampling plus a filter *before* rollout:
-              a prompt whose last z visits all had zero variance is skipped with probability 1 - p_e^z, so it is
-              re-checked now and then (with probability p_e^z) rather than never again.
+              a prompt whose last z visits all had zero variance is skipped with probability 1 - p^z, so it is
+              re-checked now and then (with probability p^z) rather than never again; p is p_easy or p_hard (last
+              seen all solved / all failed), each steered a step at a time towards a target zero-variance share.
     knapsack  Knapsack RL (Li et al. 2025, arXiv 2509.25849): the step's budget B = n P split by a knapsack whose
               items are (prompt, one more rollout), valued by the gain in
               Value(n, p) = (1 - p^n - (1 - p)^n) · p (1 - p)^2  (P(non-zero GRPO gradient) x InfoGain).
@@ -56,10 +57,19 @@ def fresh_prompts_needed(*, informative: int, generated: int, target: int) -> in
     return min(target, math.ceil(short * generated / informative))
 
 
-def greso_skip(*, streak: Tensor, explore_prob: float, uniform: Tensor) -> Tensor:
+def greso_skip(*, streak: Tensor, explore_prob: Tensor | float, uniform: Tensor) -> Tensor:
     """GRESO's probabilistic pre-rollout filter: a prompt with `streak` = z zero-variance visits in a row is rolled
-    out with probability p_e^z (z = 0: always) and skipped otherwise. uniform (P,) in [0, 1). Returns skip (P,) bool."""
-    return uniform >= explore_prob ** streak.double()
+    out with probability p_e^z (z = 0: always) and skipped otherwise. explore_prob: a float or (P,) per prompt (GRESO:
+    p_easy for a prompt last seen all solved, p_hard for one last seen all failed). uniform (P,) in [0, 1).
+    Returns skip (P,) bool."""
+    return uniform >= torch.as_tensor(explore_prob, dtype=torch.float64) ** streak.double()
+
+
+def adapt_explore_prob(p: float, *, zero_share: float, target: float, delta: float, low: float, high: float) -> float:
+    """GRESO's controller of one exploration probability: the step's share of zero-variance groups of its kind
+    (all solved, or all failed) at or above `target` -> explore less (p - delta), below -> more (p + delta),
+    kept in [low, high]. delta = 0: a fixed probability."""
+    return max(p - delta, low) if zero_share >= target else min(p + delta, high)
 
 
 def zero_variance_streak(*, streak: Tensor, successes: Tensor, attempts: Tensor) -> Tensor:
@@ -135,24 +145,33 @@ class DapoAllocator(UniformAllocator):
 
 
 class GresoAllocator(DapoAllocator):
-    """DapoAllocator whose `allocate` first skips prompts predicted to have zero variance (`greso_skip`); the
-    skip draws come from a generator seeded by (seed, number of allocate calls), checkpointed with the streaks."""
+    """DapoAllocator whose `allocate` first skips prompts predicted to have zero variance (`greso_skip`), with GRESO's
+    two exploration probabilities: p_easy for prompts last seen all solved, p_hard for those last seen all failed,
+    each moved by `delta` a step towards its target share of zero-variance groups (`adapt_explore_prob`; targets
+    target_zero_variance / 3 easy and 2/3 of it hard, as the paper's code). The skip draws come from a generator
+    seeded by (seed, number of allocate calls); streaks, kinds, probabilities and draws are checkpointed."""
 
-    def __init__(self, *, n: int, max_rounds: int, explore_prob: float, seed: int, explore_min_attempts: int, decay: float):
+    def __init__(self, *, n: int, max_rounds: int, p_easy: float, p_hard: float, target_zero_variance: float, delta: float,
+                 p_min: float, p_max: float, seed: int, explore_min_attempts: int, decay: float):
         super().__init__(n=n, max_rounds=max_rounds, explore_min_attempts=explore_min_attempts, decay=decay)
-        self.explore_prob, self.seed = explore_prob, seed
+        self.p_easy, self.p_hard, self.seed = p_easy, p_hard, seed
+        self.target_easy, self.target_hard = target_zero_variance / 3, target_zero_variance * 2 / 3
+        self.delta, self.p_min, self.p_max = delta, p_min, p_max
         self._streak: dict[str, int] = {}  # prompt id -> zero-variance visits in a row
+        self._solved: dict[str, bool] = {}  # prompt id -> its last zero-variance visit was all solved (else all failed)
         self._calls = 0
 
     def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
         allocation = super().allocate(prompt_ids, tags=tags)
         streak = torch.tensor([self._streak.get(pid, 0) for pid in prompt_ids], dtype=torch.long)
+        explore = torch.tensor([self.p_easy if self._solved.get(pid, False) else self.p_hard for pid in prompt_ids], dtype=torch.float64)
         uniform = torch.rand(len(prompt_ids), generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self._calls),
                              dtype=torch.float64)
         self._calls += 1
-        skip = greso_skip(streak=streak, explore_prob=self.explore_prob, uniform=uniform)
+        skip = greso_skip(streak=streak, explore_prob=explore, uniform=uniform)
         counts = torch.where(skip, torch.zeros_like(allocation.counts), allocation.counts)
-        metrics = {**allocation.metrics, **_count_metrics(counts), "alloc/skipped_prompts": float(skip.sum())}
+        metrics = {**allocation.metrics, **_count_metrics(counts), "alloc/skipped_prompts": float(skip.sum()),
+                   "alloc/p_easy": self.p_easy, "alloc/p_hard": self.p_hard}
         return Allocation(counts=counts, priority=allocation.priority, metrics=metrics)
 
     def next_round(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor, round: int) -> Optional[Allocation]:
@@ -163,16 +182,30 @@ class GresoAllocator(DapoAllocator):
 
     def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor, tags: list[str] | None = None) -> None:
         super().update(prompt_ids, successes=successes, attempts=attempts, tags=tags)
-        for pid, k, g in zip(prompt_ids, successes.flatten().tolist(), attempts.flatten().tolist(), strict=True):
-            streak = torch.tensor([self._streak.get(pid, 0)])
-            self._streak[pid] = int(zero_variance_streak(streak=streak, successes=torch.tensor([k]), attempts=torch.tensor([g]))[0])
+        k, g = successes.flatten().double(), attempts.flatten().double()
+        before = torch.tensor([self._streak.get(pid, 0) for pid in prompt_ids], dtype=torch.long)
+        after = zero_variance_streak(streak=before, successes=k, attempts=g)
+        rolled = g >= 2
+        for pid, z, solved, seen in zip(prompt_ids, after.tolist(), (k == g).tolist(), rolled.tolist(), strict=True):
+            self._streak[pid] = z
+            if seen and z > 0:
+                self._solved[pid] = solved
+        groups = int(rolled.sum())
+        if groups:  # the step's shares of all-solved and all-failed groups steer the two probabilities
+            easy, hard = float(((k == g) & rolled).sum()) / groups, float(((k == 0) & rolled).sum()) / groups
+            self.p_easy = adapt_explore_prob(self.p_easy, zero_share=easy, target=self.target_easy, delta=self.delta,
+                                             low=self.p_min, high=self.p_max)
+            self.p_hard = adapt_explore_prob(self.p_hard, zero_share=hard, target=self.target_hard, delta=self.delta,
+                                             low=self.p_min, high=self.p_max)
 
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "zero_streak": dict(self._streak), "skip_draws": self._calls}
+        return {**super().state_dict(), "zero_streak": dict(self._streak), "last_solved": dict(self._solved),
+                "skip_draws": self._calls, "p_easy": self.p_easy, "p_hard": self.p_hard}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._streak, self._calls = dict(state["zero_streak"]), int(state["skip_draws"])
+        self._streak, self._solved, self._calls = dict(state["zero_streak"]), dict(state["last_solved"]), int(state["skip_draws"])
+        self.p_easy, self.p_hard = float(state["p_easy"]), float(state["p_hard"])
 
 
 class KnapsackAllocator(UniformAllocator):
