@@ -176,9 +176,10 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
         (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, w_reinforce, gae"),
-        (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate"),
+        (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate, critic=shared"),
         (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
-        (["critic=shared"], "critic=shared is not an option of critic; choose one of: none, separate"),
+        (["critic=value_head"], "critic=value_head is not an option of critic; choose one of: none, separate, shared"),
+        (["critic=shared"], "critic=shared trains a value function that algorithm.advantage=grpo never reads"),
         (["algorithm.kl_in_reward=0.1"], "algorithm.kl_in_reward=0.1 needs algorithm.advantage=gae"),
         (["algorithm.advantage=gae", "critic=separate", "algorithm.lam=1.5"], "algorithm.lam=1.5 must be in [0, 1]"),
         (["algorithm.advantage=gae", "critic=separate", "algorithm.gamma=-1"], "algorithm.gamma=-1.0 must be in [0, 1]"),
@@ -257,14 +258,14 @@ def test_cli_bad_input_exits_2_with_one_line(args, expected):
 def test_cli_help_lists_commands_and_groups():
     out = dynamo("--help").stdout
     for word in ["sft", "train", "eval", "sweep", "allocator", "uniform, variance", "modulator", "dynamo, entropy_advantage",
-                 "critic", "none, separate"]:
+                 "critic", "none, separate, shared"]:
         assert word in out
     train_help = dynamo("train", "--help").stdout
     assert "allocator: dapo, greso, knapsack, uniform, variance" in train_help and "n_min" in train_help
     assert "sampler: curriculum, uniform" in train_help
     assert "modulator: clip_cov, dynamo, entropy_advantage, fork_tokens, kl_cov, none" in train_help
     assert "mask_truncated" in train_help and "overlong_penalty" in train_help and "positive_weight" in train_help
-    assert "critic: none, separate" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
+    assert "critic: none, separate, shared" in train_help and "kl_in_reward: 0.0" in train_help and "lam: 1.0" in train_help
 
 
 def test_cli_cfg_job_prints_composed_config():

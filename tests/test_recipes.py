@@ -241,13 +241,16 @@ def test_ppo_with_a_critic_and_dynamo_trains_policy_and_critic(sft_checkpoint, t
     assert steps[-1]["train/critic_grad_norm"] > 0 and steps[-1]["train/grad_norm"] > 0
 
 
-def test_ppo_resume_restores_the_critic_exactly(sft_checkpoint, tmp_path):
+@pytest.mark.parametrize("critic", ["separate", "shared"])
+def test_ppo_resume_restores_the_critic_exactly(sft_checkpoint, tmp_path, critic):
     """A run resumed from its step-2 checkpoint (policy, critic weights, both optimisers, critic warm-up over by then)
-    ends where the uninterrupted run ends."""
+    ends where the uninterrupted run ends; with either critic (shared: a value head on the policy's trunk)."""
+    from safetensors.torch import load_file
     from transformers import AutoModelForTokenClassification
 
+    ppo = [arg.replace("critic=separate", f"critic={critic}") for arg in PPO]
     args = [f"model.path={sft_checkpoint}", "trainer.steps=4", "trainer.save_every=2", "critic.warmup_steps=1",
-            "algorithm.kl_in_reward=0.01", "seed=5", *PPO, *TRAIN_SMALL]
+            "algorithm.kl_in_reward=0.01", "seed=5", *ppo, *TRAIN_SMALL]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     dynamo("train", f"hydra.run.dir={straight}", *args)
     (resumed / "checkpoints").mkdir(parents=True)
@@ -255,7 +258,14 @@ def test_ppo_resume_restores_the_critic_exactly(sft_checkpoint, tmp_path):
     dynamo("train", f"hydra.run.dir={resumed}", "trainer.resume=auto", *args)
     assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "train/loss" in r] == [3, 4]
     assert _final_metrics(resumed) == _final_metrics(straight)
-    for load, sub in [(AutoModelForCausalLM, ""), (AutoModelForTokenClassification, "critic")]:
-        a = load.from_pretrained(straight / "checkpoints" / "final" / sub).state_dict()
-        b = load.from_pretrained(resumed / "checkpoints" / "final" / sub).state_dict()
-        assert all(torch.equal(a[k], b[k]) for k in a), sub
+    critic_state = ((lambda d: AutoModelForTokenClassification.from_pretrained(d).state_dict()) if critic == "separate"
+                    else (lambda d: load_file(str(d / "value_head.safetensors"))))
+    for load, sub in [(lambda d: AutoModelForCausalLM.from_pretrained(d).state_dict(), ""), (critic_state, "critic")]:
+        a = load(straight / "checkpoints" / "final" / sub)
+        b = load(resumed / "checkpoints" / "final" / sub)
+        assert a and all(torch.equal(a[k], b[k]) for k in a), sub
+    if critic == "shared":  # the head trained, and the run logged the critic's own norm and lr
+        steps = [r for r in read_jsonl(straight / "metrics.jsonl") if "train/loss" in r]
+        assert steps[-1]["train/critic_grad_norm"] > 0 and steps[-1]["train/value_loss"] > 0 and "train/critic_lr" in steps[-1]
+        first = load_file(str(straight / "checkpoints" / "step-2" / "critic" / "value_head.safetensors"))
+        assert not torch.equal(first["score.weight"], critic_state(straight / "checkpoints" / "final" / "critic")["score.weight"])

@@ -292,7 +292,7 @@ def test_critic_copies_the_policy_trunk_and_values_align_with_the_log_probs():
 
 
 def test_update_trains_only_the_critic_during_its_warm_up_then_both():
-    from dynamo_cli.critic import make_critic
+    from dynamo_cli.critic import SeparateCritic, make_critic
     from dynamo_cli.distributed import DataParallel
     from dynamo_cli.modulators import NoModulator
     from dynamo_cli.stages.update import PolicyUpdate
@@ -316,7 +316,7 @@ def test_update_trains_only_the_critic_during_its_warm_up_then_both():
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0), Weighted(ValueLoss(clip=0.0), 1.0)],
                                     mode="token_mean"),
                           modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=2,
-                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
+                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0, value_function=SeparateCritic(critic))
 
     def snapshot():
         return [p.detach().clone() for p in policy.parameters()], [p.detach().clone() for p in critic.parameters()]
@@ -329,6 +329,58 @@ def test_update_trains_only_the_critic_during_its_warm_up_then_both():
     assert update.trainables[0].scheduler.last_epoch == 0 and update.trainables[1].scheduler.last_epoch == 2
     metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=2)
     assert any(not torch.equal(x, y) for x, y in zip(after[0], snapshot()[0], strict=True)) and metrics["train/grad_norm"] > 0
+
+
+def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_the_trunk():
+    """critic=shared: V = head(last hidden state) at the positions aligned with the log-probs; the old values equal the
+    update's; a value loss alone moves the policy's trunk (the head is on it) once the warm-up is over, and only the
+    head during it. critic=separate: the same value loss never touches the policy."""
+    from dynamo_cli.critic import SeparateCritic, SharedCritic, make_critic, make_value_head
+    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.modulators import NoModulator
+    from dynamo_cli.policy import completion_forward
+    from dynamo_cli.stages.update import PolicyUpdate
+    from dynamo_cli.terms import ValueLoss
+    from dynamo_cli.trainable import Trainable
+
+    torch.manual_seed(0)
+    policy = tiny_policy()
+    shared = SharedCritic(make_value_head(policy, torch.device("cpu")))
+    ids = torch.randint(4, 40, (4, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    hidden = completion_forward(policy, input_ids=ids, attention_mask=mask, prompt_width=2, temperature=1.0, with_hidden=True).hidden
+    by_hand = policy(input_ids=ids, output_hidden_states=True).hidden_states[-1][:, 1:-1] @ shared.module.score.weight[0] \
+        + shared.module.score.bias[0]
+    torch.testing.assert_close(shared.values(shared.module, hidden=hidden), by_hand)
+    old = shared.old_values(policy=policy, input_ids=ids, attention_mask=mask, prompt_width=2, micro_batch_size=3)
+    torch.testing.assert_close(old, by_hand.detach())
+
+    def trainable(name, model, solo_steps=0):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-1)
+        return Trainable(name, model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0), grad_clip=0.0,
+                         solo_steps=solo_steps)
+
+    b = Trajectories(input_ids=ids, attention_mask=mask, loss_mask=torch.ones(4, 4, dtype=torch.bool),
+                     prompt_index=torch.zeros(4, dtype=torch.long), prompt_width=2, advantages=torch.zeros(4, 4),
+                     old_logprobs=torch.full((4, 4), -3.0), old_entropy=torch.ones(4, 4), values=old, returns=torch.ones(4, 4))
+
+    def moved(value_function, critic_module):  # the policy's weights after one warm-up step and one normal step
+        update = PolicyUpdate(trainables=[trainable("policy", policy), trainable("critic", critic_module, solo_steps=1)],
+                              loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 0.0), Weighted(ValueLoss(clip=0.0), 1.0)],
+                                        mode="token_mean"),
+                              modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=1,
+                              micro_batch_size=4, modulator_scope="mini_batch", temperature=1.0, value_function=value_function)
+        changes = []
+        for step in (1, 2):
+            before = ([p.detach().clone() for p in policy.parameters()], [p.detach().clone() for p in critic_module.parameters()])
+            update(b, generator=torch.Generator().manual_seed(0), step=step)
+            changes.append((any(not torch.equal(x, p) for x, p in zip(before[0], policy.parameters(), strict=True)),
+                            any(not torch.equal(x, p) for x, p in zip(before[1], critic_module.parameters(), strict=True))))
+        return changes
+
+    assert moved(shared, shared.module) == [(False, True), (True, True)]  # warm-up: the head alone; then the trunk too
+    separate = make_critic(policy, torch.device("cpu"))
+    assert moved(SeparateCritic(separate), separate) == [(False, True), (False, True)]  # the policy never moves
 
 
 def test_critic_of_a_lora_policy_copies_the_base_weights():

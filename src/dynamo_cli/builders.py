@@ -195,9 +195,16 @@ def _no_critic(cfg, *, policy, device, resume_from):
 
 @CRITICS.register("separate")
 def _separate_critic(cfg, *, policy, device, resume_from):
-    from dynamo_cli.critic import make_critic
+    from dynamo_cli.critic import SeparateCritic, make_critic
 
-    return make_critic(policy, device, resume_from=resume_from)
+    return SeparateCritic(make_critic(policy, device, resume_from=resume_from))
+
+
+@CRITICS.register("shared")
+def _shared_critic(cfg, *, policy, device, resume_from):
+    from dynamo_cli.critic import SharedCritic, make_value_head
+
+    return SharedCritic(make_value_head(policy, device, resume_from=resume_from))
 
 
 @ESTIMATORS.register("w_reinforce")
@@ -282,7 +289,8 @@ def build_estimator(cfg: TrainConfig, dp=None):
 
 
 def build_critic(cfg: TrainConfig, policy, *, device, resume_from):
-    """The value model (critic=separate: the policy's trunk and a scalar head; resumed from <checkpoint>/critic), or None."""
+    """The value function (critic.py: separate, a copy of the policy's trunk with a scalar head; shared, a head on the
+    policy's hidden state; resumed from <checkpoint>/critic), or None."""
     return CRITICS.build(cfg.critic, policy=policy, device=device, resume_from=resume_from)
 
 
@@ -290,16 +298,16 @@ def critic_trainables(cfg: TrainConfig, critic, *, dp, total_steps: int, micro_b
     """[the critic as a Trainable: its own AdamW (critic.lr), schedule, grad clip and DDP wrap], or [] without one."""
     if critic is None:
         return []
-    if dp.sharded:
-        raise DynamoError("critic=separate under FSDP2 is not supported: run it on one process or under DDP (conf/accelerate/ddp.yaml)")
-    if dp.deepspeed:
-        raise DynamoError("critic=separate runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
-                          "prepares a single model per run")
     c = cfg.critic
-    optimizer, scheduler = make_optimizer(critic, OptimConfig(lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.lr_warmup_steps,
+    if dp.sharded:
+        raise DynamoError(f"critic={c.name} under FSDP2 is not supported: run it on one process or under DDP (conf/accelerate/ddp.yaml)")
+    if dp.deepspeed:
+        raise DynamoError(f"critic={c.name} runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
+                          "prepares a single model per run")
+    optimizer, scheduler = make_optimizer(critic.module, OptimConfig(lr=c.lr, weight_decay=c.weight_decay, warmup_steps=c.lr_warmup_steps,
                                                               grad_clip=c.grad_clip), total_steps=total_steps)
-    critic, optimizer = dp.prepare(critic, optimizer, micro_batch_size=micro_batch_size)
-    return [Trainable("critic", critic, optimizer, scheduler, grad_clip=c.grad_clip, solo_steps=c.warmup_steps)]
+    module, optimizer = dp.prepare(critic.module, optimizer, micro_batch_size=micro_batch_size)
+    return [Trainable("critic", module, optimizer, scheduler, grad_clip=c.grad_clip, solo_steps=c.warmup_steps)]
 
 
 def build_reward_shaping(cfg: TrainConfig) -> OverlongPenalty:

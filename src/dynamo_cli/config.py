@@ -625,20 +625,16 @@ class NoCriticConfig(CriticConfig):
 
 
 @dataclass
-class SeparateCriticConfig(CriticConfig):
-    """PPO's learned value function (algorithm.advantage=gae): a copy of the policy's trunk with a scalar head
-    (a *ForTokenClassification model, num_labels=1), its own AdamW and schedule, saved in <checkpoint>/critic/.
-    Separate rather than a head on the policy's trunk, as verl and OpenRLHF do: the value loss never pulls on the
-    policy's weights, and the two learning rates stay independent (the cost: a second model's memory)."""
+class LearnedCriticConfig(CriticConfig):
+    """Fields of a learned value function (algorithm.advantage=gae): its optimiser, warm-up and value loss."""
 
-    name: str = "separate"
     lr: float = 1.0e-4  # the critic's AdamW lr (verl's PPO recipes run the critic at 10x the actor's 1e-6)
     weight_decay: float = 0.0
     warmup_steps: int = 0  # RL steps at the start in which only the critic trains (verl's critic_warmup, default 0)
     lr_warmup_steps: int = 0  # linear lr warm-up of the critic's optimiser, in optimiser steps
     grad_clip: float = 1.0  # max gradient norm of the critic; 0 disables clipping
     value_clip: float = 0.2  # ε_v: |V − V_old| clip (PPO, Schulman et al. 2017, as baselines' ppo2; verl: 0.5); 0: off
-    value_coef: float = 1.0  # weight of the value loss; the critic has its own optimiser, so it only scales the critic's gradient
+    value_coef: float = 1.0  # weight of the value loss
 
     def __post_init__(self) -> None:
         _positive("critic.lr", self.lr)
@@ -648,6 +644,28 @@ class SeparateCriticConfig(CriticConfig):
         _positive("critic.grad_clip", self.grad_clip, strict=False)
         _positive("critic.value_clip", self.value_clip, strict=False)
         _positive("critic.value_coef", self.value_coef)
+
+
+@dataclass
+class SeparateCriticConfig(LearnedCriticConfig):
+    """PPO's learned value function (algorithm.advantage=gae): a copy of the policy's trunk with a scalar head
+    (a *ForTokenClassification model, num_labels=1), its own AdamW and schedule, saved in <checkpoint>/critic/.
+    Separate rather than a head on the policy's trunk, as verl and OpenRLHF do: the value loss never pulls on the
+    policy's weights, and the two learning rates stay independent (the cost: a second model's memory and forward).
+    value_coef only scales the critic's own gradient here."""
+
+    name: str = "separate"
+
+
+@dataclass
+class SharedCriticConfig(LearnedCriticConfig):
+    """A value head (Linear(hidden, 1)) on the policy's last hidden state: one model, one forward for log-probs and
+    values in the update; the value loss, times value_coef, also trains the policy's trunk (lr: critic.lr for the
+    head, optim.lr for the trunk; the policy's grad norm and clip include the value gradient). value_coef 0.5 as
+    PPO's shared-network c1 (Schulman et al. 2017; OpenAI baselines' vf_coef). Saved in <checkpoint>/critic/."""
+
+    name: str = "shared"
+    value_coef: float = 0.5
 
 
 GROUP_ADVANTAGES = ("grpo", "drgrpo", "rloo", "w_reinforce")  # estimators from rewards alone, no critic
@@ -679,7 +697,7 @@ class AlgorithmConfig:
     """The policy-gradient estimator and loss."""
 
     # grpo (std-normalised) | drgrpo (no std) | rloo (leave-one-out) | w_reinforce (±1 rewards, no baseline, arXiv 2506.01347)
-    # | gae (PPO: a critic, critic=separate)
+    # | gae (PPO: a critic, critic=separate|shared)
     advantage: str = "grpo"
     positive_weight: float = 0.1  # W-REINFORCE's λ: weight of correct samples' +1 (the paper's 0.1); other estimators ignore it
     eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
@@ -859,7 +877,7 @@ class TrainConfig(RunConfig):
     allocator: Any = MISSING
     modulator: Any = MISSING
     rollout: Any = MISSING  # the `rollout` group: hf | vllm
-    critic: Any = MISSING  # the `critic` group: none | separate (a learned value function for algorithm.advantage=gae)
+    critic: Any = MISSING  # the `critic` group: none | separate | shared (a learned value function for algorithm.advantage=gae)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: RLTrainerConfig = field(default_factory=RLTrainerConfig)
@@ -872,7 +890,7 @@ class TrainConfig(RunConfig):
         max_length, buffer = self.algorithm.overlong_penalty.resolved(self.rollout.max_new_tokens or self.task.max_new_tokens)
         _check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
         gae, critic = self.algorithm.advantage == "gae", self.critic.name
-        _check(not gae or critic != "none", "algorithm.advantage=gae needs a critic; choose one of: critic=separate")
+        _check(not gae or critic != "none", "algorithm.advantage=gae needs a critic; choose one of: critic=separate, critic=shared")
         _check(self.algorithm.rollout_is == "none" or self.rollout.name == "vllm",
                f"algorithm.rollout_is={self.algorithm.rollout_is} corrects the rollout engine's log-probs against the trainer's; "
                f"rollout={self.rollout.name} samples with the trainer's own model and reports none: use rollout=vllm or rollout_is=none")
@@ -984,4 +1002,5 @@ def register_schemas() -> None:
     cs.store(group="schema/modulator", name="kl_cov", node=KLCovModulatorConfig)
     cs.store(group="schema/critic", name="none", node=NoCriticConfig)
     cs.store(group="schema/critic", name="separate", node=SeparateCriticConfig)
+    cs.store(group="schema/critic", name="shared", node=SharedCriticConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

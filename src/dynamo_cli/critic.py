@@ -1,20 +1,30 @@
-"""The critic of PPO + GAE (`critic=separate`): the policy's architecture with a scalar value head.
+"""The critic of PPO + GAE: a value function V(s_t) before each completion token, two ways (the `critic` group).
 
-It is a Hugging Face *ForTokenClassification model with num_labels=1 (the policy's trunk, a Linear(hidden, 1)
-`score` head), so a checkpoint's `critic/` dir loads with AutoModelForTokenClassification and no dynamo code.
-At the start of a run it copies the policy's trunk weights (verl and OpenRLHF initialise the critic from the
-actor); after a resume it is the saved critic, exactly.
+    separate  the policy's architecture with a scalar value head: a Hugging Face *ForTokenClassification model with
+              num_labels=1 (the policy's trunk, a Linear(hidden, 1) `score` head), so a checkpoint's `critic/` dir
+              loads with AutoModelForTokenClassification and no dynamo code. At the start of a run it copies the
+              policy's trunk weights (verl and OpenRLHF initialise the critic from the actor).
+    shared    a Linear(hidden, 1) head on the *policy's* last hidden state (PPO's shared network, TRL's
+              ...WithValueHead): no second model, the value comes out of the policy's own training forward, and the
+              value loss (times critic.value_coef) trains the policy's trunk too. Saved as critic/value_head.safetensors.
+
+Each is an object with `module` (trained as the Trainable "critic", saved in <checkpoint>/critic/), `values` (the
+differentiable values of a micro-batch, in the update) and `old_values` (V_old at collection, without gradients).
+After a resume the critic is the saved one, exactly.
 """
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Optional
 
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForTokenClassification
 
 from dynamo_cli.models import is_peft_model
+from dynamo_cli.policy import completion_forward
 from dynamo_cli.rollout import position_ids_from_mask
 
 
@@ -51,3 +61,86 @@ def batched_values(critic: torch.nn.Module, *, input_ids, attention_mask, prompt
               for rows in (slice(s, s + micro_batch_size) for s in range(0, input_ids.shape[0], micro_batch_size))]
     critic.train(was_training)
     return torch.cat(values)
+
+
+class SeparateCritic:
+    """critic=separate: its own model; the policy's hidden state is not read."""
+
+    reads_policy_hidden = False
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def values(self, module, *, input_ids, attention_mask, prompt_width: int, hidden=None) -> torch.Tensor:
+        """(N, L) differentiable values; `module` is the engine's wrapper of self.module (DDP syncs its gradient)."""
+        return completion_values(module, input_ids=input_ids, attention_mask=attention_mask, prompt_width=prompt_width)
+
+    def old_values(self, *, policy, input_ids, attention_mask, prompt_width: int, micro_batch_size: int) -> torch.Tensor:
+        return batched_values(self.module, input_ids=input_ids, attention_mask=attention_mask, prompt_width=prompt_width,
+                              micro_batch_size=micro_batch_size)
+
+
+VALUE_HEAD_FILE, VALUE_HEAD_CONFIG = "value_head.safetensors", "value_head.json"
+
+
+class ValueHead(torch.nn.Module):
+    """Linear(hidden, 1) over the policy's last hidden state -> (N, L) float values. Initialised as TRL's and
+    OpenRLHF's value heads: weights N(0, 1/(hidden + 1)), bias 0, so the first values are near 0."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.score = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.normal_(self.score.weight, std=1.0 / (hidden_size + 1))
+        torch.nn.init.zeros_(self.score.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.score(hidden.to(self.score.weight.dtype)).squeeze(-1).float()
+
+    def save_pretrained(self, directory, **_) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(directory / VALUE_HEAD_FILE))
+        (directory / VALUE_HEAD_CONFIG).write_text(json.dumps({"hidden_size": self.hidden_size}))
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "ValueHead":
+        directory = Path(directory)
+        head = cls(json.loads((directory / VALUE_HEAD_CONFIG).read_text())["hidden_size"])
+        head.load_state_dict(load_file(str(directory / VALUE_HEAD_FILE)))
+        return head
+
+
+def make_value_head(policy: torch.nn.Module, device: torch.device, *, resume_from: Optional[Path] = None) -> ValueHead:
+    """A fresh head sized to the policy's hidden state (seeded by the global torch RNG), or the saved one when resuming."""
+    if resume_from is not None:
+        return ValueHead.from_pretrained(Path(resume_from) / "critic").to(device)
+    base = policy.get_base_model() if is_peft_model(policy) else policy
+    return ValueHead(base.config.hidden_size).to(device=device, dtype=base.dtype)
+
+
+class SharedCritic:
+    """critic=shared: a ValueHead on the policy's last hidden state, which the update's policy forward returns."""
+
+    reads_policy_hidden = True
+
+    def __init__(self, head: ValueHead):
+        self.module = head
+
+    def values(self, module, *, hidden, **_) -> torch.Tensor:
+        """(N, L) values of the policy forward's `hidden` (N, L, H): differentiable in the head and, when the policy
+        forward kept its graph, in the policy's trunk."""
+        return module(hidden)
+
+    @torch.no_grad()
+    def old_values(self, *, policy, input_ids, attention_mask, prompt_width: int, micro_batch_size: int) -> torch.Tensor:
+        was_training = policy.training
+        policy.eval()
+        values = []
+        for start in range(0, input_ids.shape[0], micro_batch_size):
+            rows = slice(start, start + micro_batch_size)
+            forward = completion_forward(policy, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
+                                         prompt_width=prompt_width, temperature=1.0, with_entropy=False, with_hidden=True)
+            values.append(self.module(forward.hidden))
+        policy.train(was_training)
+        return torch.cat(values)

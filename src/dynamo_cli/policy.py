@@ -1,31 +1,46 @@
 """Forward passes of the policy over completions: per-token log-probs and full-vocabulary entropies."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from dynamo_cli.losses import entropy_from_logits, logprobs_from_logits
 from dynamo_cli.rollout import position_ids_from_mask
 
 
-def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
-                           temperature: float, with_entropy: bool = True,
-                           detached_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (N, Tc) of the completion tokens and, optionally, the entropy (N, Tc) of the full
-    next-token distribution at each completion position, both at the sampling temperature.
+class CompletionForward(NamedTuple):
+    logprobs: torch.Tensor  # (N, Tc) of the completion tokens
+    entropy: torch.Tensor | None  # (N, Tc) of the full next-token distribution, or None
+    hidden: torch.Tensor | None  # (N, Tc, H) the last hidden state at the position that predicts each completion token
 
-    Differentiable: call under torch.no_grad() for old/reference log-probs. `detached_entropy` (with
-    with_entropy=False): the entropy anyway, without a graph (the rollout policy's, read off a training forward).
-    """
+
+def completion_forward(model, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int, temperature: float,
+                       with_entropy: bool = True, detached_entropy: bool = False, with_hidden: bool = False) -> CompletionForward:
+    """One forward of the policy over completions: log-probs, optionally entropies (at the sampling temperature) and
+    the last hidden state aligned with them (critic=shared reads its values off it). Differentiable: call under
+    torch.no_grad() for old/reference log-probs. `detached_entropy` (with with_entropy=False): the entropy anyway,
+    without a graph (the rollout policy's, read off a training forward)."""
     completion_width = input_ids.shape[1] - prompt_width
-    out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), logits_to_keep=completion_width + 1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                logits_to_keep=completion_width + 1, output_hidden_states=with_hidden)
     logits = out.logits[:, :-1].float() / temperature  # (N, Tc, V): position t predicts token t + 1
     logprobs = logprobs_from_logits(logits, input_ids[:, prompt_width:])
     entropy = entropy_from_logits(logits) if with_entropy else None
     if entropy is None and detached_entropy:
         with torch.no_grad():
             entropy = entropy_from_logits(logits.detach())
-    return logprobs, entropy
+    hidden = out.hidden_states[-1][:, prompt_width - 1:-1] if with_hidden else None
+    return CompletionForward(logprobs, entropy, hidden)
+
+
+def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                           temperature: float, with_entropy: bool = True,
+                           detached_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs (N, Tc), entropy (N, Tc) or None) of `completion_forward`."""
+    forward = completion_forward(model, input_ids=input_ids, attention_mask=attention_mask, prompt_width=prompt_width,
+                                 temperature=temperature, with_entropy=with_entropy, detached_entropy=detached_entropy)
+    return forward.logprobs, forward.entropy
 
 
 @torch.no_grad()

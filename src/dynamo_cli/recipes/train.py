@@ -84,7 +84,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
     reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
                  if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
-    critic = builders.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value model (critic=separate) or None
+    critic = builders.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value function (critic=separate|shared) or None
     total, trainable = count_parameters(model)
     task = builders.build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
@@ -124,7 +124,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None,
-                          guard=NonFiniteGuard(max_in_a_row=cfg.trainer.max_skipped_steps))
+                          guard=NonFiniteGuard(max_in_a_row=cfg.trainer.max_skipped_steps), value_function=critic)
 
     totals = {"step": 0, "rollouts": 0, "tokens": 0, "seconds": 0.0}
     if resume_from:

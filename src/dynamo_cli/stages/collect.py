@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dynamo_cli.allocators import Allocation
-from dynamo_cli.critic import batched_values
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
 from dynamo_cli.errors import DynamoError
@@ -102,7 +101,7 @@ class Collector:
                  critic=None, defer_policy_stats: bool = False, episodes=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
-        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: the plain value model, or None
+        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: critic.py's value function, or None
         self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
@@ -210,8 +209,8 @@ class Collector:
             ref_logprobs = ref_logprobs.cpu()
         values = None
         if self.critic is not None:
-            values = batched_values(self.critic, input_ids=input_ids, attention_mask=attention_mask, prompt_width=batch.prompt_width,
-                                    micro_batch_size=self.logprob_batch).cpu()
+            values = self.critic.old_values(policy=self.policy, input_ids=input_ids, attention_mask=attention_mask,
+                                            prompt_width=batch.prompt_width, micro_batch_size=self.logprob_batch).cpu()
         return batch.replace(old_logprobs=old_logprobs.cpu(), old_entropy=old_entropy.cpu(), ref_logprobs=ref_logprobs, values=values)
 
     def learn(self, collected: Collected) -> float:

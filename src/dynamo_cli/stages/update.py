@@ -16,13 +16,12 @@ import time
 
 import torch
 
-from dynamo_cli.critic import completion_values
 from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.guard import NonFiniteGuard
 from dynamo_cli.modulators import TokenShaping
 from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
-from dynamo_cli.policy import batched_token_stats, completion_token_stats
+from dynamo_cli.policy import batched_token_stats, completion_forward
 from dynamo_cli.protocols import Modulator
 from dynamo_cli.stages import rollout_stats
 from dynamo_cli.terms import Loss
@@ -53,8 +52,9 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 class PolicyUpdate:
     def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
                  mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False,
-                 guard: NonFiniteGuard | None = None):
+                 guard: NonFiniteGuard | None = None, value_function=None):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
+        self.value_function = value_function  # critic.py's SeparateCritic | SharedCritic with a "critic" trainable, else None
         self.guard = guard or NonFiniteGuard(max_in_a_row=0)  # the recipe passes trainer.max_skipped_steps; alone: any skip stops
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.modulator_scope, self.temperature = modulator_scope, temperature
@@ -193,14 +193,18 @@ class PolicyUpdate:
     def forward(self, micro: Trajectories, *, extra=(), train_policy: bool = True,
                 rollout_stats: bool = False) -> ModelOutputs | tuple[ModelOutputs, torch.Tensor]:
         """The differentiable outputs over a micro-batch's response region: the policy's (without a graph while it
-        waits out a critic's warm-up), entropy only if a term reads it, the critic's values if a term reads them.
-        `rollout_stats`: also the entropy (n, L) without a graph -> (outputs, entropy); log pi_old is logprobs.detach()."""
-        with_entropy = self.loss.needs("entropy", extra)
+        waits out a critic's warm-up), entropy only if a term reads it, the critic's values if a term reads them
+        (critic=shared: off the same forward's last hidden state). `rollout_stats`: also the entropy (n, L) without
+        a graph -> (outputs, entropy); log pi_old is logprobs.detach()."""
+        with_entropy, with_values = self.loss.needs("entropy", extra), self.loss.needs("values", extra)
+        value_function = self.value_function if with_values else None
         with torch.set_grad_enabled(train_policy):
-            logprobs, entropy = completion_token_stats(
+            policy = completion_forward(
                 self.policy.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
-                temperature=self.temperature, with_entropy=with_entropy, detached_entropy=rollout_stats)
-        values = (completion_values(self.critic.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask,
-                                    prompt_width=micro.prompt_width) if self.loss.needs("values", extra) else None)
-        out = ModelOutputs(logprobs=logprobs, entropy=entropy if with_entropy else None, values=values)
-        return (out, entropy.detach()) if rollout_stats else out
+                temperature=self.temperature, with_entropy=with_entropy, detached_entropy=rollout_stats,
+                with_hidden=value_function is not None and value_function.reads_policy_hidden)
+        values = None if value_function is None else value_function.values(
+            self.critic.model, input_ids=micro.input_ids, attention_mask=micro.attention_mask, prompt_width=micro.prompt_width,
+            hidden=policy.hidden)
+        out = ModelOutputs(logprobs=policy.logprobs, entropy=policy.entropy if with_entropy else None, values=values)
+        return (out, policy.entropy.detach()) if rollout_stats else out
