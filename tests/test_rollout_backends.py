@@ -70,3 +70,48 @@ def test_vllm_generates_what_the_policy_generates_and_follows_weight_syncs():
     engine.sync(model)
     served, own = both()
     assert served == own  # ...until the sync
+
+
+class _FakeLLM:
+    """Records what VLLMRollouts asks of vLLM's LLM: the sleep/wake/load order without vLLM or a GPU."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sleep(self, level):
+        self.calls.append(f"sleep {level}")
+
+    def wake_up(self):
+        self.calls.append("wake")
+
+    def apply_model(self, fn):
+        self.calls.append("load weights")
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset cache")
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_vllm_sleeps_after_generation_and_wakes_before_the_weights_load(level):
+    """rollout.sleep_level: the engine sleeps at the end of a generation and wakes in the next sync, before the
+    weights load; at level 2 (weights dropped) it refuses to generate before a sync, at level 1 it wakes itself."""
+    from dynamo_cli.rollout_vllm import VLLMRollouts
+
+    engine = object.__new__(VLLMRollouts)  # the sleep logic without vLLM's constructor
+    engine.llm, engine.sleep_level, engine.asleep = _FakeLLM(), level, False
+    model, _ = _tiny()
+    engine.sleep()  # the end of a generation
+    engine.sync(model)
+    assert engine.llm.calls == ([] if level == 0 else [f"sleep {level}", "wake"]) + ["load weights", "reset cache"]
+    engine.sleep()
+    if level == 2:
+        with pytest.raises(RuntimeError, match="sleep_level=2"):
+            engine.wake(weights_follow=False)
+    else:
+        engine.wake(weights_follow=False)
+        assert not engine.asleep
+
+
+def test_vllm_sleep_level_is_checked_at_the_edge():
+    with pytest.raises(Exception, match=r"rollout.sleep_level=3 is not allowed; choose one of: 0, 1, 2"):
+        VLLMRolloutConfig(sleep_level=3)

@@ -601,9 +601,13 @@ class VLLMRolloutConfig(RolloutConfig):
     gpu_memory_utilization: float = 0.3  # share of the GPU vLLM takes for weights + KV cache; the rest trains
     enforce_eager: bool = False  # True: no CUDA graphs (starts faster, generates slower)
     max_model_len: Optional[int] = None  # None: longest prompt + max_new_tokens
+    # vLLM's sleep mode between generation and training: 0 off; 1 weights to host memory + KV cache freed; 2 both freed
+    # (the next weight sync reloads them: the cheaper one when, as here, every step syncs)
+    sleep_level: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(self.sleep_level in (0, 1, 2), f"rollout.sleep_level={self.sleep_level} is not allowed; choose one of: 0, 1, 2")
         _check(0 < self.gpu_memory_utilization < 1, f"rollout.gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1)")
         if self.max_model_len is not None:
             _positive("rollout.max_model_len", self.max_model_len)

@@ -5,6 +5,11 @@ every policy update `sync` loads the policy's current weights into vLLM's model 
 first) and drops vLLM's prefix cache, whose KV entries the old weights computed. Each rollout is one vLLM
 request with its own seed, derived from (run seed, step, rollout index) like the hf backend's counter
 streams, so a rollout's sampling does not depend on how vLLM batches the requests.
+
+`rollout.sleep_level` frees vLLM's GPU memory while the policy trains (vLLM's sleep mode): 1 offloads its weights
+to host memory and drops the KV cache after each generation, 2 drops both (the next `sync` loads the new weights
+anyway, so nothing is copied back). The engine wakes in `sync`, before the weights load, and a generation that
+finds it asleep wakes it (level 1 only: at level 2 its weights are gone until a sync, so that is an error).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class VLLMRollouts:
         from vllm import LLM
 
         self.tokenizer, self.logprobs = tokenizer, logprobs
+        self.sleep_level, self.asleep = cfg.sleep_level, False
         self._init_dir = tempfile.TemporaryDirectory(prefix="dynamo-vllm-")  # the starting weights, in a form vLLM reads
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         base.save_pretrained(self._init_dir.name, state_dict=policy_weights(policy), safe_serialization=True)
@@ -59,9 +65,27 @@ class VLLMRollouts:
         self.llm = LLM(model=self._init_dir.name, tokenizer=self._init_dir.name, dtype=str(next(policy.parameters()).dtype).split(".")[-1],
                        gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
                        max_model_len=cfg.max_model_len or max_model_len, seed=seed, enable_prefix_caching=True,
-                       **({"logprobs_mode": "processed_logprobs"} if logprobs else {}))
+                       **({"logprobs_mode": "processed_logprobs"} if logprobs else {}),
+                       **({"enable_sleep_mode": True} if cfg.sleep_level else {}))
+
+    def sleep(self) -> None:
+        """After a generation: give the GPU memory back to training (rollout.sleep_level 1 or 2; 0: stay awake)."""
+        if self.sleep_level and not self.asleep:
+            self.llm.sleep(level=self.sleep_level)
+            self.asleep = True
+
+    def wake(self, *, weights_follow: bool) -> None:
+        """Before a sync (`weights_follow`) or a generation: reallocate weights and KV cache. At level 2 the weights
+        were dropped, so only a sync may wake the engine."""
+        if not self.asleep:
+            return
+        if self.sleep_level == 2 and not weights_follow:
+            raise RuntimeError("vLLM slept at rollout.sleep_level=2 (weights dropped) and was asked to generate before a sync")
+        self.llm.wake_up()
+        self.asleep = False
 
     def sync(self, policy) -> None:
+        self.wake(weights_follow=True)
         weights = list(policy_weights(policy).items())
         if hasattr(self.llm, "apply_model"):
             self.llm.apply_model(lambda model: model.load_weights(weights))
@@ -75,6 +99,7 @@ class VLLMRollouts:
         """`max_batch_size` is not used: vLLM schedules its own batches within its memory share."""
         from vllm import SamplingParams
 
+        self.wake(weights_follow=False)
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())
         requests = [{"prompt_token_ids": encoded[i]} for i in prompt_index.tolist()]
@@ -87,4 +112,5 @@ class VLLMRollouts:
         finished = [out.outputs[0].finish_reason == "stop" for out in outputs]
         logprobs = ([[step[token].logprob for token, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)]
                      for o in outputs] if self.logprobs else None)
+        self.sleep()
         return rollouts_from_token_ids(self.tokenizer, encoded, prompt_index, completions, finished, logprobs=logprobs)
