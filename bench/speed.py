@@ -11,7 +11,8 @@ runs in a subprocess whose PYTHONPATH puts that tree's (or this tree's) `src` fi
 3. Padding waste: rollout/padding_waste and train/padding_waste of the new tree's train runs (the baseline
    logged none); and the completion-slot waste 1 - valid tokens / (N x Tc) of both trees' generate().
 4. allocate() for 10^6 prompts with a fresh draw of ids each repeat (the realistic step: no cached lookup),
-   both trees, and whether their allocations are identical.
+   both trees, and whether their allocations are identical. The ids come as collect passes them: with their pool
+   positions (allocators.PromptIds) where the tree has them, a plain list of str for the baseline.
 
     python -m bench.speed [--baseline REF] [--checkpoint DIR] [--repeats R] [--steps S] [--quick]
 """
@@ -125,17 +126,25 @@ def alloc_worker(prompts: int, repeats: int, seed: int) -> dict:
     from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
 
+    try:  # the ids as collect passes them: with their pool positions (a tree before PromptIds gets the plain list)
+        from dynamo_cli.allocators import PromptIds
+    except ImportError:
+        PromptIds = None
+
+    def as_ids(ids: list[str], keys: list[int]):
+        return ids if PromptIds is None else PromptIds(ids, keys=torch.tensor(keys), pool=pool)
+
     allocator = allocator_from_config(VarianceAllocatorConfig(), n=8)
     g = torch.Generator().manual_seed(seed)
     pool = [f"p{i}" for i in range(2 * prompts)]  # twice the draw: each repeat draws a different half
     tags = [f"L{i % 6 + 1}" for i in range(2 * prompts)]
     attempts = torch.randint(0, 41, (2 * prompts,), generator=g).double()
     successes = torch.binomial(attempts, torch.rand(2 * prompts, generator=g).double(), generator=g)
-    allocator.update(pool, successes=successes, attempts=attempts, tags=tags)
+    allocator.update(as_ids(pool, list(range(2 * prompts))), successes=successes, attempts=attempts, tags=tags)
     seconds, digest = [], hashlib.sha256()
     for r in range(-1, repeats):  # r = -1: an untimed warm-up on a draw of its own
         draw = torch.randperm(2 * prompts, generator=torch.Generator().manual_seed(seed + r % (repeats + 1)))[:prompts].tolist()
-        ids = [pool[i] for i in draw]
+        ids = as_ids([pool[i] for i in draw], draw)
         t0 = time.perf_counter()
         counts = allocator.allocate(ids, tags=[tags[i] for i in draw]).counts
         if r >= 0:

@@ -74,3 +74,37 @@ def test_the_cached_lookup_follows_new_ids_mutated_lists_and_a_resume():
     draw = ["c", "zz", "a", "e", "b"]
     first, second = a.allocate(draw, tags=["L2", "L1", "L1", "L3", "L1"]), again.allocate(draw, tags=["L2", "L1", "L1", "L3", "L1"])
     assert torch.equal(first.counts, second.counts) and torch.equal(first.priority, second.priority)
+
+
+def test_prompt_ids_with_pool_keys_allocate_as_plain_ids_do_and_survive_a_resume_and_a_new_pool():
+    """PromptIds (ids + their pool positions, as collect passes them): the same rows, histories and allocations as
+    the plain list, new prompts added through keys, the key cache rebuilt after load_state_dict, and a different
+    pool never served another pool's rows."""
+    from dynamo_cli.allocators import PromptIds
+
+    pool = [f"p{i}" for i in range(12)]
+    tags = [f"L{i % 3}" for i in range(12)]
+
+    def keyed(indices, of=pool):
+        return PromptIds([of[i] for i in indices], keys=torch.tensor(indices), pool=of)
+
+    plain, fast = allocator(), allocator()
+    g = torch.Generator().manual_seed(0)
+    for step in range(6):
+        draw = torch.randperm(12, generator=g)[:5].tolist()
+        attempts = torch.randint(1, 6, (5,), generator=g).double()
+        successes = torch.binomial(attempts, torch.full((5,), 0.5, dtype=torch.float64), generator=g)
+        step_tags = [tags[i] for i in draw]
+        a, b = plain.allocate([pool[i] for i in draw], tags=step_tags), fast.allocate(keyed(draw), tags=step_tags)
+        assert torch.equal(a.counts, b.counts) and torch.equal(a.priority, b.priority), step
+        plain.update([pool[i] for i in draw], successes=successes, attempts=attempts, tags=step_tags)
+        fast.update(keyed(draw), successes=successes, attempts=attempts, tags=step_tags)
+    assert fast.state_dict() == plain.state_dict()
+    everyone = list(range(12))
+    assert torch.equal(fast.history(keyed(everyone))[1], plain.history(pool)[1])
+    resumed = allocator()
+    resumed.load_state_dict(fast.state_dict())  # no key cache in the state: rebuilt from the ids on first use
+    assert torch.equal(resumed.history(keyed(everyone))[1], plain.history(pool)[1])
+    other = [f"q{i}" for i in range(12)]  # another pool, same keys: its own ids, never p's rows
+    assert resumed.history(keyed(everyone, of=other))[1].tolist() == [0.0] * 12
+    assert torch.equal(resumed.history(keyed(everyone))[1], plain.history(pool)[1])

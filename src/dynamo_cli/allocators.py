@@ -249,6 +249,19 @@ def _count_metrics(counts: Tensor) -> dict[str, float]:
     }
 
 
+class PromptIds(list):
+    """A step's prompt ids (a list of str, as every allocator takes) that also carry their positions in the run's
+    prompt pool: `keys` (P,) long, and `pool`, the pool they index (any object; compared by identity). An
+    allocator that has seen a pool's keys resolves ids to its rows by one tensor gather instead of a dict lookup
+    per id (the one Python loop over prompts in `allocate`); a plain list still works, by the dict."""
+
+    def __init__(self, ids, *, keys: Tensor, pool: object):
+        super().__init__(ids)
+        if len(keys) != len(self):
+            raise ValueError(f"got {len(keys)} keys for {len(self)} prompt ids")
+        self.keys, self.pool = keys.long(), pool
+
+
 class UniformAllocator:
     """n rollouts per prompt. Still records each prompt's success history (for logs, display and the
     alloc/history_coverage metric, so GRPO runs report the same evidence as DynaMO runs).
@@ -272,6 +285,10 @@ class UniformAllocator:
         # ids, so only the first pays the per-id dict lookup (the one Python loop over prompts). Rows never move
         # once assigned, so it stays valid until an id is added or the state is loaded.
         self._looked_up: tuple[list[str], Tensor] | None = None
+        # PromptIds' pool keys -> rows (-1: not resolved yet), for the one pool seen last: a cache of `_index`,
+        # never checkpointed (rebuilt from the ids on the first step after a resume)
+        self._key_pool: object | None = None
+        self._key_rows = torch.zeros(0, dtype=torch.long)
 
     def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
         if not prompt_ids:
@@ -298,6 +315,7 @@ class UniformAllocator:
             rows = rows.clone()
             rows[fresh] = torch.tensor([self._index[prompt_ids[i]] for i in fresh], dtype=torch.long)
             self._looked_up = (list(prompt_ids), rows)
+            self._remember_keys(prompt_ids, rows)
         grow = len(self._index) - len(self._attempts)
         zeros = torch.zeros(grow, dtype=torch.float64)
         self._successes = torch.cat([self._successes * self.decay, zeros])
@@ -321,9 +339,31 @@ class UniformAllocator:
         """(P,) long rows of the ids, -1: unseen. Shared with the cache: read, do not write."""
         if self._looked_up is not None and self._looked_up[0] == prompt_ids:  # C-speed: the same string objects
             return self._looked_up[1]
-        rows = torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)
+        keys = getattr(prompt_ids, "keys", None)
+        if keys is not None and prompt_ids.pool is self._key_pool and len(keys) and int(keys.max()) < len(self._key_rows):
+            rows = self._key_rows[keys]  # one gather; the dict only for keys not resolved yet (none, once the pool is seen)
+            missing = (rows < 0).nonzero().flatten()
+            if len(missing):
+                rows[missing] = torch.tensor([self._index.get(prompt_ids[i], -1) for i in missing.tolist()], dtype=torch.long)
+                self._remember_keys(prompt_ids, rows)
+        else:
+            rows = torch.tensor([self._index.get(pid, -1) for pid in prompt_ids], dtype=torch.long)
+            self._remember_keys(prompt_ids, rows)
         self._looked_up = (list(prompt_ids), rows)
         return rows
+
+    def _remember_keys(self, prompt_ids: list[str], rows: Tensor) -> None:
+        """Store the resolved rows of a PromptIds' keys (a new pool replaces the old one's)."""
+        keys = getattr(prompt_ids, "keys", None)
+        if keys is None or not len(keys):
+            return
+        if prompt_ids.pool is not self._key_pool:
+            self._key_pool, self._key_rows = prompt_ids.pool, torch.zeros(0, dtype=torch.long)
+        size = int(keys.max()) + 1
+        if size > len(self._key_rows):
+            self._key_rows = torch.cat([self._key_rows, torch.full((size - len(self._key_rows),), -1, dtype=torch.long)])
+        seen = rows >= 0
+        self._key_rows[keys[seen]] = rows[seen]
 
     @staticmethod
     def _gather(values: Tensor, rows: Tensor, missing: float = 0) -> Tensor:
@@ -359,7 +399,7 @@ class UniformAllocator:
         if any(len(state[c]) != len(ids) for c in columns):
             raise ValueError(f"allocator state: prompt_ids and {', '.join(columns)} differ in length")
         self._index = {pid: i for i, pid in enumerate(ids)}
-        self._looked_up = None
+        self._looked_up, self._key_pool, self._key_rows = None, None, torch.zeros(0, dtype=torch.long)
         self._tag_index = {tag: i for i, tag in enumerate(state["tags"])}
         self._successes = torch.tensor(state["successes"], dtype=torch.float64)
         self._attempts = torch.tensor(state["attempts"], dtype=torch.float64)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynamo_cli.allocators import Allocation
+from dynamo_cli.allocators import Allocation, PromptIds
 from dynamo_cli.distributed import DataParallel, shard_counts
 from dynamo_cli.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
 from dynamo_cli.errors import DynamoError
@@ -113,8 +113,11 @@ class Collector:
 
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
-        problems = [self.problems[i] for i in self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)]
-        prompt_ids, prompts = [p.id for p in problems], [self.task.prompt_text(p, self.tokenizer) for p in problems]
+        indices = self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)
+        problems = [self.problems[i] for i in indices]
+        # the ids with their pool positions: the allocator resolves them by a gather, not a dict lookup per id
+        prompt_ids = PromptIds([p.id for p in problems], keys=torch.as_tensor(indices, dtype=torch.long), pool=self.problems)
+        prompts = [self.task.prompt_text(p, self.tokenizer) for p in problems]
         seconds = {"alloc": 0.0, "generate": 0.0, "score": 0.0}
         t0 = time.perf_counter()
         tags = [p.level for p in problems]
@@ -150,10 +153,13 @@ class Collector:
                                                                                             or [torch.zeros(0, dtype=torch.long)])),
                                                        round=rounds)
                 if allocation is not None and allocation.fresh:  # new prompts from the sampler, allocated by the allocator
-                    fresh = [self.problems[i] for i in self.sampler.more(step, num_problems=len(self.problems), count=allocation.fresh)]
+                    fresh_indices = self.sampler.more(step, num_problems=len(self.problems), count=allocation.fresh)
+                    fresh = [self.problems[i] for i in fresh_indices]
                     problems, tags = problems + fresh, tags + [p.level for p in fresh]
-                    prompt_ids, prompts = prompt_ids + [p.id for p in fresh], prompts + [self.task.prompt_text(p, self.tokenizer) for p in fresh]
-                    fresh_allocation = self.allocator.allocate([p.id for p in fresh], tags=[p.level for p in fresh])
+                    fresh_ids = PromptIds([p.id for p in fresh], keys=torch.as_tensor(fresh_indices, dtype=torch.long), pool=self.problems)
+                    prompt_ids = PromptIds([*prompt_ids, *fresh_ids], keys=torch.cat([prompt_ids.keys, fresh_ids.keys]), pool=self.problems)
+                    prompts = prompts + [self.task.prompt_text(p, self.tokenizer) for p in fresh]
+                    fresh_allocation = self.allocator.allocate(fresh_ids, tags=[p.level for p in fresh])
                     allocation = Allocation(counts=torch.cat([allocation.counts, fresh_allocation.counts]), priority=priority,
                                             metrics=allocation.metrics, keep=allocation.keep)
                     counts, priority = torch.cat([counts, torch.zeros(len(fresh), dtype=torch.long)]), torch.cat([priority, fresh_allocation.priority])
