@@ -86,3 +86,12 @@ def test_speed_exports_the_baseline_and_times_a_fresh_draw(tmp_path):
     assert first["seconds"] > 0 and first["counts_sha256"] == again["counts_sha256"]  # the same draws, the same allocations
     assert speed.alloc_worker(3000, repeats=2, seed=1)["counts_sha256"] != first["counts_sha256"]
     assert speed.ratio(1.0, 2.0) == 0.5 and speed.ratio(None, 2.0) is None and speed.ratio(1.0, 0.0) is None
+
+
+def test_real_model_speed_without_the_converted_model_says_so_and_exits_2(monkeypatch, capsys):
+    from bench import real_model_speed
+
+    monkeypatch.setattr(real_model_speed, "model_dir", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        real_model_speed.main([])
+    assert stop.value.code == 2 and "run `make real-model` first" in capsys.readouterr().err

@@ -279,9 +279,11 @@ def test_cli_cfg_job_composes_the_new_options():
     assert "name: kl_cov" in out and "coef: 1.0" in out and "mask_truncated: true" in out and "buffer: 2" in out
 
 
-def test_cli_cfg_job_composes_ppo_with_a_critic():
-    out = dynamo("train", "--cfg", "job", "algorithm.advantage=gae", "critic=separate", "critic.warmup_steps=2").stdout
-    for line in ["name: separate", "value_clip: 0.2", "warmup_steps: 2", "advantage: gae", "gamma: 1.0", "lam: 1.0"]:
+@pytest.mark.parametrize("critic, coef", [("separate", 1.0), ("shared", 0.5)])
+def test_cli_cfg_job_composes_ppo_with_a_critic(critic, coef):
+    out = dynamo("train", "--cfg", "job", "algorithm.advantage=gae", f"critic={critic}", "critic.warmup_steps=2").stdout
+    for line in [f"name: {critic}", "value_clip: 0.2", "warmup_steps: 2", f"value_coef: {coef}", "advantage: gae", "gamma: 1.0",
+                 "lam: 1.0"]:
         assert line in out, line
 
 
