@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> BenchResult | None:
     command = "python -m bench.real_model_speed"
     lines = [
         (f"SmolLM2-135M-Instruct (fp32, LoRA r 16 on every linear projection: the defaults), `task=math task.format=chat`, GRPO, "
-         f"{args.prompts} prompts × {args.n} rollouts a step, ≤ {args.tokens} new tokens, one update per step; baseline "
+         f"{args.prompts} prompts × {args.n} rollouts a step, ≤ {args.tokens} new tokens, 4 optimiser updates a step (the train defaults' mini-batches); baseline "
          f"`{args.baseline}` = {commit} against this tree, {args.repeats} interleaved run(s) each of {args.steps} steps, the "
          "first left out; medians; CPU."), "",
         "| measurement | baseline | new | new / baseline |", "|---|--:|--:|--:|",

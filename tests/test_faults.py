@@ -105,7 +105,7 @@ def _poison_logits(monkeypatch):
     """NaN logits: the policy's output during step 2's update (generation and old log-probs stay finite)."""
     from dynamo_cli.stages import update as update_module
 
-    real_call, real_stats = update_module.PolicyUpdate.__call__, update_module.completion_token_stats
+    real_call, real_stats = update_module.PolicyUpdate.__call__, update_module.completion_forward
     poisoned = {"on": False}
 
     def call(self, batch, *, generator, step):
@@ -130,7 +130,7 @@ def _poison_logits(monkeypatch):
             handle.remove()
 
     monkeypatch.setattr(update_module.PolicyUpdate, "__call__", call)
-    monkeypatch.setattr(update_module, "completion_token_stats", stats)
+    monkeypatch.setattr(update_module, "completion_forward", stats)
 
 
 def _poison_rewards(monkeypatch):

@@ -103,6 +103,9 @@ def test_greso_steers_p_easy_and_p_hard_by_the_steps_zero_variance_shares():
     greso = GresoAllocator(**GRESO)
     greso.update(["a", "b", "c", "d", "skipped"], successes=torch.tensor([4.0, 4, 1, 2, 0]),
                  attempts=torch.tensor([4.0, 4, 4, 4, 0]))
+    assert (greso.p_easy, greso.p_hard) == (0.5, 0.5)  # a first visit of every prompt: nothing could be skipped yet
+    greso.update(["a", "b", "c", "d", "skipped"], successes=torch.tensor([4.0, 4, 1, 2, 0]),
+                 attempts=torch.tensor([4.0, 4, 4, 4, 0]))
     assert (greso.p_easy, greso.p_hard) == (pytest.approx(0.49), pytest.approx(0.51))
     greso.update(["c"], successes=torch.tensor([0.0]), attempts=torch.tensor([4.0]))  # all failed: hard share 1, easy 0
     assert (greso.p_easy, greso.p_hard) == (pytest.approx(0.50), pytest.approx(0.50))
@@ -111,9 +114,14 @@ def test_greso_steers_p_easy_and_p_hard_by_the_steps_zero_variance_shares():
     resumed = GresoAllocator(**GRESO)
     resumed.load_state_dict(state)
     assert (resumed.p_easy, resumed.p_hard, resumed.state_dict()) == (greso.p_easy, greso.p_hard, state)
-    # "a" (streak 1, easy) is rolled out with p_easy, "c" (streak 1, hard) with p_hard: 0.5 each here
+    old = {k: v for k, v in state.items() if k not in ("last_solved", "p_easy", "p_hard")}  # before adaptive probabilities
+    from_old = GresoAllocator(**GRESO)
+    from_old.load_state_dict(old)
+    assert (from_old.p_easy, from_old.p_hard) == (0.5, 0.5) and from_old.state_dict()["zero_streak"] == state["zero_streak"]
+    # "a" (streak 2, easy) is rolled out with p_easy^2 = 0.25, "c" (streak 1, hard) with p_hard = 0.5, "d" (mixed) always
     draws = torch.stack([greso.allocate(["a", "c", "d"]).counts for _ in range(400)])
-    assert draws[:, 2].eq(4).all() and 0.4 < draws[:, 0].eq(4).float().mean() < 0.6
+    assert draws[:, 2].eq(4).all() and 0.18 < draws[:, 0].eq(4).float().mean() < 0.32
+    assert 0.42 < draws[:, 1].eq(4).float().mean() < 0.58
 
 
 def test_zero_variance_streak_counts_consecutive_all_equal_visits():

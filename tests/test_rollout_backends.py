@@ -93,17 +93,19 @@ class _FakeLLM:
 
 @pytest.mark.parametrize("level", [0, 1, 2])
 def test_vllm_sleeps_after_generation_and_wakes_before_the_weights_load(level):
-    """rollout.sleep_level: the engine sleeps at the end of a generation and wakes in the next sync, before the
-    weights load; at level 2 (weights dropped) it refuses to generate before a sync, at level 1 it wakes itself."""
+    """rollout.sleep_level: the engine sleeps once a step's generation is over (`release`, whatever the rounds) and
+    wakes in the next sync, before the weights load; at level 2 (weights dropped) it refuses to generate before a
+    sync, at level 1 it wakes itself."""
     from dynamo_cli.rollout_vllm import VLLMRollouts
 
     engine = object.__new__(VLLMRollouts)  # the sleep logic without vLLM's constructor
     engine.llm, engine.sleep_level, engine.asleep = _FakeLLM(), level, False
     model, _ = _tiny()
-    engine.sleep()  # the end of a generation
+    engine.release()  # the step's rounds are over
+    engine.release()  # idempotent
     engine.sync(model)
     assert engine.llm.calls == ([] if level == 0 else [f"sleep {level}", "wake"]) + ["load weights", "reset cache"]
-    engine.sleep()
+    engine.release()
     if level == 2:
         with pytest.raises(RuntimeError, match="sleep_level=2"):
             engine.wake(weights_follow=False)

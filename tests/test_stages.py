@@ -393,3 +393,13 @@ def test_critic_of_a_lora_policy_copies_the_base_weights():
     base = base_state_dict(policy)
     assert all(torch.equal(v, base[f"model.{k}"]) for k, v in critic.model.state_dict().items())
     assert all(p.requires_grad for p in critic.parameters())  # the critic trains all its weights
+
+
+def test_value_head_resumes_in_the_dtype_it_was_saved_in(tmp_path):
+    from dynamo_cli.critic import ValueHead
+
+    head = ValueHead(8).to(torch.bfloat16)
+    head.save_pretrained(tmp_path)
+    back = ValueHead.from_pretrained(tmp_path)
+    assert back.score.weight.dtype == torch.bfloat16 and torch.equal(back.score.weight, head.score.weight)
+    assert back(torch.ones(2, 3, 8)).dtype == torch.float32  # values come out in float32 whatever the head's dtype

@@ -84,8 +84,8 @@ VALUE_HEAD_FILE, VALUE_HEAD_CONFIG = "value_head.safetensors", "value_head.json"
 
 
 class ValueHead(torch.nn.Module):
-    """Linear(hidden, 1) over the policy's last hidden state -> (N, L) float values. Initialised as TRL's and
-    OpenRLHF's value heads: weights N(0, 1/(hidden + 1)), bias 0, so the first values are near 0."""
+    """Linear(hidden, 1) over the policy's last hidden state -> (N, L) float values. Initialised as OpenRLHF's value
+    head: weights N(0, 1/(hidden + 1)), bias 0, so the first values are near 0."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -106,8 +106,9 @@ class ValueHead(torch.nn.Module):
     @classmethod
     def from_pretrained(cls, directory) -> "ValueHead":
         directory = Path(directory)
-        head = cls(json.loads((directory / VALUE_HEAD_CONFIG).read_text())["hidden_size"])
-        head.load_state_dict(load_file(str(directory / VALUE_HEAD_FILE)))
+        state = load_file(str(directory / VALUE_HEAD_FILE))
+        head = cls(json.loads((directory / VALUE_HEAD_CONFIG).read_text())["hidden_size"]).to(state["score.weight"].dtype)
+        head.load_state_dict(state)  # in the dtype it was saved in (a bf16 run's head resumes in bf16)
         return head
 
 

@@ -183,5 +183,8 @@ class FullWeightRollouts:
         with self.gather():
             return self.engine.generate(prompts, **kwargs)
 
+    def release(self) -> None:
+        self.engine.release()
+
     def sync(self, policy) -> None:
         self.engine.sync(policy)

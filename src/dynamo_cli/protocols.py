@@ -61,10 +61,13 @@ class RoundAllocator(Allocator, Protocol):
 
 
 class RolloutEngine(Protocol):
-    """Generation only: prompts x counts -> Rollouts (no rewards). `sync` after every policy update."""
+    """Generation only: prompts x counts -> Rollouts (no rewards). `release` once a step's generation is over (all its
+    rounds), before the update; `sync` after every policy update."""
 
     def generate(self, prompts: list[str], *, counts: Tensor, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int | None, streams: Tensor, max_batch_size: int) -> Rollouts: ...
+
+    def release(self) -> None: ...
 
     def sync(self, policy: Any) -> None: ...
 

@@ -288,5 +288,8 @@ class PolicyRollouts:
         return generate(self.policy, self.tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, seed=seed, streams=streams, max_batch_size=max_batch_size)
 
+    def release(self) -> None:
+        """Nothing to free: the generator is the policy."""
+
     def sync(self, policy) -> None:
         """Nothing to copy: the generator is the policy."""

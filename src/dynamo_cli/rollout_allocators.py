@@ -148,7 +148,8 @@ class GresoAllocator(DapoAllocator):
     """DapoAllocator whose `allocate` first skips prompts predicted to have zero variance (`greso_skip`), with GRESO's
     two exploration probabilities: p_easy for prompts last seen all solved, p_hard for those last seen all failed,
     each moved by `delta` a step towards its target share of zero-variance groups (`adapt_explore_prob`; targets
-    target_zero_variance / 3 easy and 2/3 of it hard, as the paper's code). The skip draws come from a generator
+    target_zero_variance / 3 easy and 2/3 of it hard, as the paper's code), from the first step that revisits a
+    prompt (the paper's code: from its second epoch). The skip draws come from a generator
     seeded by (seed, number of allocate calls); streaks, kinds, probabilities and draws are checkpointed."""
 
     def __init__(self, *, n: int, max_rounds: int, p_easy: float, p_hard: float, target_zero_variance: float, delta: float,
@@ -183,6 +184,7 @@ class GresoAllocator(DapoAllocator):
     def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor, tags: list[str] | None = None) -> None:
         super().update(prompt_ids, successes=successes, attempts=attempts, tags=tags)
         k, g = successes.flatten().double(), attempts.flatten().double()
+        revisits = any(pid in self._streak for pid in prompt_ids)  # not the first pass over these prompts
         before = torch.tensor([self._streak.get(pid, 0) for pid in prompt_ids], dtype=torch.long)
         after = zero_variance_streak(streak=before, successes=k, attempts=g)
         rolled = g >= 2
@@ -191,7 +193,9 @@ class GresoAllocator(DapoAllocator):
             if seen and z > 0:
                 self._solved[pid] = solved
         groups = int(rolled.sum())
-        if groups:  # the step's shares of all-solved and all-failed groups steer the two probabilities
+        # the step's shares of all-solved and all-failed groups steer the two probabilities, once the filter can act:
+        # on a first visit every streak is 0 and nothing is skipped (the paper's code adapts from its second epoch)
+        if groups and revisits:
             easy, hard = float(((k == g) & rolled).sum()) / groups, float(((k == 0) & rolled).sum()) / groups
             self.p_easy = adapt_explore_prob(self.p_easy, zero_share=easy, target=self.target_easy, delta=self.delta,
                                              low=self.p_min, high=self.p_max)
@@ -204,8 +208,10 @@ class GresoAllocator(DapoAllocator):
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
-        self._streak, self._solved, self._calls = dict(state["zero_streak"]), dict(state["last_solved"]), int(state["skip_draws"])
-        self.p_easy, self.p_hard = float(state["p_easy"]), float(state["p_hard"])
+        self._streak, self._calls = dict(state["zero_streak"]), int(state["skip_draws"])
+        # a checkpoint from before the adaptive probabilities: none recorded, start from the configured ones
+        self._solved = dict(state.get("last_solved", {}))
+        self.p_easy, self.p_hard = float(state.get("p_easy", self.p_easy)), float(state.get("p_hard", self.p_hard))
 
 
 class KnapsackAllocator(UniformAllocator):

@@ -7,9 +7,10 @@ request with its own seed, derived from (run seed, step, rollout index) like the
 streams, so a rollout's sampling does not depend on how vLLM batches the requests.
 
 `rollout.sleep_level` frees vLLM's GPU memory while the policy trains (vLLM's sleep mode): 1 offloads its weights
-to host memory and drops the KV cache after each generation, 2 drops both (the next `sync` loads the new weights
-anyway, so nothing is copied back). The engine wakes in `sync`, before the weights load, and a generation that
-finds it asleep wakes it (level 1 only: at level 2 its weights are gone until a sync, so that is an error).
+to host memory and drops the KV cache once a step's generation is over (`release`, after every round), 2 drops both
+(the next `sync` loads the new weights anyway, so nothing is copied back). The engine wakes in `sync`, before the
+weights load, and a generation that finds it asleep wakes it (level 1 only: at level 2 its weights are gone until a
+sync, so that is an error).
 """
 from __future__ import annotations
 
@@ -68,8 +69,8 @@ class VLLMRollouts:
                        **({"logprobs_mode": "processed_logprobs"} if logprobs else {}),
                        **({"enable_sleep_mode": True} if cfg.sleep_level else {}))
 
-    def sleep(self) -> None:
-        """After a generation: give the GPU memory back to training (rollout.sleep_level 1 or 2; 0: stay awake)."""
+    def release(self) -> None:
+        """A step's generation is over: give the GPU memory back to training (rollout.sleep_level 1 or 2; 0: stay awake)."""
         if self.sleep_level and not self.asleep:
             self.llm.sleep(level=self.sleep_level)
             self.asleep = True
@@ -112,5 +113,4 @@ class VLLMRollouts:
         finished = [out.outputs[0].finish_reason == "stop" for out in outputs]
         logprobs = ([[step[token].logprob for token, step in zip(o.outputs[0].token_ids, o.outputs[0].logprobs, strict=True)]
                      for o in outputs] if self.logprobs else None)
-        self.sleep()
         return rollouts_from_token_ids(self.tokenizer, encoded, prompt_index, completions, finished, logprobs=logprobs)

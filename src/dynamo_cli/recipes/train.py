@@ -190,6 +190,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
             step_start = time.perf_counter()
             step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
+            engine.release()  # vLLM: sleeps through the update (rollout.sleep_level); hf: nothing
             t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
             advantages, returns, sequence_advantages, zero_signal = estimate(
                 step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index,

@@ -80,10 +80,11 @@ class Collected:
     batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
     seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
     metrics: dict[str, float] = field(default_factory=dict)  # rollout/... of the reward shaping and the verifier's faults
+    ids: list[str] | None = None  # (P) the problems' ids as the allocator saw them last (PromptIds: with pool keys)
 
     @property
     def prompt_ids(self) -> list[str]:
-        return [p.id for p in self.problems]
+        return self.ids if self.ids is not None else [p.id for p in self.problems]
 
     @property
     def tags(self) -> list[str]:  # (P) difficulty tags: what allocator.prior=tag pools over
@@ -195,7 +196,7 @@ class Collector:
                                keep=keep)
         return Collected(problems=problems, prompts=prompts, allocation=first, group_index=group_index, rewards=rewards,
                          train_rewards=train_rewards, rules=rules, rollouts=rollouts, rows=slice(lo, lo + len(rollouts)), batch=batch,
-                         seconds=seconds, metrics=metrics)
+                         seconds=seconds, metrics=metrics, ids=prompt_ids)
 
     def rollout_statistics(self, batch: Trajectories) -> Trajectories:
         """Log-probs and entropies of the policy that generated the batch (and the reference's, for a KL term; and the
