@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForTokenClassification
 
 from dynamo_cli.models import is_peft_model
-from dynamo_cli.policy import completion_forward
+from dynamo_cli.policy import completion_forward, in_eval_chunks
 from dynamo_cli.rollout import position_ids_from_mask
 
 
@@ -52,15 +52,11 @@ def completion_values(critic: torch.nn.Module, *, input_ids: torch.Tensor, atten
     return out.logits[:, prompt_width - 1:-1, 0].float()  # (N, L)
 
 
-@torch.no_grad()
 def batched_values(critic: torch.nn.Module, *, input_ids, attention_mask, prompt_width: int, micro_batch_size: int) -> torch.Tensor:
     """`completion_values` without gradients, in micro-batches: V_old, the values GAE and the value clip start from."""
-    was_training = critic.training
-    critic.eval()
-    values = [completion_values(critic, input_ids=input_ids[rows], attention_mask=attention_mask[rows], prompt_width=prompt_width)
-              for rows in (slice(s, s + micro_batch_size) for s in range(0, input_ids.shape[0], micro_batch_size))]
-    critic.train(was_training)
-    return torch.cat(values)
+    return torch.cat(in_eval_chunks(critic, lambda rows: completion_values(
+        critic, input_ids=input_ids[rows], attention_mask=attention_mask[rows], prompt_width=prompt_width),
+        rows=input_ids.shape[0], chunk=micro_batch_size))
 
 
 class SeparateCritic:
@@ -133,15 +129,7 @@ class SharedCritic:
         forward kept its graph, in the policy's trunk."""
         return module(hidden)
 
-    @torch.no_grad()
     def old_values(self, *, policy, input_ids, attention_mask, prompt_width: int, micro_batch_size: int) -> torch.Tensor:
-        was_training = policy.training
-        policy.eval()
-        values = []
-        for start in range(0, input_ids.shape[0], micro_batch_size):
-            rows = slice(start, start + micro_batch_size)
-            forward = completion_forward(policy, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                                         prompt_width=prompt_width, temperature=1.0, with_entropy=False, with_hidden=True)
-            values.append(self.module(forward.hidden))
-        policy.train(was_training)
-        return torch.cat(values)
+        return torch.cat(in_eval_chunks(policy, lambda rows: self.module(completion_forward(
+            policy, input_ids=input_ids[rows], attention_mask=attention_mask[rows], prompt_width=prompt_width, temperature=1.0,
+            with_entropy=False, with_hidden=True).hidden), rows=input_ids.shape[0], chunk=micro_batch_size))

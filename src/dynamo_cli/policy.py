@@ -44,17 +44,21 @@ def completion_token_stats(model, *, input_ids: torch.Tensor, attention_mask: to
 
 
 @torch.no_grad()
+def in_eval_chunks(model, fn, *, rows: int, chunk: int) -> list:
+    """[fn(slice) for consecutive slices of `chunk` of `rows` rows], without gradients and with `model` in eval mode
+    (its mode restored after): the micro-batched no-grad passes (old and reference log-probs, V_old)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return [fn(slice(start, start + chunk)) for start in range(0, rows, chunk)]
+    finally:
+        model.train(was_training)
+
+
 def batched_token_stats(model, *, input_ids, attention_mask, prompt_width: int, temperature: float,
                         micro_batch_size: int, with_entropy: bool = True):
     """`completion_token_stats` without gradients, in micro-batches (for old and reference log-probs)."""
-    was_training = model.training
-    model.eval()
-    logprobs, entropies = [], []
-    for start in range(0, input_ids.shape[0], micro_batch_size):
-        rows = slice(start, start + micro_batch_size)
-        lp, ent = completion_token_stats(model, input_ids=input_ids[rows], attention_mask=attention_mask[rows],
-                                         prompt_width=prompt_width, temperature=temperature, with_entropy=with_entropy)
-        logprobs.append(lp)
-        entropies.append(ent)
-    model.train(was_training)
-    return torch.cat(logprobs), (torch.cat(entropies) if with_entropy else None)
+    parts = in_eval_chunks(model, lambda rows: completion_token_stats(
+        model, input_ids=input_ids[rows], attention_mask=attention_mask[rows], prompt_width=prompt_width, temperature=temperature,
+        with_entropy=with_entropy), rows=input_ids.shape[0], chunk=micro_batch_size)
+    return torch.cat([lp for lp, _ in parts]), (torch.cat([ent for _, ent in parts]) if with_entropy else None)
