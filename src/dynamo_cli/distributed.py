@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,6 +20,8 @@ import torch.distributed as torch_dist
 from dynamo_cli import fsdp
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.optim import clip_gradients
+
+TEARDOWN_PAUSE_S = 0.5  # see DataParallel.close: lets gloo's workers free the last collectives before the group dies
 
 
 def shard_bounds(size: int, *, rank: int, world_size: int) -> tuple[int, int]:
@@ -297,8 +300,18 @@ class DataParallel:
         return chosen
 
     def close(self) -> None:
-        """Leave the process group cleanly (without it a rank occasionally aborts at exit under gloo)."""
+        """Leave the process group cleanly (without it a rank occasionally aborts at exit under gloo).
+
+        The pause between the barrier and the teardown is not cosmetic. A gloo worker thread frees each finished
+        collective; when that collective's tensors were Python objects (all_gather_object's buffers), freeing them
+        takes the GIL. The process group itself dies when its last owner does, usually DDP's Reducer as the recipe
+        returns, and its destructor joins the worker threads while holding the GIL. If the worker has not yet freed
+        the final barrier (which keeps the collectives before it alive), the two wait on each other for ever: seen
+        once in about 15 two-process `dynamo sft` runs, stack `~ProcessGroupGloo -> thread::join` against
+        `~AsyncBarrierWork -> ~AsyncAllgatherWork -> gil_scoped_acquire`. Sleeping gives the GIL away, so the
+        worker frees that work before anything can join it."""
         if self.distributed and torch_dist.is_initialized():
             torch_dist.barrier()
+            time.sleep(TEARDOWN_PAUSE_S)
             torch_dist.destroy_process_group()
 
