@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -178,7 +179,10 @@ def largest_first(values: Tensor, k: int) -> Tensor:
     in O(P) (a selection, not a sort of all P). Unordered. values (P,) finite, 0 <= k <= P. Returns (k,) long."""
     if k == 0:
         return torch.zeros(0, dtype=torch.long)
-    kth = -torch.kthvalue(-values, k).values  # the k-th largest value
+    # the k-th largest value by numpy's introselect: torch.kthvalue degrades to ~10x slower on the remainders this
+    # is called on (many equal values: the -1 of every capped item), 0.11 s against 1 ms for 10^6 of them
+    ascending = values.detach().cpu().double().contiguous().numpy()
+    kth = float(np.partition(ascending, len(ascending) - k)[len(ascending) - k])
     above = (values > kth).nonzero().flatten()
     ties = (values == kth).nonzero().flatten()[: k - len(above)]  # nonzero is in index order: the lower indices
     return torch.cat([above, ties])
@@ -341,7 +345,7 @@ class UniformAllocator:
             return self._looked_up[1]
         keys = getattr(prompt_ids, "keys", None)
         if keys is not None and prompt_ids.pool is self._key_pool and len(keys) and int(keys.max()) < len(self._key_rows):
-            rows = self._key_rows[keys]  # one gather; the dict only for keys not resolved yet (none, once the pool is seen)
+            rows = self._key_rows.index_select(0, keys)  # one gather; the dict only for keys not resolved yet (none, once the pool is seen)
             missing = (rows < 0).nonzero().flatten()
             if len(missing):
                 rows[missing] = torch.tensor([self._index.get(prompt_ids[i], -1) for i in missing.tolist()], dtype=torch.long)
@@ -369,10 +373,10 @@ class UniformAllocator:
     def _gather(values: Tensor, rows: Tensor, missing: float = 0) -> Tensor:
         """values[rows], `missing` where rows == -1 (unseen prompts)."""
         if len(rows) and int(rows.min()) >= 0:  # every prompt seen (each step once the pool has been visited)
-            return values[rows]
+            return values.index_select(0, rows)  # 6x faster than values[rows] for 10^6 random rows on CPU
         seen = rows >= 0
         out = torch.full((len(rows),), missing, dtype=values.dtype)
-        out[seen] = values[rows[seen]]
+        out[seen] = values.index_select(0, rows[seen])
         return out
 
     def _coverage(self, rows: Tensor) -> float:
