@@ -1,4 +1,4 @@
-"""`make bench`: run the six benchmarks and write the benchmark section of docs/results.md.
+"""`make bench`: run the seven benchmarks and write the benchmark section of docs/results.md.
 
     python -m bench.run_all [--quick] [--checkpoint DIR] [--sweep-dir DIR] [--results PATH|none]
 
@@ -10,7 +10,7 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import grad_variance, memory_estimate, overhead, rollout_engine, sample_efficiency, speed
+from bench import grad_variance, memory_estimate, overhead, overlap, rollout_engine, sample_efficiency, speed
 from bench.common import REPO, checkpoint
 from dynamo_cli import aggregate as agg
 
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> list:
                       ("overhead", lambda: overhead.main(shared)),
                       ("rollout engine", lambda: rollout_engine.main(shared)),
                       ("memory estimate", lambda: memory_estimate.main(quick)),
-                      ("speed against the baseline", lambda: speed.main(shared))):
+                      ("speed against the baseline", lambda: speed.main(shared)),
+                      ("one-step-off-policy", lambda: overlap.main(shared))):
         print(f"== bench: {name}", flush=True)
         results.append(run())
     seconds = time.perf_counter() - start

@@ -154,7 +154,7 @@ def water_fill(*, weights: Tensor, caps: Tensor, budget: int) -> Tensor:
 
     level = torch.where(caps == 0, torch.zeros_like(w), caps / w.clamp(min=1e-300))  # (P,) saturation lambda
     order = torch.sort(level, stable=True).indices
-    lvl, c, ws = level[order], caps[order].double(), w[order]
+    lvl, c, ws = level.index_select(0, order), caps.index_select(0, order).double(), w.index_select(0, order)
     caps_upto = torch.cumsum(c, 0)  # caps of items saturated at lambda = lvl[j] (j included)
     w_after = ws.sum() - torch.cumsum(ws, 0)  # weights still growing past lvl[j]
     filled = caps_upto + lvl * w_after  # (P,) sum_i min(cap_i, lvl[j] w_i), non-decreasing

@@ -324,3 +324,18 @@ def build_episodes(cfg: TrainConfig, task, *, engine, policy, tokenizer):
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, max_model_len: int):
     """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update."""
     return ROLLOUT_ENGINES.build(cfg.rollout, run=cfg, policy=policy, tokenizer=tokenizer, max_model_len=max_model_len)
+
+
+def behaviour_policy(cfg: TrainConfig, policy):
+    """The weights rollouts are sampled and scored with: the policy itself, or under rollout.one_step_off_policy a
+    frozen copy that each step refreshes before the update (stages/schedule.py)."""
+    from dynamo_cli.stages.schedule import behaviour_copy
+
+    return behaviour_copy(policy) if cfg.rollout.one_step_off_policy else policy
+
+
+def build_schedule(cfg: TrainConfig, collect, *, policy, behaviour):
+    """When rollouts are generated relative to the update: on-policy, or one step ahead during it."""
+    from dynamo_cli.stages.schedule import OneStepOffPolicy, OnPolicy
+
+    return OneStepOffPolicy(collect, policy=policy, behaviour=behaviour) if cfg.rollout.one_step_off_policy else OnPolicy(collect)

@@ -575,6 +575,9 @@ class RolloutConfig:
     top_p: float = 1.0
     max_new_tokens: Optional[int] = None  # None: the task's max_new_tokens
     max_batch_size: Any = "auto"  # sequences generated at once; auto: as many as fit in memory (resources.py)
+    # generate step t+1 during step t's update, on a copy of the weights before it (stages/schedule.py; verl's
+    # one-step-off-policy): faster where generation and update can overlap, one optimiser step stale
+    one_step_off_policy: bool = False
 
     def __post_init__(self) -> None:
         _positive("rollout.n", self.n)
@@ -900,6 +903,12 @@ class TrainConfig(RunConfig):
                f"rollout={self.rollout.name} samples with the trainer's own model and reports none: use rollout=vllm or rollout_is=none")
         _check(gae or critic == "none", f"critic={critic} trains a value function that algorithm.advantage={self.algorithm.advantage} "
                "never reads; choose algorithm.advantage=gae or critic=none")
+        _check(not self.rollout.one_step_off_policy or self.rollout.name == "hf",
+               f"rollout.one_step_off_policy=true is built for rollout=hf only (a background thread on a copy of the weights); "
+               f"rollout={self.rollout.name} would need its engine to generate during the update: use rollout=hf or one_step_off_policy=false")
+        _check(not self.rollout.one_step_off_policy or critic == "none",
+               f"rollout.one_step_off_policy=true with critic={critic}: the critic's V_old would be read while the update trains it; "
+               "use critic=none or one_step_off_policy=false")
         if isinstance(self.allocator, (VarianceAllocatorConfig, KnapsackAllocatorConfig)):
             a, n = self.allocator, self.rollout.n
             _check(

@@ -97,8 +97,12 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
     prompt_tokens = longest_prompt(tokenizer, task, train_problems)
+    if cfg.rollout.one_step_off_policy and dp.distributed:
+        raise DynamoError(f"rollout.one_step_off_policy=true runs on one process; {dp.world_size} were launched (its background "
+                          "collect's collectives would interleave with the update's): launch one process or set it to false")
+    behaviour = builders.behaviour_policy(cfg, model)  # what samples: the policy, or (one-step-off-policy) a copy of it
     try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
-        engine = builders.build_rollout_engine(cfg, model, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
+        engine = builders.build_rollout_engine(cfg, behaviour, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
     except VLLMUnavailable as error:
         raise DynamoError(str(error)) from error
     plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
@@ -114,13 +118,16 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                   *builders.critic_trainables(cfg, critic, dp=dp, total_steps=cfg.trainer.steps * updates_per_step,
                                               micro_batch_size=plan.training)]
     separate_pass = rollout_stats.separate_pass_reason(  # None: log pi_old from the first training forward (stages/rollout_stats.py)
-        reuse_forward=cfg.algorithm.reuse_forward, estimator_reads_old_logprobs=cfg.algorithm.kl_in_reward > 0, model=policy)
+        reuse_forward=cfg.algorithm.reuse_forward, estimator_reads_old_logprobs=cfg.algorithm.kl_in_reward > 0, model=policy,
+        off_policy=cfg.rollout.one_step_off_policy)
+    behaviour = policy if behaviour is model else behaviour  # (the unwrapped module when it is the policy itself)
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
-                        policy=policy, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
+                        policy=behaviour, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
                         logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
                         shape_rewards=builders.build_reward_shaping(cfg), critic=critic, defer_policy_stats=separate_pass is None,
-                        episodes=builders.build_episodes(cfg, task, engine=engine, policy=policy, tokenizer=tokenizer))
+                        episodes=builders.build_episodes(cfg, task, engine=engine, policy=behaviour, tokenizer=tokenizer))
+    schedule = builders.build_schedule(cfg, collect, policy=policy, behaviour=behaviour)  # on-policy, or one step ahead
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None,
@@ -135,6 +142,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         sampler.load_state_dict(state.get("sampler", {}))  # checkpoints from before the sampler group hold none
         checkpoint.restore_rng(state["rng"])
         update.guard.load_state_dict(state.get("guard", {"skipped": 0, "in_a_row": 0}))  # none before the guard
+        schedule.load_state_dict(state.get("schedule", {}))  # one-step-off-policy: the next step's batch, collected ahead
         totals = state["totals"]
         console.print(f"resumed from {resume_from} at step {totals['step']}")
 
@@ -166,12 +174,13 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
         Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for its verdict. Under
         FSDP2 every rank first helps gather the full weights and writes its optimiser shard (fsdp.py)."""
         full_model, staged = dp.checkpoint_model(policy), dp.stage_optimizer_shards(trainables, directory)
+        schedule_state = schedule.state_dict()
         failed = None
         if dp.is_main:
             try:
                 checkpoint.save_checkpoint(directory, model=full_model, tokenizer=tokenizer, staged=staged, trainer_state={
                     **trainables_state(trainables), "allocator": allocator.state_dict(), "sampler": sampler.state_dict(),
-                    "rng": checkpoint.rng_state(), "totals": totals, "guard": update.guard.state_dict()},
+                    "rng": checkpoint.rng_state(), "totals": totals, "guard": update.guard.state_dict(), "schedule": schedule_state},
                     extra_models={t.name: dp.unwrap(t.model) for t in trainables[1:]})
             except DynamoError as error:  # a full disk: every process stops, not only rank 0
                 failed = str(error)
@@ -189,19 +198,23 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view, preemption:
         for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
             step_start = time.perf_counter()
-            step_data = collect(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
+            step_data = schedule.take(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
+            alloc_seconds = step_data.seconds["alloc"] + collect.learn(step_data)  # 2. allocator and sampler learn, every step
+            spent = cfg.trainer.rollout_budget is not None and totals["rollouts"] + len(step_data.rewards) >= cfg.trainer.rollout_budget
+            if step < cfg.trainer.steps and not spent:
+                schedule.prefetch(step + 1)  # one-step-off-policy: step + 1 generates during this update (on-policy: nothing)
             engine.release()  # vLLM: sleeps through the update (rollout.sleep_level); hf: nothing
-            t0 = time.perf_counter()  # 2. advantages per token (timed with verification, as `score`)
+            t0 = time.perf_counter()  # 3. advantages per token (timed with verification, as `score`)
             advantages, returns, sequence_advantages, zero_signal = estimate(
                 step_data.batch, rewards=step_data.train_rewards, group_index=step_data.group_index,
                 num_groups=len(step_data.problems), rows=step_data.rows)  # P, or more when a round allocator drew fresh prompts
             step_data.seconds["score"] += time.perf_counter() - t0
-            t0 = time.perf_counter()  # 3. modulate and update the policy (and the critic)
+            t0 = time.perf_counter()  # 4. modulate and update the policy (and the critic)
             update_metrics, distributions = update(step_data.batch.replace(advantages=advantages, returns=returns), step=step,
                                                    generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
             engine.sync(policy)  # vLLM: copy the new weights in (hf: nothing, it generates with the policy)
             update_seconds = time.perf_counter() - t0
-            alloc_seconds = step_data.seconds["alloc"] + collect.learn(step_data)  # 4. allocator statistics, every step
+            schedule.settle()  # one-step-off-policy: the next step's batch is in before logs, eval and checkpoints
 
             # 5. log, dump, eval, checkpoint
             replicas = dp.check_replicas(model, step_data.allocation.counts)
@@ -237,7 +250,6 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             distributions["alloc/counts"] = counts.float()
             for name, values in distributions.items():
                 metrics.update(quantiles(name, values))
-            spent = cfg.trainer.rollout_budget is not None and totals["rollouts"] >= cfg.trainer.rollout_budget  # the last step
             if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps or spent:
                 tracker.log(metrics, step=step)
                 tracker.log_distributions(distributions, step=step)
@@ -264,6 +276,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
             if spent:  # trainer.rollout_budget reached: the final eval ran above, the final checkpoint follows
                 break
             if preempted:
+                schedule.close()
                 tracker.close()
                 if lock:
                     lock.release()
@@ -272,6 +285,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
                                 f"{checkpoints / f'step-{step}'} written after step {step}; continue with trainer.resume=auto",
                                 exit_code=cfg.trainer.preempt_exit_code)
 
+    schedule.close()
     final = save(checkpoints / "final")
     with dp.full_weights(model):
         result = last_eval or evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=eval_max_new_tokens,

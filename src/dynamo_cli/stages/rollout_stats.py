@@ -29,11 +29,14 @@ def active_dropout(model: nn.Module) -> list[str]:
     return found
 
 
-def separate_pass_reason(*, reuse_forward: bool, estimator_reads_old_logprobs: bool, model: nn.Module) -> str | None:
+def separate_pass_reason(*, reuse_forward: bool, estimator_reads_old_logprobs: bool, model: nn.Module,
+                         off_policy: bool = False) -> str | None:
     """None when the rollout policy's statistics can come from the first training forward; else why they cannot
     (one line, printed by the recipe)."""
     if not reuse_forward:
         return "algorithm.reuse_forward=false"
+    if off_policy:  # the batch was sampled by the weights before the last update, not by the ones the update starts from
+        return "rollout.one_step_off_policy=true: the behaviour policy is one update behind the trained one"
     if estimator_reads_old_logprobs:  # GAE's per-token KL reward is computed before the update starts
         return "algorithm.kl_in_reward > 0 reads log pi_old in estimate, before the update"
     dropout = active_dropout(model)

@@ -1,0 +1,84 @@
+"""rollout.one_step_off_policy (stages/schedule.py): step t+1 is sampled during step t's update, by the weights
+before it; staleness logged; resume exact; refused where it cannot work."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ENV, REPO, dynamo
+from test_recipes import TRAIN_SMALL, _final_metrics, read_jsonl
+
+from dynamo_cli.stages.schedule import behaviour_copy, copy_weights
+
+
+def _texts(run_dir, step: int) -> list[str]:
+    return [r["completion"] for r in read_jsonl(run_dir / "rollouts.jsonl") if r["step"] == step]
+
+
+def _metric(run_dir, key: str) -> list[float]:
+    return [r[key] for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r]
+
+
+def test_behaviour_copy_is_frozen_and_refreshed_in_place():
+    policy = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    behaviour = behaviour_copy(policy)
+    assert not any(p.requires_grad for p in behaviour.parameters()) and not behaviour.training
+    with torch.no_grad():
+        policy[0].weight.add_(1.0)
+    assert not torch.equal(behaviour[0].weight, policy[0].weight)  # a copy, not a view
+    before = behaviour[0].weight
+    copy_weights(policy, behaviour)
+    assert behaviour[0].weight is before and torch.equal(behaviour[0].weight, policy[0].weight)
+
+
+@pytest.mark.slow
+def test_off_policy_samples_each_step_with_the_weights_before_the_last_update(sft_checkpoint, tmp_path):
+    args = [f"model.path={sft_checkpoint}", "trainer.steps=3", "trainer.dump_rollouts=true", "trainer.eval_every=0",
+            "eval.max_problems=4", *TRAIN_SMALL]
+    off, frozen, on = tmp_path / "off", tmp_path / "frozen", tmp_path / "on"
+    dynamo("train", f"hydra.run.dir={off}", "rollout.one_step_off_policy=true", "optim.lr=1e-2", *args)
+    dynamo("train", f"hydra.run.dir={frozen}", "optim.lr=1e-30", *args)  # on-policy, weights that never move: θ_0 throughout
+    dynamo("train", f"hydra.run.dir={on}", "optim.lr=1e-2", *args)
+    assert _texts(off, 1) == _texts(frozen, 1) == _texts(on, 1)  # step 1: nothing to be stale against
+    assert _texts(off, 2) == _texts(frozen, 2)  # step 2 was sampled during update 1, by θ_0
+    assert _texts(on, 2) != _texts(off, 2)  # on-policy samples step 2 with θ_1
+    assert _texts(off, 3) != _texts(frozen, 3)  # step 3: by θ_1, the copy was refreshed
+    assert _metric(off, "rollout/staleness") == [0.0, 1.0, 1.0]
+    assert _metric(on, "rollout/staleness") == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.slow
+def test_off_policy_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path):
+    args = [f"model.path={sft_checkpoint}", "trainer.steps=4", "trainer.save_every=2", "trainer.eval_every=0",
+            "trainer.dump_rollouts=true", "rollout.one_step_off_policy=true", "eval.max_problems=4", *TRAIN_SMALL]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    dynamo("train", f"hydra.run.dir={straight}", *args)
+    process = subprocess.Popen([sys.executable, "-m", "dynamo_cli", "train", f"hydra.run.dir={killed}", *args],
+                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-2" / "trainer_state.pt").exists():
+        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
+    assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")  # step 3: the saved prefetch
+    assert _final_metrics(killed) == _final_metrics(straight)
+    assert _metric(killed, "rollout/staleness") == [0.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("rollout=vllm", "rollout.one_step_off_policy=true is built for rollout=hf only"),
+    ("critic=separate", "rollout.one_step_off_policy=true with critic=separate"),
+])
+def test_off_policy_refuses_what_it_cannot_overlap_in_one_line(override, message, tmp_path):
+    extra = ["algorithm.advantage=gae"] if override.startswith("critic") else []
+    result = dynamo("train", "rollout.one_step_off_policy=true", override, *extra, f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
