@@ -2,13 +2,16 @@
 compared with 1-process runs of the same global batch and seed."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from conftest import ENV, REPO, dynamo
@@ -102,11 +105,34 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _stacks_then_kill(process: subprocess.Popen) -> tuple[str, str]:
+    """SIGABRT the launcher's workers (torch's launcher starts each in a session of its own, so a process-group
+    signal misses them, and they would outlive the test holding its pipes), then SIGKILL whatever is left."""
+    workers = psutil.Process(process.pid).children(recursive=True)
+    for worker in workers:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            worker.send_signal(signal.SIGABRT)
+    try:
+        return process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        for leftover in [*workers, psutil.Process(process.pid)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                leftover.kill()
+        return process.communicate()
+
+
 def launch(processes: int, *args: str, config: str = "conf/accelerate/cpu_ddp.yaml") -> subprocess.CompletedProcess:
     """`accelerate launch --config_file <config> -m dynamo_cli ...`, as README says."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
            "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args, "device=cpu"]
-    result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=600)
+    process = subprocess.Popen(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = process.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # a hang: each worker prints every thread's stack (faulthandler, on SIGABRT)
+        stdout, stderr = _stacks_then_kill(process)
+        raise AssertionError(f"{' '.join(cmd)} hung for 600 s; the processes' stacks:\n{stdout[-3000:]}\n{stderr[-12000:]}") from None
+    result = subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result

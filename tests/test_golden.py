@@ -5,9 +5,11 @@ model from its random init (init_seed 0; no SFT needed, a random policy still hi
 5 DynaMO steps (variance allocator + dynamo modulator), 8 prompts x 8 rollouts, 2 PPO epochs x 2
 mini-batches, k3 KL and an entropy bonus, every batch size explicit (never `auto`, which follows free memory).
 
-Tolerance: rtol 1e-5, atol 1e-7 on every metric and every tensor's sum and norm (float32 training on CPU;
-a refactor may reorder a sum, not change the maths). Rewards, allocations and completions must match
-exactly. Re-record with `DYNAMO_GOLDEN_WRITE=1 pytest tests/test_golden.py` only when the numbers are
+Tolerance: rtol 1e-4, atol 1e-7 on every metric and every tensor's sum and norm (float32 training on CPU;
+a refactor may reorder a sum, not change the maths). The fixture was recorded on an Intel Xeon; on an AMD EPYC
+the same code drifts by up to 1.4e-5 relative (train/approx_kl, the near-cancelling train/pg_loss) and 4.5e-6 in
+the weights' sums: other SIMD kernels, other rounding. rtol 1e-5 failed there on unchanged code; a change in the
+maths moves these numbers by far more than 1e-4. Rewards, allocations and completions must match exactly. Re-record with `DYNAMO_GOLDEN_WRITE=1 pytest tests/test_golden.py` only when the numbers are
 *meant* to change, and say why in the commit.
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ from conftest import dynamo
 from safetensors.torch import load_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "golden_train.json"
-RTOL, ATOL = 1e-5, 1e-7
+RTOL, ATOL = 1e-4, 1e-7  # see the module docstring: the cross-CPU drift is ~1e-5
 OVERRIDES = [
     "logger=none", "seed=3", "device=cpu", "allocator=variance", "modulator=dynamo",
     "model.hidden_size=64", "model.num_layers=2", "model.intermediate_size=128", "model.num_heads=4",
