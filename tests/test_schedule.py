@@ -82,3 +82,37 @@ def test_off_policy_refuses_what_it_cannot_overlap_in_one_line(override, message
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+@pytest.mark.slow
+def test_off_policy_on_two_processes_trains_like_one(sft_checkpoint, tmp_path):
+    """The background collect's collectives run on a side channel (DataParallel.side_channel) while the update's run
+    on the default group: 2 gloo processes give the 1-process run's completions, rewards and allocations."""
+    from test_distributed import TRAIN_2P, _records, launch
+
+    args = [f"model.path={sft_checkpoint}", "rollout.one_step_off_policy=true", *TRAIN_2P]
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch(2, "train", f"hydra.run.dir={two}", *args)
+    dynamo("train", f"hydra.run.dir={one}", "device=cpu", *args)
+    steps_two = [r for r in _records(two / "metrics.jsonl") if "train/loss" in r]
+    steps_one = [r for r in _records(one / "metrics.jsonl") if "train/loss" in r]
+    assert [r["rollout/staleness"] for r in steps_two] == [0.0, 1.0, 1.0]
+    for a, b in zip(steps_two, steps_one, strict=True):
+        assert a["dist/replica_param_diff"] == 0.0 and a["dist/replica_alloc_diff"] == 0.0
+        assert a["rollout/reward_mean"] == b["rollout/reward_mean"] and a["alloc/max"] == b["alloc/max"]
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-6)
+    pairs = zip(_records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl"), strict=True)
+    assert all((a["prompt_id"], a["n_alloc"], a["completion"], a["reward"]) == (b["prompt_id"], b["n_alloc"], b["completion"], b["reward"])
+               for a, b in pairs)
+
+
+@pytest.mark.slow
+def test_off_policy_under_fsdp2_is_refused_in_one_line(tmp_path):
+    from test_distributed import _free_port
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/fsdp2.yaml", "--num_processes", "2",
+           "--main_process_port", str(_free_port()), "-m", "dynamo_cli", "train", "rollout.one_step_off_policy=true", "logger=none",
+           "device=cpu", f"hydra.run.dir={tmp_path}"]
+    result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=300)
+    assert result.returncode != 0
+    assert "dynamo train: error: rollout.one_step_off_policy=true under FSDP2" in result.stderr

@@ -334,6 +334,12 @@ def behaviour_policy(cfg: TrainConfig, policy):
     return behaviour_copy(policy) if cfg.rollout.one_step_off_policy else policy
 
 
+def collect_parallel(cfg: TrainConfig, dp):
+    """The collectives collect runs on: the run's, or under one_step_off_policy a side channel of their own, because
+    the background collect runs them while the update runs its own (DataParallel.side_channel)."""
+    return dp.side_channel() if cfg.rollout.one_step_off_policy else dp
+
+
 def build_schedule(cfg: TrainConfig, collect, *, policy, behaviour):
     """When rollouts are generated relative to the update: on-policy, or one step ahead during it."""
     from dynamo_cli.stages.schedule import OneStepOffPolicy, OnPolicy

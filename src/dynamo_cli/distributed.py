@@ -9,6 +9,7 @@ bytes. With one process (a plain `dynamo train`) this is rank 0 of 1 and every c
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -52,6 +53,7 @@ class DataParallel:
         self.device = accelerator.device
         self.fsdp_version = fsdp.requested_fsdp_version()  # from the launch config; 2: `prepare` shards (FSDP2)
         self._units: dict[int, list] = {}  # id(module) -> its FSDP2 units, for `full_weights`
+        self.group = None  # the process group of this object's collectives; None: the default one (see side_channel)
 
     @classmethod
     def start(cls, device: str) -> "DataParallel":
@@ -80,13 +82,24 @@ class DataParallel:
     def shard(self, size: int) -> tuple[int, int]:
         return shard_bounds(size, rank=self.rank, world_size=self.world_size)
 
+    def side_channel(self) -> "DataParallel":
+        """The same ranks on a gloo process group of their own, for the collectives a background thread runs while the
+        main thread runs its own on the default group (rollout.one_step_off_policy's collect during the update): two
+        threads on one group would interleave their collectives differently on each rank. Every rank must call it,
+        in the same order. One process: this object."""
+        if not self.distributed:
+            return self
+        side = copy.copy(self)
+        side.group = torch_dist.new_group(backend="gloo")
+        return side
+
     # ------------------------------------------------------------------------------ collectives
     def gather_objects(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank (pickled: for small things)."""
         if not self.distributed:
             return [value]
         gathered: list[Any] = [None] * self.world_size
-        torch_dist.all_gather_object(gathered, value)
+        torch_dist.all_gather_object(gathered, value, group=self.group)
         return gathered
 
     def gather_rows(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -100,7 +113,7 @@ class DataParallel:
         if not self.distributed:
             return value
         box = [value]
-        torch_dist.broadcast_object_list(box, src=0)
+        torch_dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
     def sum(self, value: float) -> float:
@@ -123,14 +136,14 @@ class DataParallel:
         def reduce(values: torch.Tensor, how: str) -> torch.Tensor:
             op = torch_dist.ReduceOp.MAX if how == "amax" else torch_dist.ReduceOp.MIN
             out = values.detach().clone().to(self.device)
-            torch_dist.all_reduce(out, op=op)
+            torch_dist.all_reduce(out, op=op, group=self.group)
             return out.to(values.device)
 
         return reduce
 
     def barrier(self) -> None:
         if self.distributed:
-            torch_dist.barrier()
+            torch_dist.barrier(group=self.group)
 
     # --------------------------------------------------------------------------- model handling
     @property

@@ -97,9 +97,9 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     eval_max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
     prompt_tokens = longest_prompt(tokenizer, task, train_problems)
-    if cfg.rollout.one_step_off_policy and dp.distributed:
-        raise DynamoError(f"rollout.one_step_off_policy=true runs on one process; {dp.world_size} were launched (its background "
-                          "collect's collectives would interleave with the update's): launch one process or set it to false")
+    if cfg.rollout.one_step_off_policy and dp.sharded:
+        raise DynamoError("rollout.one_step_off_policy=true under FSDP2: generating on gathered weights while the update runs "
+                          "on the sharded ones is not built; use conf/accelerate/ddp.yaml or one_step_off_policy=false")
     behaviour = builders.behaviour_policy(cfg, model)  # what samples: the policy, or (one-step-off-policy) a copy of it
     try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
         engine = builders.build_rollout_engine(cfg, behaviour, tokenizer, max_model_len=prompt_tokens + max_new_tokens)
@@ -120,9 +120,8 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     separate_pass = rollout_stats.separate_pass_reason(  # None: log pi_old from the first training forward (stages/rollout_stats.py)
         reuse_forward=cfg.algorithm.reuse_forward, estimator_reads_old_logprobs=cfg.algorithm.kl_in_reward > 0, model=policy,
         off_policy=cfg.rollout.one_step_off_policy)
-    behaviour = policy if behaviour is model else behaviour  # (the unwrapped module when it is the policy itself)
     collect = Collector(task=task, problems=train_problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
-                        policy=behaviour, reference=reference, dp=dp, per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
+                        policy=behaviour, reference=reference, dp=builders.collect_parallel(cfg, dp), per_step=P, seed=cfg.seed, max_new_tokens=max_new_tokens,
                         temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, generation_batch=plan.generation,
                         logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
                         shape_rewards=builders.build_reward_shaping(cfg), critic=critic, defer_policy_stats=separate_pass is None,

@@ -75,9 +75,9 @@ def behaviour_copy(policy: torch.nn.Module) -> torch.nn.Module:
 class OneStepOffPolicy:
     """Collect step t+1 in a background thread, on a copy of θ_{t-1}, while step t's update runs.
 
-    `collect` must have been built on `behaviour` (its engine generates with it, its old log-probs come from it);
-    `policy` is the module the update trains. One process only: the background collect's collectives would
-    interleave with the update's (train.py refuses several processes with one line)."""
+    `collect` must have been built on `behaviour` (its engine generates with it, its old log-probs come from it)
+    and, with several processes, on a side channel of its own (DataParallel.side_channel: its collectives run
+    while the update's do); `policy` is the module the update trains."""
 
     def __init__(self, collect: Collector, *, policy: torch.nn.Module, behaviour: torch.nn.Module):
         self.collect, self.policy, self.behaviour = collect, policy, behaviour
