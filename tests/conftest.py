@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,19 @@ def dynamo(*args: str, check: bool = True, timeout: int = 600) -> subprocess.Com
     if check and result.returncode != 0:
         raise AssertionError(f"dynamo {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def train_killed_after_checkpoint(run_dir: Path, *args: str, checkpoint: str = "step-2") -> None:
+    """`dynamo train` in the background, SIGKILLed as soon as checkpoints/<checkpoint> is complete (what an OOM kill
+    or a lost node leaves behind); fails if the run ends first or takes over 300 s to get there."""
+    process = subprocess.Popen([sys.executable, "-m", "dynamo_cli", "train", f"hydra.run.dir={run_dir}", *args],
+                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run_dir / "checkpoints" / checkpoint / "trainer_state.pt").exists():
+        assert process.poll() is None and time.time() < deadline, f"run ended before its checkpoint {checkpoint}"
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 @pytest.fixture(scope="session")

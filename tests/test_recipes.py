@@ -3,17 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ENV, REPO, dynamo
+from conftest import dynamo, train_killed_after_checkpoint
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -175,14 +170,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     dynamo("train", f"hydra.run.dir={straight}", *args)
 
-    process = subprocess.Popen([sys.executable, "-m", "dynamo_cli", "train", f"hydra.run.dir={killed}", *args],
-                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-2" / "trainer_state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    train_killed_after_checkpoint(killed, *args)
     assert not (killed / "checkpoints" / "final").exists()
 
     dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)

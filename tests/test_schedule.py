@@ -2,15 +2,12 @@
 before it; staleness logged; resume exact; refused where it cannot work."""
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
-from conftest import ENV, REPO, dynamo
+from conftest import ENV, REPO, dynamo, train_killed_after_checkpoint
 from test_recipes import TRAIN_SMALL, _final_metrics, read_jsonl
 
 from dynamo_cli.stages.schedule import behaviour_copy, copy_weights
@@ -58,14 +55,7 @@ def test_off_policy_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint
             "trainer.dump_rollouts=true", "rollout.one_step_off_policy=true", "eval.max_problems=4", *TRAIN_SMALL]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     dynamo("train", f"hydra.run.dir={straight}", *args)
-    process = subprocess.Popen([sys.executable, "-m", "dynamo_cli", "train", f"hydra.run.dir={killed}", *args],
-                               cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step-2" / "trainer_state.pt").exists():
-        assert process.poll() is None and time.time() < deadline, "run ended before its first checkpoint"
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    train_killed_after_checkpoint(killed, *args)
     dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")  # step 3: the saved prefetch
     assert _final_metrics(killed) == _final_metrics(straight)
