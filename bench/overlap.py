@@ -11,38 +11,14 @@ shared by each in turn).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 from bench.common import REPO, BenchResult, checkpoint, print_result, shown
+from bench.speed import train_run
 
 CASES = {"GRPO, 1 update/step": ["allocator=uniform", "modulator=none", "algorithm.mini_batches=1"],
          "DynaMO": ["allocator=variance", "modulator=dynamo"]}
-
-
-def step_seconds(ckpt: Path, overrides: list[str], *, threads: int | None, steps: int, quick: bool) -> float:
-    """Median time/step_s of a `dynamo train` run over its steps after the first."""
-    size = ["trainer.prompts_per_step=8", "rollout.n=4", "task.num_train=500"] if quick else []
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
-    else:
-        env.pop("OMP_NUM_THREADS", None)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = subprocess.run([sys.executable, "-m", "dynamo_cli", "train", f"model.path={ckpt}", f"hydra.run.dir={tmp}",
-                                 f"trainer.steps={steps}", "trainer.eval_every=0", "trainer.save_every=0", "eval.max_problems=4",
-                                 "eval.n_samples=0", "logger=none", "device=cpu", *size, *overrides],
-                                cwd=REPO, env=env, text=True, capture_output=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"dynamo train {' '.join(overrides)} failed:\n{result.stderr[-2000:]}")
-        records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    seconds = [r["time/step_s"] for r in records if "time/step_s" in r]
-    return statistics.median(seconds[1:] or seconds)
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
@@ -62,8 +38,8 @@ def main(argv: list[str] | None = None) -> BenchResult:
         for case, overrides in cases.items():
             for thread_name, count in threads.items():
                 for mode, flag in modes.items():  # on, off, on, off: drift hits both alike
-                    seconds.setdefault((case, thread_name, mode), []).append(
-                        step_seconds(ckpt, [*overrides, flag], threads=count, steps=steps, quick=args.quick))
+                    row = train_run(REPO, ckpt, [*overrides, flag], steps=steps, quick=args.quick, threads=count)
+                    seconds.setdefault((case, thread_name, mode), []).append(row["step_s"])
     med = {key: statistics.median(v) for key, v in seconds.items()}
     lines = [f"Checkpoint `{shown(ckpt)}` ({how}); {repeats} interleaved repeat(s), medians; {steps} steps per run, the first "
              f"left out; CPU, {os.cpu_count()} cores.", "",

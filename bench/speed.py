@@ -53,9 +53,13 @@ def export(ref: str, into: Path) -> str:
     return commit
 
 
-def in_tree(tree: Path, args: list[str], *, cwd: Path) -> subprocess.CompletedProcess:
-    """python ARGS with `tree/src` first on the path (then this repository, for the bench package)."""
+def in_tree(tree: Path, args: list[str], *, cwd: Path, threads: int | None = None) -> subprocess.CompletedProcess:
+    """python ARGS with `tree/src` first on the path (then this repository, for the bench package); `threads`:
+    OMP_NUM_THREADS for the run (None: torch's default, whatever the caller's environment says)."""
     env = {**os.environ, "PYTHONPATH": f"{tree / 'src'}{os.pathsep}{REPO}", "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true"}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     result = subprocess.run([sys.executable, *args], cwd=cwd, env=env, text=True, capture_output=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} in {tree} failed ({result.returncode}):\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -69,13 +73,13 @@ def worker(tree: Path, kind: str, **options) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def train_run(tree: Path, ckpt: Path, overrides: list[str], *, steps: int, quick: bool) -> dict:
+def train_run(tree: Path, ckpt: Path, overrides: list[str], *, steps: int, quick: bool, threads: int | None = None) -> dict:
     """Median time/step_s over the steps after the first, and the padding metrics where the tree logs them."""
     size = (["trainer.prompts_per_step=8", "rollout.n=4", "task.num_train=500"] if quick else [])
     with tempfile.TemporaryDirectory() as tmp:
         in_tree(tree, ["-m", "dynamo_cli", "train", f"model.path={ckpt}", f"hydra.run.dir={tmp}", f"trainer.steps={steps}",
                        "trainer.eval_every=0", "trainer.save_every=0", "eval.max_problems=4", "eval.n_samples=0", "logger=none",
-                       "device=cpu", *size, *overrides], cwd=tree)
+                       "device=cpu", *size, *overrides], cwd=tree, threads=threads)
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     steps_ = [r for r in records if "time/step_s" in r]
     kept = steps_[1:] if len(steps_) > 1 else steps_
