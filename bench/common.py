@@ -79,7 +79,7 @@ def load(checkpoint_dir: Path):
     from dynamo_cli.builders import build_task
     from dynamo_cli.cli import quiet_libraries
     from dynamo_cli.config import MathTaskConfig, TinyModelConfig
-    from dynamo_cli.models import load_policy
+    from dynamo_cli.models.load import load_policy
 
     quiet_libraries()  # offline, no progress bars
     model, tokenizer = load_policy(TinyModelConfig(path=str(checkpoint_dir)), torch.device("cpu"))
@@ -102,7 +102,7 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
 
     from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
-    from dynamo_cli.rollout import generate
+    from dynamo_cli.rollout.hf import generate
     from dynamo_cli.stages.collect import score
 
     allocator = allocator_from_config(VarianceAllocatorConfig(), n=n)

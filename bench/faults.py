@@ -3,7 +3,7 @@ where an uninterrupted run of the same seed ends.
 
     python -m bench.faults [--kills N] [--seed S] [--steps T] [--work-dir DIR]      (make bench-faults: N = 10)
 
-The moments cycle through the named fault points (dynamo_cli/faultpoints.py: a checkpoint half written, an
+The moments cycle through the named fault points (dynamo_cli/runtime/faultpoints.py: a checkpoint half written, an
 evaluation computed but not logged, a step logged but not checkpointed) and random wall-clock instants
 (start-up, generation, update, anything), with the k-th occurrence and the instant drawn from a seeded generator.
 Every attempt after a kill is the same command plus `trainer.resume=auto`. Exact means: the final weights are
@@ -86,7 +86,7 @@ def resume_point(killed: Path, straight: Path) -> tuple[int, bool]:
     uninterrupted run's at that step (step 0: no checkpoint yet, a fresh start, trivially exact)."""
     import torch
 
-    from dynamo_cli.checkpoint import latest, load_trainer_state
+    from dynamo_cli.runtime.checkpoint import latest, load_trainer_state
 
     found = latest(killed / "checkpoints", quiet=True)
     if found is None:

@@ -36,11 +36,11 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
                   max_new_tokens: int, micro_batch_size: int) -> tuple[torch.Tensor, float]:
     """One draw: generate Σ counts rollouts, GRPO advantages, the loss's gradient flattened (D,). And the
     fraction of groups with zero signal (all rewards equal)."""
-    from dynamo_cli.advantages import grpo_advantages
+    from dynamo_cli.algo.advantages import grpo_advantages
+    from dynamo_cli.algo.losses import aggregate, ppo_clip_loss
     from dynamo_cli.config import AlgorithmConfig
-    from dynamo_cli.losses import aggregate, ppo_clip_loss
-    from dynamo_cli.policy import completion_token_stats
-    from dynamo_cli.rollout import generate
+    from dynamo_cli.rollout.hf import generate
+    from dynamo_cli.rollout.policy_stats import completion_token_stats
     from dynamo_cli.stages.collect import score
 
     algo = AlgorithmConfig()

@@ -1,4 +1,4 @@
-"""Bench e: how close the memory estimate behind `auto` batch sizes (src/dynamo_cli/resources.py) is to the
+"""Bench e: how close the memory estimate behind `auto` batch sizes (src/dynamo_cli/runtime/resources.py) is to the
 memory a training micro-batch really takes.
 
 For each model (the tiny one; SmolLM2-135M when `make real-model` has cached it) one forward + backward of
@@ -27,7 +27,7 @@ def _load(model_name: str):
     import torch
 
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     if model_name == "tiny":
         return build_tiny_model(TinyModelConfig(), build_char_tokenizer())
@@ -68,7 +68,7 @@ def worker(model_name: str, batch: int, tokens: int, completion: int) -> None:
     """One forward + backward at `batch`; prints the peak-memory growth in bytes as JSON."""
     import torch
 
-    from dynamo_cli.policy import completion_token_stats
+    from dynamo_cli.rollout.policy_stats import completion_token_stats
 
     model = _load(model_name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
         worker(name, int(batch), int(tokens), int(completion))
         raise SystemExit(0)
 
-    from dynamo_cli.resources import model_shape, training_bytes_per_sequence
+    from dynamo_cli.runtime.resources import model_shape, training_bytes_per_sequence
 
     cases = [("tiny", 64, 512, 24, 8)]  # model, small batch, large batch, tokens, completion tokens
     if not args.quick and os.path.isfile(os.path.join(SMOLLM, "config.json")):

@@ -41,7 +41,7 @@ def train_overhead(ckpt: Path, *, steps: int, quick: bool) -> dict[str, float]:
 
 def allocation_time(num_prompts: int, *, seed: int = 0, repeats: int = 3, prior: str = "none") -> dict[str, float]:
     """Best-of-`repeats` seconds of allocate() over num_prompts prompts (6 tags), and of its pure tensor part."""
-    from dynamo_cli.allocators import allocate_rollouts, exploration_need, shrunk_estimates, variance_priority
+    from dynamo_cli.allocation.allocators import allocate_rollouts, exploration_need, shrunk_estimates, variance_priority
     from dynamo_cli.builders import allocator_from_config
     from dynamo_cli.config import VarianceAllocatorConfig
 

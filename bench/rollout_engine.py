@@ -1,6 +1,6 @@
 """Bench d: the rollout engine against the bound of a bare batched forward-pass loop.
 
-Engine: `dynamo_cli.rollout.generate` (KV cache, counter-based sampling, EOS tracking, early stop) on a
+Engine: `dynamo_cli.rollout.hf.generate` (KV cache, counter-based sampling, EOS tracking, early stop) on a
 fixed prompt batch with the counts a warmed-up VarianceAllocator gives (mixed group sizes), and with uniform
 counts for comparison; throughput = valid completion tokens / seconds.
 Bound: the same model, the same rows (same chunks, same left-padded prompts) and the same completion width Tc,
@@ -32,7 +32,7 @@ from bench.common import (
 @torch.no_grad()
 def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batch_size: int) -> float:
     """Seconds for prefill + (steps − 1) cached decode steps over `rows`, chunked like generate()."""
-    from dynamo_cli.rollout import cache_kwarg, cache_of, position_ids_from_mask
+    from dynamo_cli.rollout.hf import cache_kwarg, cache_of, position_ids_from_mask
 
     model.eval()
     cache_key = cache_kwarg(model)
@@ -58,7 +58,7 @@ def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batc
 
 
 def measure(model, tokenizer, prompts, counts: torch.Tensor, *, max_new_tokens: int, repeats: int, seed: int) -> dict:
-    from dynamo_cli.rollout import generate
+    from dynamo_cli.rollout.hf import generate
 
     max_batch = 512  # sequences per chunk, as an explicit rollout.max_batch_size=512
     engine, bound, valid, slots = [], [], [], []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench import grad_variance, memory_estimate, overhead, overlap, rollout_engine, sample_efficiency, speed
 from bench.common import REPO, checkpoint
-from dynamo_cli import aggregate as agg
+from dynamo_cli.report import aggregate as agg
 
 
 def main(argv: list[str] | None = None) -> list:

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from bench.common import REPO, BenchResult, fmt, print_result
-from dynamo_cli import aggregate as agg
+from dynamo_cli.report import aggregate as agg
 
 METHODS = ("grpo", "dynamo")
 

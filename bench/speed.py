@@ -97,7 +97,7 @@ def rollout_worker(ckpt: str, seed: int, repeats: int, quick: bool) -> dict:
     from bench.common import load, prompt_batch, warm_history
     from bench.rollout_engine import bare_loop
     from dynamo_cli.config import MathTaskConfig
-    from dynamo_cli.rollout import generate
+    from dynamo_cli.rollout.hf import generate
 
     torch.manual_seed(seed)
     model, tokenizer, task = load(Path(ckpt))
@@ -131,7 +131,7 @@ def alloc_worker(prompts: int, repeats: int, seed: int) -> dict:
     from dynamo_cli.config import VarianceAllocatorConfig
 
     try:  # the ids as collect passes them: with their pool positions (a tree before PromptIds gets the plain list)
-        from dynamo_cli.allocators import PromptIds
+        from dynamo_cli.allocation.allocators import PromptIds
     except ImportError:
         PromptIds = None
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.advantages import (
+from dynamo_cli.algo.advantages import (
     ADVANTAGE_ESTIMATORS,
     drgrpo_advantages,
     grpo_advantages,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dynamo_cli.allocators import VarianceAllocator, largest_first, water_fill
+from dynamo_cli.allocation.allocators import VarianceAllocator, largest_first, water_fill
 
 
 def test_largest_first_is_the_head_of_a_stable_descending_sort():
@@ -80,7 +80,7 @@ def test_prompt_ids_with_pool_keys_allocate_as_plain_ids_do_and_survive_a_resume
     """PromptIds (ids + their pool positions, as collect passes them): the same rows, histories and allocations as
     the plain list, new prompts added through keys, the key cache rebuilt after load_state_dict, and a different
     pool never served another pool's rows."""
-    from dynamo_cli.allocators import PromptIds
+    from dynamo_cli.allocation.allocators import PromptIds
 
     pool = [f"p{i}" for i in range(12)]
     tags = [f"L{i % 3}" for i in range(12)]

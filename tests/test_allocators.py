@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.allocators import (
+from dynamo_cli.allocation.allocators import (
     UniformAllocator,
     VarianceAllocator,
     allocate_rollouts,

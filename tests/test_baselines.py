@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.advantages import w_reinforce_advantages
-from dynamo_cli.modulators import (
+from dynamo_cli.algo.advantages import w_reinforce_advantages
+from dynamo_cli.algo.reward_shaping import OverlongPenalty, overlong_penalty
+from dynamo_cli.algo.terms import CovarianceKL, Loss, PPOClip, Weighted
+from dynamo_cli.modulation.modulators import (
     ClipCovModulator,
     EntropyAdvantageModulator,
     ForkTokensModulator,
@@ -19,9 +21,7 @@ from dynamo_cli.modulators import (
     token_covariance,
     top_fraction_mask,
 )
-from dynamo_cli.rewards import OverlongPenalty, overlong_penalty
-from dynamo_cli.terms import CovarianceKL, Loss, PPOClip, Weighted
-from dynamo_cli.trajectory import ModelOutputs, Trajectories
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
 
 def close(actual, expected):
@@ -136,10 +136,10 @@ def test_kl_cov_penalty_acts_on_the_selected_tokens_only():
 def test_the_update_loop_hands_the_extra_mask_to_the_micro_batches():
     """KL-Cov through PolicyUpdate: the selected tokens travel with their rows into every micro-batch."""
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.trainable import Trainable
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
-    from dynamo_cli.trainable import Trainable
 
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), build_char_tokenizer())
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
@@ -183,12 +183,12 @@ def test_overlong_penalty_hand_values():
 
 
 def test_collect_masks_truncated_completions_and_shapes_the_rewards_it_learns_from():
-    from dynamo_cli.allocators import UniformAllocator
+    from dynamo_cli.allocation.allocators import UniformAllocator
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-    from dynamo_cli.rollout import PolicyRollouts
-    from dynamo_cli.samplers import UniformSampler
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.rollout.hf import PolicyRollouts
+    from dynamo_cli.runtime.distributed import DataParallel
+    from dynamo_cli.sampling.samplers import UniformSampler
     from dynamo_cli.stages.collect import Collector
     from dynamo_cli.tasks import MathTask
 

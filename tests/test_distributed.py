@@ -17,8 +17,8 @@ import torch
 from conftest import ENV, REPO, dynamo
 from safetensors.torch import load_file
 
-from dynamo_cli.distributed import shard_bounds, shard_counts
-from dynamo_cli.rollout import counter_uniforms, generate, sample_next, stream_seed
+from dynamo_cli.rollout.hf import counter_uniforms, generate, sample_next, stream_seed
+from dynamo_cli.runtime.distributed import shard_bounds, shard_counts
 
 
 # ------------------------------------------------------------------------------------------ pure parts
@@ -70,7 +70,7 @@ def test_inverse_cdf_sampling_matches_the_distribution_and_respects_top_p():
 
 def test_a_share_of_the_batch_generates_what_the_whole_batch_generated():
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TinyModelConfig(hidden_size=64, num_layers=2, intermediate_size=128), tokenizer)
@@ -254,8 +254,8 @@ def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refus
 
     from accelerate.utils import DistributedType
 
-    from dynamo_cli.distributed import DataParallel
     from dynamo_cli.errors import DynamoError
+    from dynamo_cli.runtime.distributed import DataParallel
 
     accelerator = SimpleNamespace(process_index=0, num_processes=2, device=torch.device("cpu"), distributed_type=DistributedType[kind],
                                   state=SimpleNamespace(deepspeed_plugin=SimpleNamespace(zero_stage=zero_stage)))
@@ -268,7 +268,7 @@ def test_weight_sharding_engines_are_refused_in_one_line(kind, zero_stage, refus
 
 def test_an_empty_share_generates_nothing_without_error():
     """With more processes than problems (eval.max_problems=1 on 2 processes) a rank's share is empty."""
-    from dynamo_cli.models import build_char_tokenizer
+    from dynamo_cli.models.load import build_char_tokenizer
 
     empty = generate(None, build_char_tokenizer(), [], counts=torch.zeros(0, dtype=torch.long), max_new_tokens=4,
                      temperature=1.0, top_p=1.0, seed=1, max_batch_size=8)

@@ -19,14 +19,14 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
 from bench import faults as harness
-from dynamo_cli import checkpoint
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import ConfigError, LoggerConfig, register_schemas
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.guard import NonFiniteGuard, nonfinite_cause
-from dynamo_cli.preempt import Preemption
-from dynamo_cli.runlock import LOCK_FILE, RunLock
-from dynamo_cli.trainable import Trainable
+from dynamo_cli.models.trainable import Trainable
+from dynamo_cli.runtime import checkpoint
+from dynamo_cli.runtime.guard import NonFiniteGuard, nonfinite_cause
+from dynamo_cli.runtime.preempt import Preemption
+from dynamo_cli.runtime.runlock import LOCK_FILE, RunLock
 
 register_schemas()
 register_resolvers()
@@ -69,7 +69,7 @@ def test_guard_counts_skips_and_stops_after_too_many_in_a_row():
 
 
 def test_a_discarded_step_leaves_weights_adam_state_and_schedule_untouched():
-    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.runtime.distributed import DataParallel
 
     class OneProcess(DataParallel):
         def __init__(self):
@@ -135,7 +135,7 @@ def _poison_logits(monkeypatch):
 
 def _poison_rewards(monkeypatch):
     """NaN rewards for every completion of step 2 (a verifier gone wrong)."""
-    from dynamo_cli import episodes
+    from dynamo_cli.rollout.hf import episodes
     from dynamo_cli.stages import collect
 
     real = collect.Collector.__call__
@@ -155,7 +155,7 @@ def _poison_rewards(monkeypatch):
 
 def _poison_gradients(monkeypatch):
     """After each backward of step 2, one parameter's gradient is NaN."""
-    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages import update as update_module
 
     real_call, real_backward = update_module.PolicyUpdate.__call__, DataParallel.backward
@@ -219,7 +219,7 @@ def _fake_checkpoint(directory: Path, step: int) -> Path:
         torch.save({"totals": {"step": step}}, tmp / checkpoint.TRAINER_STATE)
         checkpoint.write_manifest(tmp)
 
-    from dynamo_cli import atomic
+    from dynamo_cli.runtime import atomic
 
     return atomic.write_dir(directory, write, check=checkpoint.check_manifest)
 
@@ -283,7 +283,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint_and_stops_in_on
 
 # ------------------------------------------------------------------------------------------ 4. run lock
 def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dynamo_cli.runlock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dynamo_cli.runtime.runlock import RunLock; "
                                f"RunLock.acquire({str(tmp_path)!r}); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
     try:
@@ -302,7 +302,7 @@ def test_a_second_live_run_is_refused_and_a_stale_lock_taken_over(tmp_path):
 
 
 def test_train_refuses_a_run_dir_a_live_run_holds(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dynamo_cli.runlock import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from dynamo_cli.runtime.runlock import RunLock; "
                                f"RunLock.acquire({str(tmp_path)!r}); print('locked', flush=True); time.sleep(600)"],
                               stdout=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
     try:
@@ -397,7 +397,7 @@ class _FakeRun:
 def test_wandb_online_that_cannot_start_falls_back_to_offline_with_one_warning(monkeypatch, tmp_path, capsys):
     import wandb
 
-    from dynamo_cli.tracking import Tracker
+    from dynamo_cli.tracking.tracker import Tracker
 
     modes = []
 
@@ -423,7 +423,7 @@ def test_wandb_online_that_cannot_start_falls_back_to_offline_with_one_warning(m
 def test_a_wandb_error_mid_run_switches_it_off_with_one_warning_and_metrics_jsonl_keeps_every_step(monkeypatch, tmp_path, capsys):
     import wandb
 
-    from dynamo_cli.tracking import Tracker
+    from dynamo_cli.tracking.tracker import Tracker
 
     monkeypatch.setattr(wandb, "init", lambda **kwargs: _FakeRun(fail_at=3))
     tracker = Tracker(run_dir=tmp_path, cfg=LoggerConfig(mode="offline"), config={}, job_type="train")

@@ -1,4 +1,4 @@
-"""FSDP2 full-parameter training (fsdp.py): which launch configs are admitted, the optimiser's checkpoint marker,
+"""FSDP2 full-parameter training (runtime/fsdp.py): which launch configs are admitted, the optimiser's checkpoint marker,
 and real 2-process FSDP2 runs (gloo on CPU) against 1-process runs of the same global batch and seed, with an
 exact resume from a sharded checkpoint."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from conftest import REPO, dynamo
 from safetensors.torch import load_file
 from test_distributed import TRAIN_2P, _records, _relative_distance, launch
 
-from dynamo_cli import fsdp
 from dynamo_cli.errors import DynamoError
+from dynamo_cli.runtime import fsdp
 
 FSDP2_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}
 
@@ -39,7 +39,7 @@ def test_the_fsdp2_launch_config_is_what_accelerate_exports_as_fsdp2():
 def _data_parallel(monkeypatch, env: dict[str, str], kind: str = "MULTI_CPU"):
     from accelerate.utils import DistributedType
 
-    from dynamo_cli.distributed import DataParallel
+    from dynamo_cli.runtime.distributed import DataParallel
 
     for key in ("ACCELERATE_USE_FSDP", "FSDP_VERSION"):
         monkeypatch.delenv(key, raising=False)
@@ -67,7 +67,7 @@ def test_fsdp2_is_admitted_for_train_only_and_fsdp1_is_refused_in_one_line(monke
 
 def test_vllm_and_lora_are_refused_under_fsdp2_in_one_line(monkeypatch):
     from dynamo_cli.config import LoraConfig, TinyModelConfig
-    from dynamo_cli.models import add_lora, build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import add_lora, build_char_tokenizer, build_tiny_model
 
     dp = _data_parallel(monkeypatch, FSDP2_ENV)
     with pytest.raises(DynamoError, match="only rollout=hf generates with sharded weights"):
@@ -98,7 +98,7 @@ def test_units_are_the_decoder_layers_and_the_plain_class_is_found_under_the_fsd
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=3, intermediate_size=64), build_char_tokenizer())
     assert fsdp.layer_classes(model) == {LlamaDecoderLayer}
@@ -111,9 +111,9 @@ def test_units_are_the_decoder_layers_and_the_plain_class_is_found_under_the_fsd
 
 
 def test_the_staging_dir_sits_beside_the_checkpoint_and_is_moved_in(tmp_path):
-    from dynamo_cli import checkpoint
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.runtime import checkpoint
 
     target = tmp_path / "checkpoints" / "step-2"
     staging = fsdp.staging_dir(target)

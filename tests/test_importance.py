@@ -1,4 +1,4 @@
-"""Truncated importance sampling of the rollout engine's samples (importance.py, algorithm.rollout_is): the weights
+"""Truncated importance sampling of the rollout engine's samples (algo/importance.py, algorithm.rollout_is): the weights
 by hand, token and sequence level, the cap, the mask."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.importance import mismatch_kl, truncated_is_weights
+from dynamo_cli.algo.importance import mismatch_kl, truncated_is_weights
 
 
 def _batch():
@@ -53,8 +53,8 @@ def test_mismatch_kl_is_k3_of_the_ratio():
 
 
 def test_the_corrected_policy_term_scales_each_token_loss_by_its_weight_and_logs_it():
-    from dynamo_cli.terms import PPOClip, RolloutCorrected
-    from dynamo_cli.trajectory import ModelOutputs, Trajectories
+    from dynamo_cli.algo.terms import PPOClip, RolloutCorrected
+    from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
     b = _batch()
     batch = Trajectories(input_ids=torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 5, dtype=torch.long),
@@ -82,8 +82,8 @@ def test_an_engine_log_prob_that_is_unknown_is_not_corrected():
 
 
 def test_rollouts_from_token_ids_carry_the_engines_log_probs():
-    from dynamo_cli.models import build_char_tokenizer
-    from dynamo_cli.rollout import rollouts_from_token_ids
+    from dynamo_cli.models.load import build_char_tokenizer
+    from dynamo_cli.rollout.hf import rollouts_from_token_ids
 
     tok = build_char_tokenizer()
     eos = tok.eos_token_id
@@ -103,7 +103,7 @@ def test_rollout_is_needs_an_engine_that_reports_log_probs():
     with pytest.raises(ConfigError, match="algorithm.rollout_is='both' is not allowed; choose one of: none, token, sequence"):
         compose_schema("train", ["algorithm.rollout_is=both"])
     cfg = compose_schema("train", ["algorithm.rollout_is=sequence", "rollout=vllm"])  # composes; vLLM itself needs a GPU
-    from dynamo_cli.terms import RolloutCorrected, build_loss
+    from dynamo_cli.algo.terms import RolloutCorrected, build_loss
 
     assert isinstance(build_loss(cfg).terms[0].term, RolloutCorrected)
     assert not isinstance(build_loss(compose_schema("train", [])).terms[0].term, RolloutCorrected)  # off by default

@@ -15,14 +15,14 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from dynamo_cli.checkpoint import load_trainer_state
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import ConfigError, ExportConfig, LoraConfig, TinyModelConfig, register_schemas
-from dynamo_cli.models import BASE_DIR, is_peft_model, load_checkpoint, load_policy, reference_policy
+from dynamo_cli.models.load import BASE_DIR, is_peft_model, load_checkpoint, load_policy, reference_policy
 from dynamo_cli.recipes import eval as eval_recipe
 from dynamo_cli.recipes import export as export_recipe
 from dynamo_cli.recipes import sft as sft_recipe
 from dynamo_cli.recipes import train as train_recipe
+from dynamo_cli.runtime.checkpoint import load_trainer_state
 
 register_schemas()
 register_resolvers()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.losses import (
+from dynamo_cli.algo.losses import (
     AGGREGATIONS,
     aggregate,
     entropy_from_logits,

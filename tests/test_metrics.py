@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dynamo_cli.metrics import mean_pass_at_k, pass_at_k
+from dynamo_cli.algo.pass_at_k import mean_pass_at_k, pass_at_k
 
 
 def test_pass_at_k_hand_values():

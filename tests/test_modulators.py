@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.modulators import (
+from dynamo_cli.modulation.modulators import (
     DynamoModulator,
     NoModulator,
     compensation_factor,

@@ -9,21 +9,21 @@ import pytest
 import torch
 from conftest import dynamo
 
-from dynamo_cli.advantages import grpo_advantages
+from dynamo_cli.algo.advantages import grpo_advantages
+from dynamo_cli.algo.terms import Loss, PPOClip, Weighted
 from dynamo_cli.config import TinyModelConfig
-from dynamo_cli.dialogue import between_text, tokenize_dialogue
-from dynamo_cli.episodes import MultiTurnEpisodes, assemble
-from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-from dynamo_cli.modulators import DynamoModulator, compensation_factor
+from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+from dynamo_cli.modulation.modulators import DynamoModulator, compensation_factor
 from dynamo_cli.recipes.sft import collate
+from dynamo_cli.rollout.dialogue import between_text, tokenize_dialogue
+from dynamo_cli.rollout.episodes import MultiTurnEpisodes, assemble
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 from dynamo_cli.stages.estimate import GroupEstimator
 from dynamo_cli.tasks.base import Problem
 from dynamo_cli.tasks.calc import CalcTask, calculate
 from dynamo_cli.tasks.chat_jsonl import ChatJsonlTask
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask
 from dynamo_cli.tasks.guess import GuessTask, guess_reward
-from dynamo_cli.terms import Loss, PPOClip, Weighted
-from dynamo_cli.trajectory import ModelOutputs, Trajectories
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chat_dialogues.jsonl"
 

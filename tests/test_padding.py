@@ -1,16 +1,16 @@
 """Padding: the waste metric, cutting all-padding columns before a training forward, and generation that drops
-finished rows and buckets chunks by prompt length (padding.py, rollout.py)."""
+finished rows and buckets chunks by prompt length (rollout/padding.py, rollout/hf.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from dynamo_cli.config import TinyModelConfig
-from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
-from dynamo_cli.policy import completion_token_stats
-from dynamo_cli.rollout import generate, stream_seed
-from dynamo_cli.trajectory import Trajectories
+from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+from dynamo_cli.rollout.hf import generate, stream_seed
+from dynamo_cli.rollout.padding import pad_response, padding_waste, padding_window, trim_padding
+from dynamo_cli.rollout.policy_stats import completion_token_stats
+from dynamo_cli.rollout.trajectory import Trajectories
 
 
 def test_padding_waste_is_the_pad_share_of_the_positions():

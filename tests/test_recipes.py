@@ -107,8 +107,8 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
     """Alignment by construction: with unequal group sizes, every completion is verified against its own
     prompt's answer. The policy is replaced by an oracle that answers each row's own prompt correctly,
     so any misalignment between completions, prompts and answers shows up as a reward of 0."""
-    from dynamo_cli import rollout as rollout_module
     from dynamo_cli.recipes import train as train_recipe
+    from dynamo_cli.rollout.hf import hf as rollout_module
 
     real_generate = rollout_module.generate
 
@@ -196,7 +196,7 @@ def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):
 
 
 def test_eval_subset_keeps_every_level():
-    from dynamo_cli.evaluation import eval_subset
+    from dynamo_cli.stages.evaluate import eval_subset
     from dynamo_cli.tasks import Problem
 
     problems = [Problem(f"p{i}", "q", "1", level) for i, level in enumerate("AAAABBC")]

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dynamo_cli import resources
-from dynamo_cli.resources import (
+from dynamo_cli.runtime import resources
+from dynamo_cli.runtime.resources import (
     ModelShape,
     fit_batch_size,
     generation_bytes_per_sequence,
@@ -38,7 +38,7 @@ def test_estimates_by_hand():
 
 def _tiny():
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer()
     return build_tiny_model(TinyModelConfig(), tokenizer)
@@ -46,7 +46,7 @@ def _tiny():
 
 def test_model_shape_of_the_tiny_model_and_of_its_lora_version():
     from dynamo_cli.config import LoraConfig
-    from dynamo_cli.models import add_lora
+    from dynamo_cli.models.load import add_lora
 
     model = _tiny()
     shape = model_shape(model)

@@ -8,8 +8,7 @@ import json
 import pytest
 import torch
 
-from dynamo_cli.protocols import RoundAllocator
-from dynamo_cli.rollout_allocators import (
+from dynamo_cli.allocation.rounds import (
     DapoAllocator,
     GresoAllocator,
     KnapsackAllocator,
@@ -22,6 +21,7 @@ from dynamo_cli.rollout_allocators import (
     knapsack_value,
     zero_variance_streak,
 )
+from dynamo_cli.protocols import RoundAllocator
 
 
 # ------------------------------------------------------------------------------------------ DAPO
@@ -186,12 +186,12 @@ def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dro
     """A random tiny policy solves nothing, so every group is all-zero: DAPO asks for a full round of fresh prompts
     each time, stops at max_rounds, keeps no group. The fresh prompts continue the uniform sampler's stream (the next
     step starts after them), every rollout stays in the batch (counted) but none has a loss token."""
+    from dynamo_cli.algo.reward_shaping import OverlongPenalty
     from dynamo_cli.config import TinyModelConfig
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-    from dynamo_cli.rewards import OverlongPenalty
-    from dynamo_cli.rollout import PolicyRollouts
-    from dynamo_cli.samplers import UniformSampler, permutation_stream
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.rollout.hf import PolicyRollouts
+    from dynamo_cli.runtime.distributed import DataParallel
+    from dynamo_cli.sampling.samplers import UniformSampler, permutation_stream
     from dynamo_cli.stages.collect import Collector
     from dynamo_cli.tasks import MathTask
 

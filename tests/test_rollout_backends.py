@@ -7,8 +7,8 @@ import torch
 from conftest import dynamo
 
 from dynamo_cli.config import TinyModelConfig, VLLMRolloutConfig
-from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-from dynamo_cli.rollout import generate, rollouts_from_token_ids, stream_seed
+from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+from dynamo_cli.rollout.hf import generate, rollouts_from_token_ids, stream_seed
 
 HAS_VLLM_GPU = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
 PROMPTS = ["1+2=", "34+5=", "7*8=", "12+34="]
@@ -21,7 +21,7 @@ def _tiny(head_dim_64: bool = False):
 
 
 def test_token_lists_make_the_same_rollouts_as_generate(sft_checkpoint):
-    from dynamo_cli.models import load_checkpoint
+    from dynamo_cli.models.load import load_checkpoint
 
     model, tokenizer = load_checkpoint(str(sft_checkpoint), dtype=torch.float32)  # stops after single-digit sums...
     counts = torch.tensor([2, 1, 3, 2])
@@ -50,7 +50,7 @@ def test_rollout_vllm_without_vllm_is_one_clear_line(sft_checkpoint, tmp_path):
 
 @pytest.mark.skipif(not HAS_VLLM_GPU, reason="needs vllm and a CUDA GPU")
 def test_vllm_generates_what_the_policy_generates_and_follows_weight_syncs():
-    from dynamo_cli.rollout_vllm import VLLMRollouts
+    from dynamo_cli.rollout.vllm import VLLMRollouts
 
     model, tokenizer = _tiny(head_dim_64=True)
     model = model.cuda()
@@ -96,7 +96,7 @@ def test_vllm_sleeps_after_generation_and_wakes_before_the_weights_load(level):
     """rollout.sleep_level: the engine sleeps once a step's generation is over (`release`, whatever the rounds) and
     wakes in the next sync, before the weights load; at level 2 (weights dropped) it refuses to generate before a
     sync, at level 1 it wakes itself."""
-    from dynamo_cli.rollout_vllm import VLLMRollouts
+    from dynamo_cli.rollout.vllm import VLLMRollouts
 
     engine = object.__new__(VLLMRollouts)  # the sleep logic without vLLM's constructor
     engine.llm, engine.sleep_level, engine.asleep = _FakeLLM(), level, False

@@ -7,16 +7,16 @@ import copy
 import pytest
 import torch
 
+from dynamo_cli.algo.terms import EntropyBonus, Loss, PPOClip, Weighted
 from dynamo_cli.config import TinyModelConfig
-from dynamo_cli.distributed import DataParallel
-from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-from dynamo_cli.modulators import DynamoModulator, ForkTokensModulator, NoModulator
-from dynamo_cli.policy import batched_token_stats
+from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+from dynamo_cli.models.trainable import Trainable
+from dynamo_cli.modulation.modulators import DynamoModulator, ForkTokensModulator, NoModulator
+from dynamo_cli.rollout.policy_stats import batched_token_stats
+from dynamo_cli.rollout.trajectory import Trajectories
+from dynamo_cli.runtime.distributed import DataParallel
 from dynamo_cli.stages import rollout_stats
 from dynamo_cli.stages.update import PolicyUpdate
-from dynamo_cli.terms import EntropyBonus, Loss, PPOClip, Weighted
-from dynamo_cli.trainable import Trainable
-from dynamo_cli.trajectory import Trajectories
 
 ROWS, PROMPT, RESPONSE = 8, 3, 5
 

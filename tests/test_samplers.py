@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynamo_cli.samplers import (
+from dynamo_cli.sampling.samplers import (
     CurriculumSampler,
     UniformSampler,
     curriculum_order,

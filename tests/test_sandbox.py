@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_cli.sandbox import Check, Limits, Sandbox, network_namespace_available, parse_check, read_results
 from dynamo_cli.tasks.code import CodeProblem, CodeTask, code_reward, program_of
+from dynamo_cli.verify.sandbox import Check, Limits, Sandbox, network_namespace_available, parse_check, read_results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "code_problems.jsonl"
 LIMITS = Limits(timeout=10.0, cpu_seconds=1, memory_mb=256, max_processes=6)  # a generous wall clock: this machine is shared

@@ -9,15 +9,15 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli import builders
-from dynamo_cli.advantages import grpo_advantages
+from dynamo_cli.algo.advantages import grpo_advantages
+from dynamo_cli.algo.reward_shaping import OverlongPenalty
+from dynamo_cli.algo.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config import TinyModelConfig, register_schemas
 from dynamo_cli.registry import Registry
-from dynamo_cli.rewards import OverlongPenalty
-from dynamo_cli.samplers import UniformSampler
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
+from dynamo_cli.sampling.samplers import UniformSampler
 from dynamo_cli.stages.estimate import GroupEstimator
-from dynamo_cli.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
-from dynamo_cli.trajectory import ModelOutputs, Trajectories
 
 register_schemas()
 register_resolvers()
@@ -93,11 +93,11 @@ def test_group_estimator_puts_the_sequence_advantage_on_policy_tokens_of_this_pr
 @pytest.mark.parametrize("rows, mini_batches", [(9, 6), (8, 3), (4, 4)])
 def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
     """torch.chunk splits 9 rows into chunks of ceil(9/6) = 2, i.e. 5 mini-batches; tensor_split gives exactly 6."""
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-    from dynamo_cli.modulators import NoModulator
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.trainable import Trainable
+    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
-    from dynamo_cli.trainable import Trainable
 
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), build_char_tokenizer())
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
@@ -123,7 +123,7 @@ def test_uniform_sampler_visits_every_problem_once_per_epoch_and_replays():
 
 
 def test_trajectories_single_turn_and_select():
-    from dynamo_cli.rollout import Rollouts
+    from dynamo_cli.rollout.hf import Rollouts
 
     rollouts = Rollouts(prompt_index=torch.tensor([0, 1]), input_ids=torch.arange(8).view(2, 4), attention_mask=torch.ones(2, 4),
                         completion_mask=torch.tensor([[True, False], [True, True]]), prompt_width=2, texts=["a", "bc"],
@@ -164,12 +164,12 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
     """A RoundAllocator sees round 0's rewards and asks for 3 more rollouts of every prompt whose group is all
     equal (DAPO-like), once. The merged batch stays aligned (each reward is its own prompt's) and padding a
     round to the merged widths leaves its log-probs unchanged."""
-    from dynamo_cli.allocators import Allocation, UniformAllocator
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
-    from dynamo_cli.policy import batched_token_stats
+    from dynamo_cli.allocation.allocators import Allocation, UniformAllocator
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.protocols import RoundAllocator
-    from dynamo_cli.rollout import PolicyRollouts, stream_seed
+    from dynamo_cli.rollout.hf import PolicyRollouts, stream_seed
+    from dynamo_cli.rollout.policy_stats import batched_token_stats
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.collect import Collector
     from dynamo_cli.tasks import MathTask
 
@@ -243,7 +243,7 @@ def test_gae_estimator_whitens_advantages_but_not_returns():
 
 
 def test_value_term_through_the_loss():
-    from dynamo_cli.terms import ValueLoss
+    from dynamo_cli.algo.terms import ValueLoss
 
     # V = [[0.5, −0.5, 3], [1, 1, x]], V_old = 0, G = 1, ε_v = 0.2: per token 0.32, 1.125, 0.5·max(4, 0.64) = 2 | 0.32, 0.32
     #   (row 1: V − G = 0 unclipped, clipped (0.2 − 1)² = 0.64 -> 0.32); token mean over 5: (0.32+1.125+2+0.32+0.32)/5
@@ -269,13 +269,13 @@ def test_ppo_config_builds_the_value_term_and_the_gae_estimator():
 
 
 def tiny_policy():
-    from dynamo_cli.models import build_char_tokenizer, build_tiny_model
+    from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     return build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), build_char_tokenizer())
 
 
 def test_critic_copies_the_policy_trunk_and_values_align_with_the_log_probs():
-    from dynamo_cli.critic import completion_values, make_critic
+    from dynamo_cli.models.critic import completion_values, make_critic
 
     policy = tiny_policy()
     critic = make_critic(policy, torch.device("cpu"))
@@ -292,12 +292,12 @@ def test_critic_copies_the_policy_trunk_and_values_align_with_the_log_probs():
 
 
 def test_update_trains_only_the_critic_during_its_warm_up_then_both():
-    from dynamo_cli.critic import SeparateCritic, make_critic
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.modulators import NoModulator
+    from dynamo_cli.algo.terms import ValueLoss
+    from dynamo_cli.models.critic import SeparateCritic, make_critic
+    from dynamo_cli.models.trainable import Trainable
+    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
-    from dynamo_cli.terms import ValueLoss
-    from dynamo_cli.trainable import Trainable
 
     policy = tiny_policy()
     critic = make_critic(policy, torch.device("cpu"))
@@ -335,13 +335,13 @@ def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_t
     """critic=shared: V = head(last hidden state) at the positions aligned with the log-probs; the old values equal the
     update's; a value loss alone moves the policy's trunk (the head is on it) once the warm-up is over, and only the
     head during it. critic=separate: the same value loss never touches the policy."""
-    from dynamo_cli.critic import SeparateCritic, SharedCritic, make_critic, make_value_head
-    from dynamo_cli.distributed import DataParallel
-    from dynamo_cli.modulators import NoModulator
-    from dynamo_cli.policy import completion_forward
+    from dynamo_cli.algo.terms import ValueLoss
+    from dynamo_cli.models.critic import SeparateCritic, SharedCritic, make_critic, make_value_head
+    from dynamo_cli.models.trainable import Trainable
+    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.rollout.policy_stats import completion_forward
+    from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
-    from dynamo_cli.terms import ValueLoss
-    from dynamo_cli.trainable import Trainable
 
     torch.manual_seed(0)
     policy = tiny_policy()
@@ -385,8 +385,8 @@ def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_t
 
 def test_critic_of_a_lora_policy_copies_the_base_weights():
     from dynamo_cli.config import LoraConfig
-    from dynamo_cli.critic import make_critic
-    from dynamo_cli.models import add_lora, base_state_dict
+    from dynamo_cli.models.critic import make_critic
+    from dynamo_cli.models.load import add_lora, base_state_dict
 
     policy = add_lora(tiny_policy(), LoraConfig(enabled=True, r=2, alpha=4, target_modules=["q_proj", "v_proj"]))
     critic = make_critic(policy, torch.device("cpu"))
@@ -396,7 +396,7 @@ def test_critic_of_a_lora_policy_copies_the_base_weights():
 
 
 def test_value_head_resumes_in_the_dtype_it_was_saved_in(tmp_path):
-    from dynamo_cli.critic import ValueHead
+    from dynamo_cli.models.critic import ValueHead
 
     head = ValueHead(8).to(torch.bfloat16)
     head.save_pretrained(tmp_path)

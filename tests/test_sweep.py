@@ -12,7 +12,6 @@ import pytest
 import yaml
 from conftest import dynamo
 
-from dynamo_cli import aggregate as agg
 from dynamo_cli.cli import CONF_DIR, register_resolvers
 from dynamo_cli.config import (
     ConfigError,
@@ -21,6 +20,7 @@ from dynamo_cli.config import (
     register_schemas,
 )
 from dynamo_cli.recipes import sweep as sweep_recipe
+from dynamo_cli.report import aggregate as agg
 
 register_schemas()
 register_resolvers()

@@ -1,7 +1,7 @@
 """The live training view shows the allocator's evidence (alloc/history_coverage)."""
 from rich.console import Console
 
-from dynamo_cli.tracking import BudgetRow, TrainView, budget_table
+from dynamo_cli.tracking.tracker import BudgetRow, TrainView, budget_table
 
 
 def rows():

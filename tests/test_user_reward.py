@@ -14,8 +14,8 @@ from dynamo_cli.errors import DynamoError
 from dynamo_cli.stages.collect import score
 from dynamo_cli.tasks import MathTask, Problem
 from dynamo_cli.tasks.answers import Verdict
-from dynamo_cli.user_reward import UserReward
-from dynamo_cli.verifiers import JudgeVerifier, add_metrics
+from dynamo_cli.verify.user_reward import UserReward
+from dynamo_cli.verify.verifiers import JudgeVerifier, add_metrics
 
 P = Problem("math/L1/3+5", "3+5", "8", "L1")
 REWARDS = textwrap.dedent("""

@@ -1,13 +1,15 @@
 """The edge where validated configs become objects: each swappable part is chosen here, once, by its config
 `name` (registry.py). To add a part: its class in its own module, a builder registered below, its schema in
-config.py, a YAML in conf/<group>/, a test.
+config/, a YAML in conf/<group>/, a test.
 """
 from __future__ import annotations
 
 from functools import partial
 
-from dynamo_cli import allocators, modulators, rollout_allocators
-from dynamo_cli.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
+from dynamo_cli.algo.advantages import drgrpo_advantages, grpo_advantages, rloo_advantages, w_reinforce_advantages
+from dynamo_cli.algo.reward_shaping import OverlongPenalty
+from dynamo_cli.allocation import allocators
+from dynamo_cli.allocation import rounds as rollout_allocators
 from dynamo_cli.config import (
     CalcTaskConfig,
     ChatJsonlTaskConfig,
@@ -19,12 +21,12 @@ from dynamo_cli.config import (
     TrainConfig,
 )
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.optim import make_optimizer
+from dynamo_cli.models.optim import make_optimizer
+from dynamo_cli.models.trainable import Trainable
+from dynamo_cli.modulation import modulators
 from dynamo_cli.registry import Registry
-from dynamo_cli.rewards import OverlongPenalty
-from dynamo_cli.samplers import CurriculumSampler, UniformSampler
+from dynamo_cli.sampling.samplers import CurriculumSampler, UniformSampler
 from dynamo_cli.stages.estimate import GAEEstimator, GroupEstimator
-from dynamo_cli.trainable import Trainable
 
 TASKS = Registry("task", key=type)  # keyed by schema: several YAMLs (jsonl, gsm8k) share one schema
 SAMPLERS = Registry("sampler")
@@ -57,8 +59,8 @@ def _jsonl(cfg: JsonlTaskConfig):
 
 @TASKS.register(CodeTaskConfig)
 def _code(cfg: CodeTaskConfig):
-    from dynamo_cli.sandbox import Limits
     from dynamo_cli.tasks.code import CodeTask
+    from dynamo_cli.verify.sandbox import Limits
 
     limits = Limits(timeout=cfg.timeout, cpu_seconds=cfg.cpu_seconds, memory_mb=cfg.memory_mb, max_processes=cfg.max_processes,
                     file_mb=cfg.file_mb)
@@ -94,19 +96,19 @@ def _chat_jsonl(cfg: ChatJsonlTaskConfig):
 
 
 # -------------------------------------------------------------------------------- collect's parts
-EPISODES = Registry("episode runner", key=lambda task: task.interaction)  # what one rollout of a prompt is (episodes.py)
+EPISODES = Registry("episode runner", key=lambda task: task.interaction)  # what one rollout of a prompt is (rollout/episodes.py)
 
 
 @EPISODES.register("single_turn")
 def _single_turn(task, *, generate, policy, tokenizer, backend: str):
-    from dynamo_cli.episodes import SingleTurnEpisodes
+    from dynamo_cli.rollout.episodes import SingleTurnEpisodes
 
     return SingleTurnEpisodes(generate, task)
 
 
 @EPISODES.register("environment")
 def _environment(task, *, generate, policy, tokenizer, backend: str):
-    from dynamo_cli.episodes import MultiTurnEpisodes
+    from dynamo_cli.rollout.episodes import MultiTurnEpisodes
 
     if backend != "hf":
         raise DynamoError(f"task={task.name} is an environment: its multi-turn rollouts run on rollout=hf, not rollout={backend}")
@@ -164,14 +166,14 @@ def _knapsack_allocator(a, *, n: int):
 
 @ROLLOUT_ENGINES.register("hf")
 def _hf(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
-    from dynamo_cli.rollout import PolicyRollouts
+    from dynamo_cli.rollout.hf import PolicyRollouts
 
     return PolicyRollouts(policy, tokenizer)
 
 
 @ROLLOUT_ENGINES.register("vllm")
 def _vllm(cfg, *, run: TrainConfig, policy, tokenizer, max_model_len: int):
-    from dynamo_cli.rollout_vllm import VLLMRollouts
+    from dynamo_cli.rollout.vllm import VLLMRollouts
 
     return VLLMRollouts(cfg, policy, tokenizer, max_model_len=max_model_len, seed=run.seed,
                         logprobs=run.algorithm.rollout_is != "none")
@@ -195,14 +197,14 @@ def _no_critic(cfg, *, policy, device, resume_from):
 
 @CRITICS.register("separate")
 def _separate_critic(cfg, *, policy, device, resume_from):
-    from dynamo_cli.critic import SeparateCritic, make_critic
+    from dynamo_cli.models.critic import SeparateCritic, make_critic
 
     return SeparateCritic(make_critic(policy, device, resume_from=resume_from))
 
 
 @CRITICS.register("shared")
 def _shared_critic(cfg, *, policy, device, resume_from):
-    from dynamo_cli.critic import SharedCritic, make_value_head
+    from dynamo_cli.models.critic import SharedCritic, make_value_head
 
     return SharedCritic(make_value_head(policy, device, resume_from=resume_from))
 
@@ -242,7 +244,7 @@ def _clip_cov(m, *, run: TrainConfig):
 
 @MODULATORS.register("kl_cov")
 def _kl_cov(m, *, run: TrainConfig):
-    from dynamo_cli.terms import CovarianceKL, Weighted
+    from dynamo_cli.algo.terms import CovarianceKL, Weighted
 
     return modulators.KLCovModulator(fraction=m.fraction, penalty=Weighted(CovarianceKL(), m.coef))
 
@@ -260,7 +262,7 @@ def build_verifier(cfg, task):
     task's default verifier (its judge, guarded; task=code: the sandbox)."""
     if cfg.reward is None:
         return task.default_verifier(timeout=cfg.reward_timeout)
-    from dynamo_cli.user_reward import UserReward
+    from dynamo_cli.verify.user_reward import UserReward
 
     return UserReward(cfg.reward, batched=cfg.reward_batched, workers=cfg.workers, timeout=cfg.reward_timeout)
 
@@ -289,7 +291,7 @@ def build_estimator(cfg: TrainConfig, dp=None):
 
 
 def build_critic(cfg: TrainConfig, policy, *, device, resume_from):
-    """The value function (critic.py: separate, a copy of the policy's trunk with a scalar head; shared, a head on the
+    """The value function (models/critic.py: separate, a copy of the policy's trunk with a scalar head; shared, a head on the
     policy's hidden state; resumed from <checkpoint>/critic), or None."""
     return CRITICS.build(cfg.critic, policy=policy, device=device, resume_from=resume_from)
 

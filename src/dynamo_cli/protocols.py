@@ -2,7 +2,7 @@
 config name (registry.py, builders.py); the stages (stages/) only ever call these methods.
 
 Shapes: P prompts in a step, B rollouts in the step (all processes), N rollouts on this process, L positions
-of the response region (every position after the prompt; see trajectory.py).
+of the response region (every position after the prompt; see rollout/trajectory.py).
 """
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any, Optional, Protocol, runtime_checkable
 
 from torch import Generator, Tensor
 
-from dynamo_cli.allocators import Allocation
-from dynamo_cli.modulators import ScopeSync, TokenShaping
-from dynamo_cli.rollout import Rollouts
-from dynamo_cli.trajectory import ModelOutputs, Trajectories
+from dynamo_cli.allocation.allocators import Allocation
+from dynamo_cli.modulation.modulators import ScopeSync, TokenShaping
+from dynamo_cli.rollout.hf import Rollouts
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
 
 class Sampler(Protocol):
@@ -99,7 +99,7 @@ class Modulator(Protocol):
 class LossTerm(Protocol):
     """One term of the loss: (batch, model outputs) -> (per-token loss (n, L), per-token metrics).
 
-    `Loss` (terms.py) aggregates the per-token loss over `batch.loss_mask` (token or sequence mean), weights it,
+    `Loss` (algo/terms.py) aggregates the per-token loss over `batch.loss_mask` (token or sequence mean), weights it,
     logs the aggregate as `train/<name>`, and logs every metric as its token mean over the loss mask.
     `needs`: the ModelOutputs fields it reads beyond log-probs (e.g. {"entropy"}, {"values"})."""
 

@@ -2,7 +2,7 @@
 
 Each swappable kind (task, sampler, allocator, modulator, rollout engine, advantage estimator, loss term) has
 one `Registry`. A part registers a builder under its config name; the builder receives the part's validated
-schema (config.py, where every default lives) and the few run-level values it needs, and returns an object
+schema (config/, where every default lives) and the few run-level values it needs, and returns an object
 that implements the kind's Protocol (protocols.py). Nothing else chooses a part: no `isinstance` chains, no
 `if name == ...` in a loop.
 

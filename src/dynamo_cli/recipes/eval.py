@@ -9,10 +9,10 @@ from omegaconf import OmegaConf
 
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import EvalConfig
-from dynamo_cli.distributed import DataParallel
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
-from dynamo_cli.models import load_policy
-from dynamo_cli.tracking import Tracker, eval_table, make_console, write_json_atomically
+from dynamo_cli.models.load import load_policy
+from dynamo_cli.runtime.distributed import DataParallel
+from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
+from dynamo_cli.tracking.tracker import Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:

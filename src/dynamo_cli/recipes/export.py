@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from dynamo_cli import checkpoint
 from dynamo_cli.config import ExportConfig
-from dynamo_cli.models import count_parameters, is_peft_model, load_policy
+from dynamo_cli.models.load import count_parameters, is_peft_model, load_policy
+from dynamo_cli.runtime import checkpoint
 
 
 def run(cfg: ExportConfig, run_dir: Path) -> None:

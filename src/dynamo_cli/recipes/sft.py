@@ -9,17 +9,17 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dynamo_cli import checkpoint
 from dynamo_cli.builders import build_task
 from dynamo_cli.config import SFTConfig
-from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
-from dynamo_cli.models import count_parameters, load_policy
-from dynamo_cli.optim import make_optimizer
-from dynamo_cli.resources import plan_batch_sizes
-from dynamo_cli.rollout import position_ids_from_mask
-from dynamo_cli.tracking import StepProgress, Tracker, eval_table, make_console, write_json_atomically
+from dynamo_cli.models.load import count_parameters, load_policy
+from dynamo_cli.models.optim import make_optimizer
+from dynamo_cli.rollout.hf import position_ids_from_mask
+from dynamo_cli.runtime import checkpoint
+from dynamo_cli.runtime.distributed import DataParallel
+from dynamo_cli.runtime.resources import plan_batch_sizes
+from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
+from dynamo_cli.tracking.tracker import StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
 
 def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int], list[bool]]]:

@@ -21,9 +21,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from dynamo_cli import aggregate as agg
 from dynamo_cli.cli import CONF_DIR, compose_variants, describe_error, fail, to_schema
 from dynamo_cli.config import SweepConfig, SweepPresetConfig
+from dynamo_cli.report import aggregate as agg
 
 USAGE = """usage: dynamo sweep [sweep=<preset>] [sweep.<key>=<value> ...] [out_dir=<dir>] [-- <train overrides>]
        dynamo sweep aggregate=<multirun dir> [sweep.metric=...] [sweep.target=...] [sweep.results=...]
@@ -181,7 +181,7 @@ def report(runs_dir: Path, *, out_dir: Path, preset: SweepPresetConfig, command:
            jobs: list[list[str]] | None = None, timing: dict | None = None) -> bool:
     """Aggregate every train run under runs_dir into out_dir and the results page. True if all finished."""
     from dynamo_cli.config import LoggerConfig
-    from dynamo_cli.tracking import make_console, results_table
+    from dynamo_cli.tracking.tracker import make_console, results_table
 
     console = make_console(LoggerConfig(console="auto"))
     runs = agg.find_runs(runs_dir)

@@ -16,25 +16,27 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from dynamo_cli import builders, checkpoint, faultpoints
+from dynamo_cli import builders
+from dynamo_cli.algo.terms import build_loss
 from dynamo_cli.config import TrainConfig
-from dynamo_cli.distributed import DataParallel
 from dynamo_cli.errors import DynamoError, Preempted, warn
-from dynamo_cli.evaluation import eval_metrics, eval_subset, evaluate, plan_eval_batch
-from dynamo_cli.guard import NonFiniteGuard
-from dynamo_cli.models import count_parameters, load_policy, reference_policy
-from dynamo_cli.optim import make_optimizer
-from dynamo_cli.preempt import Preemption
-from dynamo_cli.resources import longest_prompt, plan_batch_sizes
-from dynamo_cli.rollout import stream_seed
-from dynamo_cli.rollout_vllm import VLLMUnavailable
-from dynamo_cli.runlock import RunLock
+from dynamo_cli.models.load import count_parameters, load_policy, reference_policy
+from dynamo_cli.models.optim import make_optimizer
+from dynamo_cli.models.trainable import Trainable, load_trainables_state, trainables_state
+from dynamo_cli.rollout.hf import stream_seed
+from dynamo_cli.rollout.vllm import VLLMUnavailable
+from dynamo_cli.runtime import checkpoint, faultpoints
+from dynamo_cli.runtime.distributed import DataParallel
+from dynamo_cli.runtime.guard import NonFiniteGuard
+from dynamo_cli.runtime.preempt import Preemption
+from dynamo_cli.runtime.resources import longest_prompt, plan_batch_sizes
+from dynamo_cli.runtime.runlock import RunLock
 from dynamo_cli.stages import rollout_stats
 from dynamo_cli.stages.collect import Collector, score  # noqa: F401 - score: `from dynamo_cli.recipes.train import score` keeps working
+from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
 from dynamo_cli.tasks.answers import RULES
-from dynamo_cli.terms import build_loss
-from dynamo_cli.tracking import (
+from dynamo_cli.tracking.tracker import (
     Tracker,
     TrainView,
     budget_rows,
@@ -44,7 +46,6 @@ from dynamo_cli.tracking import (
     truncate_jsonl,
     write_json_atomically,
 )
-from dynamo_cli.trainable import Trainable, load_trainables_state, trainables_state
 
 
 def run(cfg: TrainConfig, run_dir: Path) -> None:
@@ -52,7 +53,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     dp.check_engine(fsdp2=True)
     run_dir = dp.agree_on_run_dir(run_dir)
     lock, refused = None, None
-    if dp.is_main:  # one run per run dir (runlock.py); rank 0 holds the lock for all processes
+    if dp.is_main:  # one run per run dir (runtime/runlock.py); rank 0 holds the lock for all processes
         try:
             lock = RunLock.acquire(run_dir)
         except DynamoError as error:
@@ -171,7 +172,7 @@ def run(cfg: TrainConfig, run_dir: Path) -> None:
     def save(directory: Path) -> Path:
         """Everything an exact resume needs: weights, optimisers, schedulers, allocator and sampler state, RNG, totals.
         Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for its verdict. Under
-        FSDP2 every rank first helps gather the full weights and writes its optimiser shard (fsdp.py)."""
+        FSDP2 every rank first helps gather the full weights and writes its optimiser shard (runtime/fsdp.py)."""
         full_model, staged = dp.checkpoint_model(policy), dp.stage_optimizer_shards(trainables, directory)
         schedule_state = schedule.state_dict()
         failed = None

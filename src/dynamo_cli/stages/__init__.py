@@ -2,5 +2,5 @@
 
     collect   sampler -> allocator -> rollout engine -> verifier (one or more rounds) -> Trajectories
     estimate  rewards (and, later, values) -> per-token advantages
-    update    epochs x mini-batches x micro-batches over the Loss (terms.py), for every Trainable
+    update    epochs x mini-batches x micro-batches over the Loss (algo/terms.py), for every Trainable
 """

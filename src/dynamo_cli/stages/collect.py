@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynamo_cli.allocators import Allocation, PromptIds
-from dynamo_cli.distributed import DataParallel, shard_counts
-from dynamo_cli.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
+from dynamo_cli.allocation.allocators import Allocation, PromptIds
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.padding import padding_waste
-from dynamo_cli.policy import batched_token_stats
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
-from dynamo_cli.rollout import Rollouts, stream_seed
+from dynamo_cli.rollout.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
+from dynamo_cli.rollout.hf import Rollouts, stream_seed
+from dynamo_cli.rollout.padding import padding_waste
+from dynamo_cli.rollout.policy_stats import batched_token_stats
+from dynamo_cli.rollout.trajectory import Trajectories
+from dynamo_cli.runtime.distributed import DataParallel, shard_counts
 from dynamo_cli.stages import rollout_stats
-from dynamo_cli.trajectory import Trajectories
-from dynamo_cli.verifiers import add_metrics
+from dynamo_cli.verify.verifiers import add_metrics
 
 
 def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
@@ -102,14 +102,14 @@ class Collector:
                  critic=None, defer_policy_stats: bool = False, episodes=None):
         self.task, self.problems, self.tokenizer = task, problems, tokenizer
         self.sampler, self.allocator, self.engine = sampler, allocator, engine
-        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: critic.py's value function, or None
+        self.policy, self.reference, self.critic, self.dp = policy, reference, critic, dp  # critic: models/critic.py's value function, or None
         self.per_step, self.seed, self.max_new_tokens = per_step, seed, max_new_tokens
         self.temperature, self.top_p = temperature, top_p
         self.generation_batch, self.logprob_batch = generation_batch, logprob_batch
         self.mask_truncated = mask_truncated
         self.shape_rewards = shape_rewards  # (rewards (B,), *, lengths (B,)) -> (shaped rewards (B,), metrics)
         self.defer_policy_stats = defer_policy_stats  # old log-probs / entropies left to the update (stages/rollout_stats.py)
-        # what one rollout is (episodes.py): a completion judged by the task, or a dialogue with its environment
+        # what one rollout is (rollout/episodes.py): a completion judged by the task, or a dialogue with its environment
         self.episodes = episodes if episodes is not None else SingleTurnEpisodes(engine.generate, task)
 
     def __call__(self, step: int) -> Collected:

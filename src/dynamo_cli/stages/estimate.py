@@ -1,8 +1,8 @@
 """estimate: rewards (and, for a critic, values) -> per-token advantages (N, L) of this process's rows.
 
-Group-relative estimators (advantages.py) normalise each sequence's reward within its prompt's group, which
+Group-relative estimators (algo/advantages.py) normalise each sequence's reward within its prompt's group, which
 spans processes, so they read the step's global rewards and keep this process's rows. The sequence advantage
-is put on every policy token (loss_mask). The value-based estimator (GAE, gae.py) fills (N, L) from the
+is put on every policy token (loss_mask). The value-based estimator (GAE, algo/gae.py) fills (N, L) from the
 critic's `batch.values` and also returns the critic's targets.
 
 Every estimator returns (advantages (N, L), returns (N, L) or None, sequence advantages (B,) for logs,
@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from dynamo_cli.gae import gae_advantages, masked_whiten, token_rewards
-from dynamo_cli.trajectory import Trajectories
+from dynamo_cli.algo.gae import gae_advantages, masked_whiten, token_rewards
+from dynamo_cli.rollout.trajectory import Trajectories
 
 
 class GroupEstimator:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dynamo_cli.trajectory import Trajectories
+from dynamo_cli.rollout.trajectory import Trajectories
 
 
 def active_dropout(model: nn.Module) -> list[str]:

@@ -2,7 +2,7 @@
 
     for each epoch: shuffle rows; split into exactly `mini_batches` mini-batches (tensor_split)
         modulator (once per mini-batch: token advantages, loss mask, extra terms)
-        for each micro-batch: forward -> ModelOutputs -> Loss (terms.py) -> backward (accumulate)
+        for each micro-batch: forward -> ModelOutputs -> Loss (algo/terms.py) -> backward (accumulate)
         clip + optimiser + scheduler step of every trainable (during a critic's warm-up: the critic's only)
 
 A mini-batch is every process's chunk of the same index; its loss is a mean over the *global* mini-batch
@@ -16,17 +16,17 @@ import time
 
 import torch
 
-from dynamo_cli.distributed import DataParallel
+from dynamo_cli.algo.terms import Loss
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.guard import NonFiniteGuard
-from dynamo_cli.modulators import TokenShaping
-from dynamo_cli.padding import pad_response, padding_waste, padding_window, trim_padding
-from dynamo_cli.policy import batched_token_stats, completion_forward
+from dynamo_cli.models.trainable import Trainable
+from dynamo_cli.modulation.modulators import TokenShaping
 from dynamo_cli.protocols import Modulator
+from dynamo_cli.rollout.padding import pad_response, padding_waste, padding_window, trim_padding
+from dynamo_cli.rollout.policy_stats import batched_token_stats, completion_forward
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
+from dynamo_cli.runtime.distributed import DataParallel
+from dynamo_cli.runtime.guard import NonFiniteGuard
 from dynamo_cli.stages import rollout_stats
-from dynamo_cli.terms import Loss
-from dynamo_cli.trainable import Trainable
-from dynamo_cli.trajectory import ModelOutputs, Trajectories
 
 
 def check_batch_layout(*, rollouts_per_step: int, world_size: int, mini_batches: int) -> None:
@@ -54,7 +54,7 @@ class PolicyUpdate:
                  mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False,
                  guard: NonFiniteGuard | None = None, value_function=None):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
-        self.value_function = value_function  # critic.py's SeparateCritic | SharedCritic with a "critic" trainable, else None
+        self.value_function = value_function  # models/critic.py's SeparateCritic | SharedCritic with a "critic" trainable, else None
         self.guard = guard or NonFiniteGuard(max_in_a_row=0)  # the recipe passes trainer.max_skipped_steps; alone: any skip stops
         self.ppo_epochs, self.mini_batches, self.micro_batch_size = ppo_epochs, mini_batches, micro_batch_size
         self.modulator_scope, self.temperature = modulator_scope, temperature

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from dynamo_cli.tasks.answers import ANSWER_TYPES, FALLBACKS, Verdict, judge
-from dynamo_cli.verifiers import JudgeVerifier, Verifier
+from dynamo_cli.verify.verifiers import JudgeVerifier, Verifier
 
 Format = Literal["plain", "chat"]
 FORMATS = ("plain", "chat")
@@ -116,7 +116,7 @@ class Task(ABC):
         return self.judge(completion, problem).reward
 
     def default_verifier(self, *, timeout: float) -> Verifier:
-        """What scores this task's completions unless a task.reward is plugged in: judge(), guarded (verifiers.py)."""
+        """What scores this task's completions unless a task.reward is plugged in: judge(), guarded (verify/verifiers.py)."""
         return JudgeVerifier(self.judge, timeout=timeout)
 
     _verifier: Verifier | None = None

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from dynamo_cli.dialogue import Message
+from dynamo_cli.rollout.dialogue import Message
 from dynamo_cli.tasks.answers import judge
 from dynamo_cli.tasks.base import Problem, TaskError, check_answer_rules, stable_unit
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask

@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from dynamo_cli.dialogue import render, tokenize_dialogue
+from dynamo_cli.rollout.dialogue import render, tokenize_dialogue
 from dynamo_cli.tasks.answers import extract_answer, literal_value
 from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, stable_unit
 from dynamo_cli.tasks.jsonl import _read_rows

@@ -1,4 +1,4 @@
-"""Python function-writing problems verified by running their tests in a sandbox (sandbox.py).
+"""Python function-writing problems verified by running their tests in a sandbox (verify/sandbox.py).
 
 Reads MBPP-format rows (`text`, `code`, `test_list`, optional `test_setup_code`, `task_id`, `level`) or HumanEval-format
 rows (`prompt`, `canonical_solution`, `test`, `entry_point`, `task_id`) from a local JSONL file; the default file is
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dynamo_cli.sandbox import Check, Limits, Outcome, Sandbox, parse_check
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.tasks.base import Problem, Task, TaskError, check_format, stable_unit
-from dynamo_cli.verifiers import FAULT, Verification, warn_faults
+from dynamo_cli.verify.sandbox import Check, Limits, Outcome, Sandbox, parse_check
+from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
 
 REWARD_MODES = ("fraction", "all")
 CODE_INSTRUCTION = "Write a Python function for the task below. Reply with the code in a ```python block.\n\n"

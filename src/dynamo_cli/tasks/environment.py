@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any
 
-from dynamo_cli.dialogue import Message, render, tokenize_dialogue
+from dynamo_cli.rollout.dialogue import Message, render, tokenize_dialogue
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.tasks.base import Problem, Task, TaskError
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from dynamo_cli.dialogue import Message
+from dynamo_cli.rollout.dialogue import Message
 from dynamo_cli.tasks.answers import judge, literal_value
 from dynamo_cli.tasks.base import Problem, TaskError
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask
