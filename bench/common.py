@@ -72,18 +72,47 @@ def checkpoint(path: str | None, *, quick: bool) -> tuple[Path, str]:
     return run_dir / "checkpoints" / "final", "trained by the bench (dynamo sft)"
 
 
+def from_tree(*places: str):
+    """The first of `module:name` places that imports: bench f runs these helpers on this tree and on a baseline commit's
+    tree, whose modules sat flat in src/dynamo_cli/ before it was grouped into folders."""
+    import importlib
+
+    for place in places:
+        module, _, name = place.partition(":")
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {places} imports in this tree")
+
+
 def load(checkpoint_dir: Path):
     """(model, tokenizer, math task) on CPU, as `dynamo train` loads them."""
     import torch
 
-    from dynamo_cli.builders import build_task
     from dynamo_cli.cli import quiet_libraries
-    from dynamo_cli.config import MathTaskConfig, TinyModelConfig
-    from dynamo_cli.models.load import load_policy
 
+    build_task = from_tree("dynamo_cli.recipes.parts:build_task", "dynamo_cli.builders:build_task")
+    tiny = from_tree("dynamo_cli.config.model:TinyModelConfig", "dynamo_cli.config:TinyModelConfig")
+    math = from_tree("dynamo_cli.config.task:MathTaskConfig", "dynamo_cli.config:MathTaskConfig")
+    load_policy = from_tree("dynamo_cli.models.load:load_policy", "dynamo_cli.models:load_policy")
     quiet_libraries()  # offline, no progress bars
-    model, tokenizer = load_policy(TinyModelConfig(path=str(checkpoint_dir)), torch.device("cpu"))
-    return model, tokenizer, build_task(MathTaskConfig())
+    model, tokenizer = load_policy(tiny(path=str(checkpoint_dir)), torch.device("cpu"))
+    return model, tokenizer, build_task(math())
+
+
+def variance_allocator(n: int):
+    """allocator=variance with its schema's defaults and budget n per prompt, on this tree or the baseline's."""
+    try:
+        from dynamo_cli.allocation.base import ALLOCATORS
+        from dynamo_cli.allocation.variance import VarianceAllocatorConfig
+
+        return ALLOCATORS.build(VarianceAllocatorConfig(), n=n)
+    except ImportError:
+        from dynamo_cli.config import VarianceAllocatorConfig
+        from dynamo_cli.builders import allocator_from_config
+
+        return allocator_from_config(VarianceAllocatorConfig(), n=n)
 
 
 def prompt_batch(task, size: int, seed: int = 0) -> list:
@@ -100,12 +129,9 @@ def warm_history(model, tokenizer, task, problems, *, n: int, rollouts_per_promp
     shared warm-up draw of `rollouts_per_prompt` rollouts per prompt."""
     import torch
 
-    from dynamo_cli.builders import allocator_from_config
-    from dynamo_cli.config import VarianceAllocatorConfig
-    from dynamo_cli.rollout.hf import generate
-    from dynamo_cli.stages.collect import score
-
-    allocator = allocator_from_config(VarianceAllocatorConfig(), n=n)
+    score = from_tree("dynamo_cli.rollout.episodes:score", "dynamo_cli.stages.collect:score")
+    generate = from_tree("dynamo_cli.rollout.hf:generate", "dynamo_cli.rollout:generate")
+    allocator = variance_allocator(n)
     counts = torch.full((len(problems),), rollouts_per_prompt, dtype=torch.long)
     prompts = [task.prompt_text(p, tokenizer) for p in problems]
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0,

@@ -36,12 +36,13 @@ def flat_gradient(model, tokenizer, task, problems, prompts, counts: torch.Tenso
                   max_new_tokens: int, micro_batch_size: int) -> tuple[torch.Tensor, float]:
     """One draw: generate Σ counts rollouts, GRPO advantages, the loss's gradient flattened (D,). And the
     fraction of groups with zero signal (all rewards equal)."""
-    from dynamo_cli.algo.advantages import grpo_advantages
-    from dynamo_cli.algo.losses import aggregate, ppo_clip_loss
-    from dynamo_cli.config import AlgorithmConfig
+    from dynamo_cli.algo.advantages.grpo import grpo_advantages
+    from dynamo_cli.algo.terms.base import aggregate
+    from dynamo_cli.algo.terms.ppo_clip import ppo_clip_loss
+    from dynamo_cli.config.algorithm import AlgorithmConfig
+    from dynamo_cli.rollout.episodes import score
     from dynamo_cli.rollout.hf import generate
     from dynamo_cli.rollout.policy_stats import completion_token_stats
-    from dynamo_cli.stages.collect import score
 
     algo = AlgorithmConfig()
     rollouts = generate(model, tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=1.0,
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
 
 
 def task_max_new_tokens() -> int:
-    from dynamo_cli.config import MathTaskConfig
+    from dynamo_cli.config.task import MathTaskConfig
 
     return MathTaskConfig().max_new_tokens
 

@@ -26,7 +26,7 @@ SMOLLM = os.path.expanduser("~/.cache/dynamo/models/smollm2-135m")
 def _load(model_name: str):
     import torch
 
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     if model_name == "tiny":

@@ -41,12 +41,12 @@ def train_overhead(ckpt: Path, *, steps: int, quick: bool) -> dict[str, float]:
 
 def allocation_time(num_prompts: int, *, seed: int = 0, repeats: int = 3, prior: str = "none") -> dict[str, float]:
     """Best-of-`repeats` seconds of allocate() over num_prompts prompts (6 tags), and of its pure tensor part."""
-    from dynamo_cli.allocation.allocators import allocate_rollouts, exploration_need, shrunk_estimates, variance_priority
-    from dynamo_cli.builders import allocator_from_config
-    from dynamo_cli.config import VarianceAllocatorConfig
+    from dynamo_cli.allocation.base import ALLOCATORS
+    from dynamo_cli.allocation.maths import exploration_need
+    from dynamo_cli.allocation.variance import VarianceAllocatorConfig, allocate_rollouts, shrunk_estimates, variance_priority
 
     a = VarianceAllocatorConfig(prior=prior)
-    allocator = allocator_from_config(a, n=8)
+    allocator = ALLOCATORS.build(a, n=8)
     g = torch.Generator().manual_seed(seed)
     ids = [f"p{i}" for i in range(num_prompts)]
     tags = [f"L{i % 6 + 1}" for i in range(num_prompts)]

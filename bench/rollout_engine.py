@@ -21,6 +21,7 @@ import torch
 from bench.common import (
     BenchResult,
     checkpoint,
+    from_tree,
     load,
     print_result,
     prompt_batch,
@@ -32,7 +33,8 @@ from bench.common import (
 @torch.no_grad()
 def bare_loop(model, rows: list[list[int]], *, pad_id: int, steps: int, max_batch_size: int) -> float:
     """Seconds for prefill + (steps − 1) cached decode steps over `rows`, chunked like generate()."""
-    from dynamo_cli.rollout.hf import cache_kwarg, cache_of, position_ids_from_mask
+    cache_kwarg, cache_of, position_ids_from_mask = (from_tree(f"dynamo_cli.rollout.hf:{name}", f"dynamo_cli.rollout:{name}")
+                                                     for name in ("cache_kwarg", "cache_of", "position_ids_from_mask"))
 
     model.eval()
     cache_key = cache_kwarg(model)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     ckpt, how = checkpoint(args.checkpoint, quick=args.quick)
     torch.manual_seed(args.seed)
     model, tokenizer, task = load(ckpt)
-    from dynamo_cli.config import MathTaskConfig
+    from dynamo_cli.config.task import MathTaskConfig
 
     max_new_tokens = MathTaskConfig().max_new_tokens
     problems = prompt_batch(task, P, seed=args.seed)

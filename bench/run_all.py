@@ -1,4 +1,4 @@
-"""`make bench`: run the seven benchmarks and write the benchmark section of docs/results.md.
+"""`make bench`: run the eight benchmarks and write the benchmark section of docs/results.md.
 
     python -m bench.run_all [--quick] [--checkpoint DIR] [--sweep-dir DIR] [--results PATH|none]
 
@@ -10,9 +10,11 @@ import argparse
 import time
 from pathlib import Path
 
-from bench import grad_variance, memory_estimate, overhead, overlap, rollout_engine, sample_efficiency, speed
+from bench import allocation, grad_variance, memory_estimate, overhead, overlap, rollout_engine, sample_efficiency, speed
 from bench.common import REPO, checkpoint
-from dynamo_cli.report import aggregate as agg
+from dynamo_cli.report.provenance import generated_line
+from dynamo_cli.report.results_page import update_results_page
+from dynamo_cli.report.tables import markdown_table
 
 
 def main(argv: list[str] | None = None) -> list:
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> list:
                       ("rollout engine", lambda: rollout_engine.main(shared)),
                       ("memory estimate", lambda: memory_estimate.main(quick)),
                       ("speed against the baseline", lambda: speed.main(shared)),
-                      ("one-step-off-policy", lambda: overlap.main(shared))):
+                      ("one-step-off-policy", lambda: overlap.main(shared)),
+                      ("allocation at realistic sizes", lambda: allocation.main(quick))):
         print(f"== bench: {name}", flush=True)
         results.append(run())
     seconds = time.perf_counter() - start
@@ -43,14 +46,14 @@ def main(argv: list[str] | None = None) -> list:
     rows = [[f"{r.name}: `{key}`", "n/a" if value is None else f"{value:.3f}"]
             for r in results for key, value in r.ratios.items()]
     body = "\n".join([
-        "## Benchmarks", "", agg.generated_line(command), "",
+        "## Benchmarks", "", generated_line(command), "",
         (f"Ratios measured in one run ({seconds / 60:.1f} min), each against its own baseline on the same machine; there "
         "are no pass/fail thresholds. `python -m bench.<name> --help` describes each measurement."), "",
-        agg.markdown_table(["ratio", "value"], rows), "",
+        markdown_table(["ratio", "value"], rows), "",
         *[r.markdown() for r in results],
     ])
     if args.results.lower() != "none":
-        page = agg.update_results_page(Path(args.results), section="bench", body=body)
+        page = update_results_page(Path(args.results), section="bench", body=body)
         print(f"bench: updated the bench section of {page} ({seconds:.0f} s)")
     return results
 

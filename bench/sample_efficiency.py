@@ -15,7 +15,10 @@ import os
 from pathlib import Path
 
 from bench.common import REPO, BenchResult, fmt, print_result
-from dynamo_cli.report import aggregate as agg
+from dynamo_cli.report.runs import find_runs
+from dynamo_cli.report.stats import Interval, mean_ci
+from dynamo_cli.report.tables import markdown_table
+from dynamo_cli.report.targets import TARGET_COLUMNS, default_target, first_reaching, rollouts_to_target, target_cells
 
 METHODS = ("grpo", "dynamo")
 
@@ -26,7 +29,7 @@ def latest_sweep() -> Path | None:
     candidates = sorted((p for p in REPO.glob("outputs/sweep/*/*-ablation") if (p / "runs").is_dir()),
                         key=lambda p: p.stat().st_mtime)
     for sweep_dir in reversed(candidates):
-        if agg.find_runs(sweep_dir / "runs"):
+        if find_runs(sweep_dir / "runs"):
             return sweep_dir
     return None
 
@@ -47,15 +50,15 @@ def main(argv: list[str] | None = None) -> BenchResult:
         print_result(result)
         return result
     runs_dir = sweep_dir / "runs" if (sweep_dir / "runs").is_dir() else sweep_dir
-    runs = [r for r in agg.find_runs(runs_dir) if r.method in METHODS]
+    runs = [r for r in find_runs(runs_dir) if r.method in METHODS]
     finished = [r for r in runs if r.finished]
-    target = args.target if args.target is not None else agg.default_target(finished, args.metric)
-    rows = {r.method: r for r in agg.rollouts_to_target(runs, metric=args.metric, target=target)} if target is not None else {}
+    target = args.target if args.target is not None else default_target(finished, args.metric)
+    rows = {r.method: r for r in rollouts_to_target(runs, metric=args.metric, target=target)} if target is not None else {}
     ratio = {}
     for unit in ("rollouts", "tokens"):
         a, b = (getattr(rows[m], unit) if m in rows else None for m in ("dynamo", "grpo"))
         ratio[unit] = a.mean / b.mean if a and b and a.n and b.n and b.mean > 0 else None
-    paired = paired_ratios(runs, metric=args.metric, target=target) if target is not None else agg.mean_ci([])
+    paired = paired_ratios(runs, metric=args.metric, target=target) if target is not None else mean_ci([])
     shown = os.path.relpath(runs_dir, REPO) if runs_dir.resolve().is_relative_to(REPO) else str(runs_dir)
     counts = ", ".join(f"{sum(r.method == m for r in finished)} {m}" for m in METHODS)
     lines = [f"Reuses the train runs of `{shown}` (no new training): finished runs {counts}"
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> BenchResult:
     else:
         how = "given with --target" if args.target is not None else "90% of the way from the start to the better final mean"
         lines += [f"Target test {args.metric} ≥ {target:.3f} ({how}).", "",
-                  agg.markdown_table(agg.TARGET_COLUMNS, [agg.target_cells(rows[m]) for m in METHODS if m in rows]), "",
+                  markdown_table(TARGET_COLUMNS, [target_cells(rows[m]) for m in METHODS if m in rows]), "",
                   (f"**Rollouts to target, dynamo / grpo: {fmt(ratio['rollouts'])}**; tokens to target, dynamo / grpo: "
                   f"{fmt(ratio['tokens'])}; per seed (seeds where both reached it), rollouts ratio {paired.format()}. "
                   "Below 1 means DynaMO needs less budget. Resolution is one eval interval; seeds that never reach the "
@@ -80,16 +83,16 @@ def main(argv: list[str] | None = None) -> BenchResult:
     return result
 
 
-def paired_ratios(runs, *, metric: str, target: float) -> agg.Interval:
+def paired_ratios(runs, *, metric: str, target: float) -> Interval:
     """dynamo / grpo rollouts-to-target per seed (same seed: same prompt order), mean ± 95% CI."""
     hits = {}
     for run in runs:
         if run.finished:
-            point = agg.first_reaching(run, metric=metric, target=target)
+            point = first_reaching(run, metric=metric, target=target)
             if point is not None and point.rollouts > 0:
                 hits[(run.method, run.seed)] = point.rollouts
     seeds = sorted({s for (m, s) in hits if m == "dynamo"} & {s for (m, s) in hits if m == "grpo"})
-    return agg.mean_ci([hits[("dynamo", s)] / hits[("grpo", s)] for s in seeds])
+    return mean_ci([hits[("dynamo", s)] / hits[("grpo", s)] for s in seeds])
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ runs in a subprocess whose PYTHONPATH puts that tree's (or this tree's) `src` fi
 2. Rollout engine: generate() against the bare batched forward-pass bound (bench.rollout_engine's), both trees.
 3. Padding waste: rollout/padding_waste and train/padding_waste of the new tree's train runs (the baseline
    logged none); and the completion-slot waste 1 - valid tokens / (N x Tc) of both trees' generate().
-4. allocate() for 10^6 prompts with a fresh draw of ids each repeat (the realistic step: no cached lookup),
-   both trees, and whether their allocations are identical. The ids come as collect passes them: with their pool
-   positions (allocators.PromptIds) where the tree has them, a plain list of str for the baseline.
+4. allocate() for 10^6 prompts with a fresh draw of ids each repeat (no cached lookup), both trees, and whether
+   their allocations are identical; the ids as collect passes them, a plain list of str.
 
     python -m bench.speed [--baseline REF] [--checkpoint DIR] [--repeats R] [--steps S] [--quick]
 """
@@ -41,7 +40,7 @@ QUICK_CASES = ("GRPO, 1 update/step", "DynaMO, 1 update/step")
 
 
 
-# issue 14's "today's main": the last commit before the speed work (no reuse_forward, no padding cuts)
+# the baseline: main's last commit before the speed work (no reuse_forward, no padding cuts)
 BASELINE = "3983b68"
 
 def export(ref: str, into: Path) -> str:
@@ -94,16 +93,17 @@ def train_run(tree: Path, ckpt: Path, overrides: list[str], *, steps: int, quick
 def rollout_worker(ckpt: str, seed: int, repeats: int, quick: bool) -> dict:
     import torch
 
-    from bench.common import load, prompt_batch, warm_history
+    from bench.common import from_tree, load, prompt_batch, warm_history
     from bench.rollout_engine import bare_loop
-    from dynamo_cli.config import MathTaskConfig
-    from dynamo_cli.rollout.hf import generate
+
+    math = from_tree("dynamo_cli.config.task:MathTaskConfig", "dynamo_cli.config:MathTaskConfig")
+    generate = from_tree("dynamo_cli.rollout.hf:generate", "dynamo_cli.rollout:generate")
 
     torch.manual_seed(seed)
     model, tokenizer, task = load(Path(ckpt))
     P, n = (8, 4) if quick else (64, 8)
     problems = prompt_batch(task, P, seed=seed)
-    max_new_tokens = MathTaskConfig().max_new_tokens
+    max_new_tokens = math().max_new_tokens
     allocator, prompts = warm_history(model, tokenizer, task, problems, n=n, rollouts_per_prompt=8, seed=seed,
                                       max_new_tokens=max_new_tokens)
     counts = allocator.allocate([p.id for p in problems]).counts
@@ -127,28 +127,19 @@ def rollout_worker(ckpt: str, seed: int, repeats: int, quick: bool) -> dict:
 def alloc_worker(prompts: int, repeats: int, seed: int) -> dict:
     import torch
 
-    from dynamo_cli.builders import allocator_from_config
-    from dynamo_cli.config import VarianceAllocatorConfig
+    from bench.common import variance_allocator
 
-    try:  # the ids as collect passes them: with their pool positions (a tree before PromptIds gets the plain list)
-        from dynamo_cli.allocation.allocators import PromptIds
-    except ImportError:
-        PromptIds = None
-
-    def as_ids(ids: list[str], keys: list[int]):
-        return ids if PromptIds is None else PromptIds(ids, keys=torch.tensor(keys), pool=pool)
-
-    allocator = allocator_from_config(VarianceAllocatorConfig(), n=8)
+    allocator = variance_allocator(8)
     g = torch.Generator().manual_seed(seed)
     pool = [f"p{i}" for i in range(2 * prompts)]  # twice the draw: each repeat draws a different half
     tags = [f"L{i % 6 + 1}" for i in range(2 * prompts)]
     attempts = torch.randint(0, 41, (2 * prompts,), generator=g).double()
     successes = torch.binomial(attempts, torch.rand(2 * prompts, generator=g).double(), generator=g)
-    allocator.update(as_ids(pool, list(range(2 * prompts))), successes=successes, attempts=attempts, tags=tags)
+    allocator.update(pool, successes=successes, attempts=attempts, tags=tags)
     seconds, digest = [], hashlib.sha256()
     for r in range(-1, repeats):  # r = -1: an untimed warm-up on a draw of its own
         draw = torch.randperm(2 * prompts, generator=torch.Generator().manual_seed(seed + r % (repeats + 1)))[:prompts].tolist()
-        ids = as_ids([pool[i] for i in draw], draw)
+        ids = [pool[i] for i in draw]
         t0 = time.perf_counter()
         counts = allocator.allocate(ids, tags=[tags[i] for i in draw]).counts
         if r >= 0:

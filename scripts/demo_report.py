@@ -16,7 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from dynamo_cli.report.aggregate import mean_ci  # noqa: E402
+from dynamo_cli.report.stats import mean_ci  # noqa: E402
 
 START, END = "<!-- demo:start (scripts/demo_report.py writes this block) -->", "<!-- demo:end -->"
 METRICS = {"greedy": "greedy pass@1", "pass@1": "sampled pass@1"}

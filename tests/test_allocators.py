@@ -1,3 +1,4 @@
+import dataclasses
 import inspect
 import json
 import math
@@ -5,21 +6,20 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.allocation.allocators import (
-    UniformAllocator,
+from dynamo_cli.allocation.base import ALLOCATORS
+from dynamo_cli.allocation.maths import bernoulli_variance, exploration_need, uniform_rollouts, water_fill
+from dynamo_cli.allocation.uniform import UniformAllocator, UniformAllocatorConfig
+from dynamo_cli.allocation.variance import (
     VarianceAllocator,
+    VarianceAllocatorConfig,
     allocate_rollouts,
-    bernoulli_variance,
-    exploration_need,
     shrunk_estimates,
     sum_of_squares,
     tag_pool,
-    uniform_rollouts,
     variance_priority,
-    water_fill,
 )
-from dynamo_cli.builders import allocator_from_config
-from dynamo_cli.config import ConfigError, UniformAllocatorConfig, VarianceAllocatorConfig
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.registry import parameters
 
 # the paper's priority settings, written out because the hand values below depend on them
 PAPER = dict(mastered_threshold=0.85, floor=0.01, unexplored_priority=0.25)
@@ -31,7 +31,7 @@ def t(*xs, dtype=torch.float64):
 
 def variance_allocator(n=4, **overrides):
     """Built as `dynamo train` builds it: every value not overridden is the schema's default."""
-    return allocator_from_config(VarianceAllocatorConfig(**{"n_min": 2, "n_max": 8, **overrides}), n=n)
+    return ALLOCATORS.build(VarianceAllocatorConfig(**{"n_min": 2, "n_max": 8, **overrides}), n=n)
 
 
 def paper_priority(successes, attempts, weight="variance", g0=4):
@@ -264,7 +264,7 @@ def test_random_exact_budget_bounds_and_monotonic(seed):
 
 def test_uniform_rollouts_and_allocator():
     assert uniform_rollouts(3, 5).tolist() == [5, 5, 5]
-    allocator = allocator_from_config(UniformAllocatorConfig(), n=4)
+    allocator = ALLOCATORS.build(UniformAllocatorConfig(), n=4)
     alloc = allocator.allocate(["a", "b"])
     assert alloc.counts.tolist() == [4, 4] and alloc.priority.tolist() == [1.0, 1.0]
     assert alloc.metrics["alloc/budget"] == 8.0 and alloc.metrics["alloc/std"] == 0.0 and alloc.metrics["alloc/cv"] == 0.0
@@ -303,7 +303,7 @@ def test_partly_explored_prompt_is_topped_up_only_by_what_it_lacks():
 
 
 def test_history_and_decay():
-    alloc = allocator_from_config(UniformAllocatorConfig(), n=4)
+    alloc = ALLOCATORS.build(UniformAllocatorConfig(), n=4)
     alloc.update(["a", "b"], successes=t(1, 2), attempts=t(4, 4))
     alloc.update(["a", "a"], successes=t(3, 1), attempts=t(4, 4))  # duplicates accumulate
     s, g = alloc.history(["a", "b", "unseen"])
@@ -420,6 +420,14 @@ def test_state_from_an_older_checkpoint_loads():
 def test_checks_live_in_the_schema(kwargs, bad):
     with pytest.raises(ConfigError, match=bad.replace("(", r"\(").replace(")", r"\)")):
         VarianceAllocatorConfig(**kwargs)
+
+
+@pytest.mark.parametrize("name", ALLOCATORS.names())
+def test_each_allocator_takes_its_schemas_fields_and_n(name):
+    """ALLOCATORS.build passes a class the schema fields its __init__ names, and n: a parameter named otherwise would
+    be left to a default the schema never sees."""
+    fields = {f.name for f in dataclasses.fields(ALLOCATORS.schema(name))} - {"name"}
+    assert parameters(dict(ALLOCATORS.items())[name]) == fields | {"n"}
 
 
 @pytest.mark.parametrize("fn", [UniformAllocator.__init__, VarianceAllocator.__init__, variance_priority,

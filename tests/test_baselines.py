@@ -7,20 +7,15 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.algo.advantages import w_reinforce_advantages
+from dynamo_cli.algo.advantages.w_reinforce import w_reinforce_advantages
 from dynamo_cli.algo.reward_shaping import OverlongPenalty, overlong_penalty
-from dynamo_cli.algo.terms import CovarianceKL, Loss, PPOClip, Weighted
-from dynamo_cli.modulation.modulators import (
-    ClipCovModulator,
-    EntropyAdvantageModulator,
-    ForkTokensModulator,
-    KLCovModulator,
-    clip_cov_select,
-    entropy_advantage,
-    kl_cov_select,
-    token_covariance,
-    top_fraction_mask,
-)
+from dynamo_cli.algo.terms.base import Loss, Weighted
+from dynamo_cli.algo.terms.ppo_clip import PPOClip
+from dynamo_cli.modulation.base import token_covariance
+from dynamo_cli.modulation.clip_cov import ClipCovModulator, clip_cov_select
+from dynamo_cli.modulation.entropy_advantage import EntropyAdvantageModulator, entropy_advantage
+from dynamo_cli.modulation.fork_tokens import ForkTokensModulator, top_fraction_mask
+from dynamo_cli.modulation.kl_cov import KLCovModulator, kl_cov_select
 from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
 
@@ -119,7 +114,7 @@ def test_clip_cov_modulator_never_detaches_a_token_ppo_already_clips():
 def test_kl_cov_penalty_acts_on_the_selected_tokens_only():
     # selected: (1, 1) (covariance 3.5). New log pi there -4.5 vs old -4 -> |log ratio| 0.5, elsewhere 0 (masked out)
     #   token mean over the 4 valid tokens: 0.5 / 4 = 0.125, weight beta = 2 -> 0.25 added to the loss
-    modulator = KLCovModulator(fraction=2e-4, penalty=Weighted(CovarianceKL(), 2.0))
+    modulator = KLCovModulator(fraction=2e-4, coef=2.0)
     shaping = modulator(advantages=A, mask=MASK, entropy=torch.ones(2, 3), logprobs=LOGP, old_logprobs=LOGP)
     assert shaping.extra_mask.tolist() == [[False] * 3, [False, True, False]] and torch.equal(shaping.loss_mask, MASK)
     close(shaping.advantages, A.tolist())
@@ -135,7 +130,7 @@ def test_kl_cov_penalty_acts_on_the_selected_tokens_only():
 
 def test_the_update_loop_hands_the_extra_mask_to_the_micro_batches():
     """KL-Cov through PolicyUpdate: the selected tokens travel with their rows into every micro-batch."""
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.models.trainable import Trainable
     from dynamo_cli.runtime.distributed import DataParallel
@@ -152,9 +147,9 @@ def test_the_update_loop_hands_the_extra_mask_to_the_micro_batches():
                      old_logprobs=torch.full((rows, 4), -3.0), old_entropy=torch.ones(rows, 4))
     update = PolicyUpdate(trainables=[Trainable("policy", model, optimizer, scheduler, grad_clip=1.0)],
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.28), 1.0)], mode="token_mean"),
-                          modulator=KLCovModulator(fraction=0.25, penalty=Weighted(CovarianceKL(), 1.0)),
+                          modulator=KLCovModulator(fraction=0.25, coef=1.0),
                           dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=2, micro_batch_size=2,
-                          modulator_scope="mini_batch", temperature=1.0)
+                          modulator_scope="mini_batch", temperature=1.0, reuse_forward=False)
     metrics, _ = update(b, generator=torch.Generator().manual_seed(0), step=1)
     assert metrics["train/kl_cov"] > 0 and metrics["mod/penalised_frac"] == 0.25  # int(0.25 * 12) = 3 of 12 tokens
 
@@ -183,14 +178,14 @@ def test_overlong_penalty_hand_values():
 
 
 def test_collect_masks_truncated_completions_and_shapes_the_rewards_it_learns_from():
-    from dynamo_cli.allocation.allocators import UniformAllocator
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.allocation.uniform import UniformAllocator
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.rollout.hf import PolicyRollouts
     from dynamo_cli.runtime.distributed import DataParallel
-    from dynamo_cli.sampling.samplers import UniformSampler
+    from dynamo_cli.sampling.uniform import UniformSampler
     from dynamo_cli.stages.collect import Collector
-    from dynamo_cli.tasks import MathTask
+    from dynamo_cli.tasks.math import MathTask
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)

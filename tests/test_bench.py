@@ -81,7 +81,7 @@ def test_run_all_quick_runs_every_bench_and_writes_its_section(sft_checkpoint, t
 
 def test_speed_exports_the_baseline_and_times_a_fresh_draw(tmp_path):
     commit = speed.export("HEAD", tmp_path)  # what the bench imports the baseline from
-    assert (tmp_path / "src" / "dynamo_cli" / "allocation" / "allocators.py").is_file() and (tmp_path / "conf" / "train.yaml").is_file()
+    assert (tmp_path / "src" / "dynamo_cli" / "allocation" / "base.py").is_file() and (tmp_path / "conf" / "train.yaml").is_file()
     assert len(commit) >= 7
     first, again = speed.alloc_worker(3000, repeats=2, seed=0), speed.alloc_worker(3000, repeats=2, seed=0)
     assert first["seconds"] > 0 and first["counts_sha256"] == again["counts_sha256"]  # the same draws, the same allocations

@@ -8,18 +8,14 @@ import torch
 from conftest import dynamo
 from hydra import compose, initialize_config_dir
 
-from dynamo_cli import builders
+from dynamo_cli.allocation.uniform import UniformAllocatorConfig
 from dynamo_cli.cli import CONF_DIR, describe_error, register_resolvers, to_schema
-from dynamo_cli.config import (
-    ConfigError,
-    DynamoModulatorConfig,
-    EvalConfig,
-    SFTConfig,
-    TinyModelConfig,
-    TrainConfig,
-    UniformAllocatorConfig,
-    register_schemas,
-)
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.model import TinyModelConfig
+from dynamo_cli.config.recipes import EvalConfig, SFTConfig, TrainConfig
+from dynamo_cli.config.store import register_schemas
+from dynamo_cli.modulation.dynamo import DynamoModulatorConfig
+from dynamo_cli.recipes import parts
 
 register_schemas()
 register_resolvers()
@@ -57,13 +53,13 @@ def test_every_shared_option_composes(command, group):
 def test_every_allocator_and_modulator_composes_and_builds(allocator, modulator):
     cfg = compose_schema("train", [f"allocator={allocator}", f"modulator={modulator}"])
     assert cfg.allocator.name == allocator and cfg.modulator.name == modulator
-    builders.build_allocator(cfg).allocate(["a", "b", "c"])
-    builders.build_modulator(cfg)
+    parts.build_allocator(cfg).allocate(["a", "b", "c"])
+    parts.build_modulator(cfg)
 
 
 def test_tag_prior_composes_and_builds():
     cfg = compose_schema("train", ["allocator.prior=tag", "allocator.prior_strength=2"])
-    allocator = builders.build_allocator(cfg)
+    allocator = parts.build_allocator(cfg)
     assert allocator.prior_strength == 2.0
     allocator.update(["a", "b"], successes=torch.tensor([1.0, 2.0]), attempts=torch.tensor([4.0, 4.0]), tags=["L1", "L1"])
     assert allocator.allocate(["a", "c"], tags=["L1", "L1"]).metrics["alloc/prior_weight"] > 0
@@ -111,17 +107,21 @@ def test_baseline_presets_are_clip_higher_plus_one_part_and_build(preset):
     assert cfg.modulator.name == (preset if modulator_values else "none")
     assert {k: getattr(cfg.modulator, k) for k in modulator_values} == modulator_values
     assert cfg.algorithm == dataclasses.replace(base.algorithm, **algorithm_changes)
-    builders.build_modulator(cfg), builders.build_estimator(cfg), builders.build_reward_shaping(cfg)
+    parts.build_modulator(cfg), parts.build_estimator(cfg), parts.build_reward_shaping(cfg)
 
 
 def test_the_baseline_schema_defaults_are_the_papers():
-    from dynamo_cli import config
+    from dynamo_cli.config.algorithm import AlgorithmConfig
+    from dynamo_cli.modulation.clip_cov import ClipCovModulatorConfig
+    from dynamo_cli.modulation.entropy_advantage import EntropyAdvantageModulatorConfig
+    from dynamo_cli.modulation.fork_tokens import ForkTokensModulatorConfig
+    from dynamo_cli.modulation.kl_cov import KLCovModulatorConfig
 
-    assert config.ForkTokensModulatorConfig().top_fraction == 0.2
-    assert (config.EntropyAdvantageModulatorConfig().alpha, config.EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
-    clip_cov, kl_cov = config.ClipCovModulatorConfig(), config.KLCovModulatorConfig()
+    assert ForkTokensModulatorConfig().top_fraction == 0.2
+    assert (EntropyAdvantageModulatorConfig().alpha, EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
+    clip_cov, kl_cov = ClipCovModulatorConfig(), KLCovModulatorConfig()
     assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-4, 1.0)
-    algorithm = config.AlgorithmConfig()
+    algorithm = AlgorithmConfig()
     assert algorithm.positive_weight == 0.1 and algorithm.mask_truncated is False and algorithm.overlong_penalty.factor == 0.0
     assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
 
@@ -140,7 +140,7 @@ def test_presets_take_several_updates_per_step(preset):
 
 @pytest.mark.parametrize("task", ["math", "gsm8k", "code"])
 def test_tasks_build(task):
-    built = builders.build_task(compose_schema("eval", [f"task={task}"]).task)
+    built = parts.build_task(compose_schema("eval", [f"task={task}"]).task)
     assert built.train_problems() and built.test_problems()
 
 
@@ -158,7 +158,7 @@ def test_tasks_build(task):
 def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fallback):
     cfg = compose_schema("eval", overrides)
     assert cfg.task.answer_type == answer_type
-    built = builders.build_task(cfg.task)
+    built = parts.build_task(cfg.task)
     assert (built.answer_type, built.answer_fallback) == (answer_type, fallback)
 
 
@@ -175,7 +175,7 @@ def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fa
         (["modulator.scope=batch"], "modulator.scope='batch' is not allowed; choose one of: micro_batch, mini_batch, sequence"),
         (["task=jsonl"], "task.path is required"),
         (["task=jsonl", "task.path=/no/file.jsonl"], "task.path='/no/file.jsonl': no such file"),
-        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: grpo, drgrpo, rloo, w_reinforce, gae"),
+        (["algorithm.advantage=ppo"], "algorithm.advantage='ppo' is not allowed; choose one of: drgrpo, gae, grpo, rloo, w_reinforce"),
         (["algorithm.advantage=gae"], "algorithm.advantage=gae needs a critic; choose one of: critic=separate, critic=shared"),
         (["critic=separate"], "critic=separate trains a value function that algorithm.advantage=grpo never reads"),
         (["critic=value_head"], "critic=value_head is not an option of critic; choose one of: none, separate, shared"),
@@ -289,6 +289,6 @@ def test_cli_cfg_job_composes_ppo_with_a_critic(critic, coef):
 
 def test_config_error_is_a_value_error():
     with pytest.raises(ConfigError, match="optim.lr"):
-        from dynamo_cli.config import OptimConfig
+        from dynamo_cli.config.algorithm import OptimConfig
 
         OptimConfig(lr=0)

@@ -69,7 +69,7 @@ def test_inverse_cdf_sampling_matches_the_distribution_and_respects_top_p():
 
 
 def test_a_share_of_the_batch_generates_what_the_whole_batch_generated():
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer()
@@ -89,7 +89,7 @@ def test_a_share_of_the_batch_generates_what_the_whole_batch_generated():
 
 def test_uneven_layouts_are_refused_with_one_clear_line():
     from dynamo_cli.errors import DynamoError
-    from dynamo_cli.recipes.train import check_batch_layout
+    from dynamo_cli.stages.update import check_batch_layout
 
     check_batch_layout(rollouts_per_step=512, world_size=8, mini_batches=4)
     with pytest.raises(DynamoError, match="512 rollouts per step do not split evenly over 3 processes"):
@@ -122,7 +122,7 @@ def _stacks_then_kill(process: subprocess.Popen) -> tuple[str, str]:
 
 
 def launch(processes: int, *args: str, config: str = "conf/accelerate/cpu_ddp.yaml") -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file <config> -m dynamo_cli ...`, as README says."""
+    """`accelerate launch --config_file <config> -m dynamo_cli ...`, as docs/scaling.md says."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config,
            "--num_processes", str(processes), "--main_process_port", str(_free_port()), "-m", "dynamo_cli", *args, "device=cpu"]
     process = subprocess.Popen(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}, text=True,

@@ -1,4 +1,4 @@
-"""Faults a training run survives (README "What survives what"): non-finite steps, preemption, damaged checkpoints,
+"""Faults a training run survives (docs/robustness.md "What survives what"): non-finite steps, preemption, damaged checkpoints,
 a full disk, a second run in the same dir, W&B failing, and SIGKILL anywhere."""
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from bench import faults as harness
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-from dynamo_cli.config import ConfigError, LoggerConfig, register_schemas
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.logger import LoggerConfig
+from dynamo_cli.config.store import register_schemas
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.models.trainable import Trainable
 from dynamo_cli.runtime import checkpoint
@@ -135,7 +137,7 @@ def _poison_logits(monkeypatch):
 
 def _poison_rewards(monkeypatch):
     """NaN rewards for every completion of step 2 (a verifier gone wrong)."""
-    from dynamo_cli.rollout.hf import episodes
+    from dynamo_cli.rollout import episodes
     from dynamo_cli.stages import collect
 
     real = collect.Collector.__call__

@@ -66,7 +66,7 @@ def test_fsdp2_is_admitted_for_train_only_and_fsdp1_is_refused_in_one_line(monke
 
 
 def test_vllm_and_lora_are_refused_under_fsdp2_in_one_line(monkeypatch):
-    from dynamo_cli.config import LoraConfig, TinyModelConfig
+    from dynamo_cli.config.model import LoraConfig, TinyModelConfig
     from dynamo_cli.models.load import add_lora, build_char_tokenizer, build_tiny_model
 
     dp = _data_parallel(monkeypatch, FSDP2_ENV)
@@ -97,7 +97,7 @@ def test_the_sharded_optimiser_checkpoints_a_marker_and_refuses_a_one_file_state
 def test_units_are_the_decoder_layers_and_the_plain_class_is_found_under_the_fsdp_subclass():
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=3, intermediate_size=64), build_char_tokenizer())
@@ -111,7 +111,7 @@ def test_units_are_the_decoder_layers_and_the_plain_class_is_found_under_the_fsd
 
 
 def test_the_staging_dir_sits_beside_the_checkpoint_and_is_moved_in(tmp_path):
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.runtime import checkpoint
 
@@ -129,7 +129,7 @@ def test_the_staging_dir_sits_beside_the_checkpoint_and_is_moved_in(tmp_path):
 
 # ------------------------------------------------------------------------------- 2 processes vs 1
 def launch_fsdp2(processes: int, *args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch --config_file conf/accelerate/fsdp2.yaml -m dynamo_cli ...`, as README says."""
+    """`accelerate launch --config_file conf/accelerate/fsdp2.yaml -m dynamo_cli ...`, as docs/scaling.md says."""
     return launch(processes, *args, config="conf/accelerate/fsdp2.yaml")
 
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from dynamo_cli.algo.gae import gae_advantages, masked_whiten, token_rewards
-from dynamo_cli.algo.losses import value_loss
+from dynamo_cli.algo.advantages.gae import gae_advantages, masked_whiten, token_rewards
+from dynamo_cli.algo.terms.value import value_loss
 
 
 def loop_gae(rewards: list[float], values: list[float], *, gamma: float, lam: float) -> tuple[list[float], list[float]]:

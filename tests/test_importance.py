@@ -53,7 +53,8 @@ def test_mismatch_kl_is_k3_of_the_ratio():
 
 
 def test_the_corrected_policy_term_scales_each_token_loss_by_its_weight_and_logs_it():
-    from dynamo_cli.algo.terms import PPOClip, RolloutCorrected
+    from dynamo_cli.algo.importance import RolloutCorrected
+    from dynamo_cli.algo.terms.ppo_clip import PPOClip
     from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
     b = _batch()
@@ -96,14 +97,15 @@ def test_rollouts_from_token_ids_carry_the_engines_log_probs():
 def test_rollout_is_needs_an_engine_that_reports_log_probs():
     from test_config import compose_schema
 
-    from dynamo_cli.config import ConfigError
+    from dynamo_cli.config.base import ConfigError
 
     with pytest.raises(ConfigError, match="algorithm.rollout_is=token corrects the rollout engine's log-probs.*use rollout=vllm"):
         compose_schema("train", ["algorithm.rollout_is=token"])
     with pytest.raises(ConfigError, match="algorithm.rollout_is='both' is not allowed; choose one of: none, token, sequence"):
         compose_schema("train", ["algorithm.rollout_is=both"])
     cfg = compose_schema("train", ["algorithm.rollout_is=sequence", "rollout=vllm"])  # composes; vLLM itself needs a GPU
-    from dynamo_cli.algo.terms import RolloutCorrected, build_loss
+    from dynamo_cli.algo.importance import RolloutCorrected
+    from dynamo_cli.algo.terms.base import build_loss
 
     assert isinstance(build_loss(cfg).terms[0].term, RolloutCorrected)
     assert not isinstance(build_loss(compose_schema("train", [])).terms[0].term, RolloutCorrected)  # off by default

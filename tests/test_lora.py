@@ -16,7 +16,10 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-from dynamo_cli.config import ConfigError, ExportConfig, LoraConfig, TinyModelConfig, register_schemas
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.model import LoraConfig, TinyModelConfig
+from dynamo_cli.config.recipes import ExportConfig
+from dynamo_cli.config.store import register_schemas
 from dynamo_cli.models.load import BASE_DIR, is_peft_model, load_checkpoint, load_policy, reference_policy
 from dynamo_cli.recipes import eval as eval_recipe
 from dynamo_cli.recipes import export as export_recipe

@@ -3,14 +3,10 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.algo.losses import (
-    AGGREGATIONS,
-    aggregate,
-    entropy_from_logits,
-    kl_k3,
-    logprobs_from_logits,
-    ppo_clip_loss,
-)
+from dynamo_cli.algo.logits import entropy_from_logits, logprobs_from_logits
+from dynamo_cli.algo.terms.base import AGGREGATIONS, aggregate
+from dynamo_cli.algo.terms.kl import kl_k3
+from dynamo_cli.algo.terms.ppo_clip import ppo_clip_loss
 
 
 def test_ppo_clip_hand_values():

@@ -3,13 +3,8 @@ import math
 import pytest
 import torch
 
-from dynamo_cli.modulation.modulators import (
-    DynamoModulator,
-    NoModulator,
-    compensation_factor,
-    entropy_change,
-    stabilisation_factor,
-)
+from dynamo_cli.modulation.dynamo import DynamoModulator, compensation_factor, entropy_change, stabilisation_factor
+from dynamo_cli.modulation.none import NoModulator
 
 # N=2 sequences, L=3 positions; the last position of sequence 1 is padding.
 MASK = torch.tensor([[True, True, True], [True, True, False]])
@@ -207,7 +202,8 @@ def test_a_scope_spread_over_processes_gives_the_factors_of_the_whole_batch():
 
 def test_the_schema_defaults_are_decay6():
     """The one home of the modulator's defaults is its schema; the values stated above must be those."""
-    from dynamo_cli.config import AlgorithmConfig, DynamoModulatorConfig
+    from dynamo_cli.config.algorithm import AlgorithmConfig
+    from dynamo_cli.modulation.dynamo import DynamoModulatorConfig
 
     m, algo = DynamoModulatorConfig(), AlgorithmConfig()
     assert {k: getattr(m, k) for k in ("compensate", "stabilise", "mu_max", "lambda_min", "gamma", "tau")} | {

@@ -9,16 +9,17 @@ import pytest
 import torch
 from conftest import dynamo
 
-from dynamo_cli.algo.advantages import grpo_advantages
-from dynamo_cli.algo.terms import Loss, PPOClip, Weighted
-from dynamo_cli.config import TinyModelConfig
+from dynamo_cli.algo.advantages.base import GroupEstimator
+from dynamo_cli.algo.advantages.grpo import grpo_advantages
+from dynamo_cli.algo.terms.base import Loss, Weighted
+from dynamo_cli.algo.terms.ppo_clip import PPOClip
+from dynamo_cli.config.model import TinyModelConfig
 from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
-from dynamo_cli.modulation.modulators import DynamoModulator, compensation_factor
+from dynamo_cli.modulation.dynamo import DynamoModulator, compensation_factor
 from dynamo_cli.recipes.sft import collate
 from dynamo_cli.rollout.dialogue import between_text, tokenize_dialogue
 from dynamo_cli.rollout.episodes import MultiTurnEpisodes, assemble
 from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
-from dynamo_cli.stages.estimate import GroupEstimator
 from dynamo_cli.tasks.base import Problem
 from dynamo_cli.tasks.calc import CalcTask, calculate
 from dynamo_cli.tasks.chat_jsonl import ChatJsonlTask
@@ -271,10 +272,10 @@ def test_sft_on_dialogues(tmp_path):
 def test_multiturn_tasks_compose_and_build(task):
     from test_config import compose_schema
 
-    from dynamo_cli import builders
+    from dynamo_cli.recipes import parts
 
     for command in ("sft", "train", "eval"):
-        built = builders.build_task(compose_schema(command, [f"task={task}"]).task)
+        built = parts.build_task(compose_schema(command, [f"task={task}"]).task)
         assert built.train_problems() and built.test_problems()
 
 
@@ -296,9 +297,10 @@ def test_bad_multiturn_config_is_one_clear_line(overrides, expected):
 
 
 def test_an_environment_on_vllm_is_refused_at_start():
-    from dynamo_cli import builders
-    from dynamo_cli.errors import DynamoError
+    from test_config import compose_schema
 
-    task = CountdownTask(max_turns=2, max_tokens=10)
-    with pytest.raises(DynamoError, match="multi-turn rollouts run on rollout=hf, not rollout=vllm"):
-        builders.EPISODES.build(task, generate=None, policy=None, tokenizer=None, backend="vllm")
+    from dynamo_cli.config.base import ConfigError
+
+    for task in ("calc", "guess"):
+        with pytest.raises(ConfigError, match=f"task={task} is an environment: its multi-turn rollouts run on rollout=hf, not rollout=vllm"):
+            compose_schema("train", [f"task={task}", "rollout=vllm"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynamo_cli.config import TinyModelConfig
+from dynamo_cli.config.model import TinyModelConfig
 from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 from dynamo_cli.rollout.hf import generate, stream_seed
 from dynamo_cli.rollout.padding import pad_response, padding_waste, padding_window, trim_padding

@@ -13,10 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-from dynamo_cli.config import LoraConfig, register_schemas
+from dynamo_cli.config.model import LoraConfig
+from dynamo_cli.config.store import register_schemas
 from dynamo_cli.models.load import gguf_checkpoint_dir, load_policy
 from dynamo_cli.recipes import eval as eval_recipe
-from dynamo_cli.tasks import MathTask
+from dynamo_cli.tasks.math import MathTask
 
 register_schemas()
 register_resolvers()

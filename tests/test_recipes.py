@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-from dynamo_cli.config import register_schemas
+from dynamo_cli.config.store import register_schemas
 
 TRAIN_SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "allocator.n_min=2", "allocator.n_max=8",
                "eval.max_problems=24", "eval.n_samples=2", "eval.ks=[1,2]", "algorithm.micro_batch_size=16",
@@ -78,7 +78,7 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     assert first["resources/generation_batch"] == 32  # auto: the whole step's 8 x 4 rollouts fit at once
 
 
-# every token-level baseline and overlong option (README "Baselines"): (overrides, a metric only that option writes)
+# every token-level baseline and overlong option (docs/methods.md "Baselines"): (overrides, a metric only that option writes)
 NEW_OPTIONS = {
     "fork_tokens": (["modulator=fork_tokens"], "mod/kept_frac"),
     "entropy_advantage": (["modulator=entropy_advantage"], "mod/entropy_bonus_mean"),
@@ -108,7 +108,7 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
     prompt's answer. The policy is replaced by an oracle that answers each row's own prompt correctly,
     so any misalignment between completions, prompts and answers shows up as a reward of 0."""
     from dynamo_cli.recipes import train as train_recipe
-    from dynamo_cli.rollout.hf import hf as rollout_module
+    from dynamo_cli.rollout import hf as rollout_module
 
     real_generate = rollout_module.generate
 
@@ -144,9 +144,10 @@ def test_rollouts_are_scored_against_their_own_prompt(sft_checkpoint, tmp_path, 
 def test_score_judges_each_row_against_its_own_problem_and_names_its_rule():
     from types import SimpleNamespace
 
-    from dynamo_cli.recipes.train import score
-    from dynamo_cli.tasks import MathTask, Problem
+    from dynamo_cli.rollout.episodes import score
     from dynamo_cli.tasks.answers import RULES
+    from dynamo_cli.tasks.base import Problem
+    from dynamo_cli.tasks.math import MathTask
 
     task = MathTask(seed=0, num_train=6, num_test_per_level=1, levels=["L1"], format="chat")
     problems = [Problem("math/L1/3+5", "3+5", "8", "L1"), Problem("math/L6/68*3", "68*3", "204", "L6")]
@@ -197,7 +198,7 @@ def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):
 
 def test_eval_subset_keeps_every_level():
     from dynamo_cli.stages.evaluate import eval_subset
-    from dynamo_cli.tasks import Problem
+    from dynamo_cli.tasks.base import Problem
 
     problems = [Problem(f"p{i}", "q", "1", level) for i, level in enumerate("AAAABBC")]
     # round-robin over A, B, C: A0, B4, C6, A1, B5 -> kept in the original order

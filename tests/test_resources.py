@@ -37,7 +37,7 @@ def test_estimates_by_hand():
 
 
 def _tiny():
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer()
@@ -45,7 +45,7 @@ def _tiny():
 
 
 def test_model_shape_of_the_tiny_model_and_of_its_lora_version():
-    from dynamo_cli.config import LoraConfig
+    from dynamo_cli.config.model import LoraConfig
     from dynamo_cli.models.load import add_lora
 
     model = _tiny()

@@ -8,19 +8,9 @@ import json
 import pytest
 import torch
 
-from dynamo_cli.allocation.rounds import (
-    DapoAllocator,
-    GresoAllocator,
-    KnapsackAllocator,
-    adapt_explore_prob,
-    fresh_prompts_needed,
-    greso_skip,
-    informative_groups,
-    keep_first,
-    knapsack_rollouts,
-    knapsack_value,
-    zero_variance_streak,
-)
+from dynamo_cli.allocation.dapo import DapoAllocator, fresh_prompts_needed, informative_groups, keep_first
+from dynamo_cli.allocation.greso import GresoAllocator, adapt_explore_prob, greso_skip, zero_variance_streak
+from dynamo_cli.allocation.knapsack import KnapsackAllocator, knapsack_rollouts, knapsack_value
 from dynamo_cli.protocols import RoundAllocator
 
 
@@ -187,13 +177,14 @@ def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dro
     each time, stops at max_rounds, keeps no group. The fresh prompts continue the uniform sampler's stream (the next
     step starts after them), every rollout stays in the batch (counted) but none has a loss token."""
     from dynamo_cli.algo.reward_shaping import OverlongPenalty
-    from dynamo_cli.config import TinyModelConfig
+    from dynamo_cli.config.model import TinyModelConfig
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.rollout.hf import PolicyRollouts
     from dynamo_cli.runtime.distributed import DataParallel
-    from dynamo_cli.sampling.samplers import UniformSampler, permutation_stream
+    from dynamo_cli.sampling.base import permutation_stream
+    from dynamo_cli.sampling.uniform import UniformSampler
     from dynamo_cli.stages.collect import Collector
-    from dynamo_cli.tasks import MathTask
+    from dynamo_cli.tasks.math import MathTask
 
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64), tokenizer)
@@ -222,7 +213,7 @@ def compose_train(overrides: list[str]):
     from hydra import compose, initialize_config_dir
 
     from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-    from dynamo_cli.config import register_schemas
+    from dynamo_cli.config.store import register_schemas
 
     register_schemas()
     register_resolvers()
@@ -241,14 +232,14 @@ def test_rollout_presets_are_clip_higher_plus_one_part(preset, group, option):
 
 
 def test_curriculum_refuses_a_task_with_one_tag():
-    from dynamo_cli import builders
     from dynamo_cli.errors import DynamoError
+    from dynamo_cli.recipes import parts
     from dynamo_cli.tasks.base import Problem
 
     cfg = compose_train(["sampler=curriculum"])
     with pytest.raises(DynamoError, match="sampler.order=tag needs at least two difficulty tags.*choose sampler.order=success"):
-        builders.build_sampler(cfg, problems=[Problem(f"t/{i}", str(i), "0", "all") for i in range(4)])
-    assert builders.build_sampler(cfg, problems=[Problem("a", "1", "1", "L1"), Problem("b", "2", "2", "L2")]).pace_steps == 200
+        parts.build_sampler(cfg, problems=[Problem(f"t/{i}", str(i), "0", "all") for i in range(4)])
+    assert parts.build_sampler(cfg, problems=[Problem("a", "1", "1", "L1"), Problem("b", "2", "2", "L2")]).pace_steps == 200
 
 
 SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "eval.max_problems=4", "eval.n_samples=0",

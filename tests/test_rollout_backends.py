@@ -6,7 +6,8 @@ import pytest
 import torch
 from conftest import dynamo
 
-from dynamo_cli.config import TinyModelConfig, VLLMRolloutConfig
+from dynamo_cli.config.model import TinyModelConfig
+from dynamo_cli.config.rollout import VLLMRolloutConfig
 from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 from dynamo_cli.rollout.hf import generate, rollouts_from_token_ids, stream_seed
 

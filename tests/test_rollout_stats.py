@@ -7,11 +7,15 @@ import copy
 import pytest
 import torch
 
-from dynamo_cli.algo.terms import EntropyBonus, Loss, PPOClip, Weighted
-from dynamo_cli.config import TinyModelConfig
+from dynamo_cli.algo.terms.base import Loss, Weighted
+from dynamo_cli.algo.terms.entropy import EntropyBonus
+from dynamo_cli.algo.terms.ppo_clip import PPOClip
+from dynamo_cli.config.model import TinyModelConfig
 from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
 from dynamo_cli.models.trainable import Trainable
-from dynamo_cli.modulation.modulators import DynamoModulator, ForkTokensModulator, NoModulator
+from dynamo_cli.modulation.dynamo import DynamoModulator
+from dynamo_cli.modulation.fork_tokens import ForkTokensModulator
+from dynamo_cli.modulation.none import NoModulator
 from dynamo_cli.rollout.policy_stats import batched_token_stats
 from dynamo_cli.rollout.trajectory import Trajectories
 from dynamo_cli.runtime.distributed import DataParallel

@@ -5,17 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dynamo_cli.sampling.samplers import (
+from dynamo_cli.sampling.base import permutation_stream, step_prompt_indices
+from dynamo_cli.sampling.curriculum import (
     CurriculumSampler,
-    UniformSampler,
     curriculum_order,
     laplace_rate,
     natural_key,
-    permutation_stream,
-    step_prompt_indices,
     tag_ranks,
     unlocked_share,
 )
+from dynamo_cli.sampling.uniform import UniformSampler
 from dynamo_cli.tasks.base import Problem
 
 
@@ -59,7 +58,7 @@ def pool() -> list[Problem]:
 
 
 def curriculum(order: str, **kw) -> CurriculumSampler:
-    settings = dict(seed=0, order=order, pacing="linear", start=0.5, pace_steps=2, stages=1, tag_order=None) | kw
+    settings = dict(seed=0, order=order, pacing="linear", start=0.5, pace_steps=2, stages=1, tag_order=None, steps=4) | kw
     return CurriculumSampler(problems=pool(), **settings)
 
 
@@ -88,7 +87,7 @@ def test_online_curriculum_moves_a_solved_prompt_first_and_resumes_exactly():
     assert resumed.prompt_indices(1, num_problems=8, per_step=3) == sampler.prompt_indices(1, num_problems=8, per_step=3)
     with pytest.raises(ValueError, match="different prompt pool"):
         CurriculumSampler(problems=pool()[:4], seed=0, order="success", pacing="linear", start=0.5, pace_steps=2, stages=1,
-                          tag_order=None).load_state_dict(sampler.state_dict())
+                          tag_order=None, steps=4).load_state_dict(sampler.state_dict())
 
 
 def test_uniform_sampler_fresh_prompts_continue_the_stream_and_shift_later_steps():

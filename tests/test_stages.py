@@ -8,16 +8,20 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dynamo_cli import builders
-from dynamo_cli.algo.advantages import grpo_advantages
+from dynamo_cli.algo.advantages.base import GroupEstimator
+from dynamo_cli.algo.advantages.grpo import grpo_advantages
 from dynamo_cli.algo.reward_shaping import OverlongPenalty
-from dynamo_cli.algo.terms import EntropyBonus, Loss, PPOClip, ReferenceKL, Weighted, build_loss
+from dynamo_cli.algo.terms.base import Loss, Weighted, build_loss
+from dynamo_cli.algo.terms.entropy import EntropyBonus
+from dynamo_cli.algo.terms.kl import ReferenceKL
+from dynamo_cli.algo.terms.ppo_clip import PPOClip
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
-from dynamo_cli.config import TinyModelConfig, register_schemas
+from dynamo_cli.config.model import TinyModelConfig
+from dynamo_cli.config.store import register_schemas
+from dynamo_cli.recipes import parts
 from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
-from dynamo_cli.sampling.samplers import UniformSampler
-from dynamo_cli.stages.estimate import GroupEstimator
+from dynamo_cli.sampling.uniform import UniformSampler
 
 register_schemas()
 register_resolvers()
@@ -95,7 +99,7 @@ def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
     """torch.chunk splits 9 rows into chunks of ceil(9/6) = 2, i.e. 5 mini-batches; tensor_split gives exactly 6."""
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.models.trainable import Trainable
-    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.modulation.none import NoModulator
     from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
 
@@ -109,7 +113,7 @@ def test_update_takes_exactly_mini_batches_steps_per_epoch(rows, mini_batches):
     update = PolicyUpdate(trainables=[Trainable("policy", model, optimizer, scheduler, grad_clip=1.0)],
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0)], mode="token_mean"),
                           modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=2, mini_batches=mini_batches,
-                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0)
+                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0, reuse_forward=False)
     update(b, generator=torch.Generator().manual_seed(0), step=1)
     assert scheduler.last_epoch == 2 * mini_batches
 
@@ -135,8 +139,8 @@ def test_trajectories_single_turn_and_select():
 
 
 # ---------------------------------------------------------------------------------- registries
-@pytest.mark.parametrize("group, registry", [("sampler", builders.SAMPLERS), ("allocator", builders.ALLOCATORS),
-                                             ("modulator", builders.MODULATORS), ("rollout", builders.ROLLOUT_ENGINES)])
+@pytest.mark.parametrize("group, registry", [("sampler", parts.SAMPLERS), ("allocator", parts.ALLOCATORS),
+                                             ("modulator", parts.MODULATORS), ("rollout", parts.ROLLOUT_ENGINES)])
 def test_every_option_of_a_group_has_a_builder(group, registry):
     for path in (CONF_DIR / group).glob("*.yaml"):
         assert getattr(compose_train([f"{group}={path.stem}"]), group).name in registry.names()
@@ -144,7 +148,7 @@ def test_every_option_of_a_group_has_a_builder(group, registry):
 
 @pytest.mark.parametrize("advantage", ["grpo", "drgrpo", "rloo", "w_reinforce"])
 def test_every_advantage_estimator_builds(advantage):
-    assert isinstance(builders.build_estimator(compose_train([f"algorithm.advantage={advantage}"])), GroupEstimator)
+    assert isinstance(parts.build_estimator(compose_train([f"algorithm.advantage={advantage}"])), GroupEstimator)
 
 
 def test_registry_refuses_unknown_names_and_duplicates():
@@ -164,14 +168,15 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
     """A RoundAllocator sees round 0's rewards and asks for 3 more rollouts of every prompt whose group is all
     equal (DAPO-like), once. The merged batch stays aligned (each reward is its own prompt's) and padding a
     round to the merged widths leaves its log-probs unchanged."""
-    from dynamo_cli.allocation.allocators import Allocation, UniformAllocator
+    from dynamo_cli.allocation.base import Allocation
+    from dynamo_cli.allocation.uniform import UniformAllocator
     from dynamo_cli.models.load import build_char_tokenizer, build_tiny_model
     from dynamo_cli.protocols import RoundAllocator
     from dynamo_cli.rollout.hf import PolicyRollouts, stream_seed
     from dynamo_cli.rollout.policy_stats import batched_token_stats
     from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.collect import Collector
-    from dynamo_cli.tasks import MathTask
+    from dynamo_cli.tasks.math import MathTask
 
     class Refill(UniformAllocator):
         def next_round(self, prompt_ids, *, rewards, group_index, round):
@@ -212,7 +217,7 @@ def test_collect_runs_the_rounds_a_round_allocator_asks_for():
 
 
 def test_prompt_pool_is_the_first_distinct_problems():
-    from dynamo_cli.recipes.train import prompt_pool
+    from dynamo_cli.stages.collect import prompt_pool
     from dynamo_cli.tasks.base import Problem
 
     a, b, c = (Problem(f"t/{q}", q, "0", "L") for q in "abc")
@@ -222,12 +227,12 @@ def test_prompt_pool_is_the_first_distinct_problems():
 
 # ------------------------------------------------------------------------------------ PPO + GAE
 def test_gae_estimator_whitens_advantages_but_not_returns():
-    from dynamo_cli.stages.estimate import GAEEstimator
+    from dynamo_cli.algo.advantages.gae import GAEEstimator
 
     # rewards [1, 0] at each row's last policy token, γ = λ = 1: A = R − V. Row 0: V = [0.5, 0.25, 0] -> A [0.5, 0.75, 1];
     # row 1 (2 tokens): V = [0.2, 0.4] -> A [−0.2, −0.4]. The 5 advantages: mean 0.33, unbiased var 0.3295
     b = batch(values=torch.tensor([[0.5, 0.25, 0.0], [0.2, 0.4, 9.0]]), old_logprobs=torch.zeros(2, 3))
-    adv, returns, sequence, zero = GAEEstimator(gamma=1.0, lam=1.0, kl_coef=0.0)(
+    adv, returns, sequence, zero = GAEEstimator(gamma=1.0, lam=1.0, kl_in_reward=0.0)(
         b, rewards=torch.tensor([1.0, 0.0]), group_index=torch.tensor([0, 0]), num_groups=1, rows=slice(0, 2))
     raw = torch.tensor([0.5, 0.75, 1.0, -0.2, -0.4])
     mean, sd = raw.mean(), raw.var().add(1e-8).sqrt()
@@ -237,13 +242,13 @@ def test_gae_estimator_whitens_advantages_but_not_returns():
     assert not zero.any()
     # KL in the reward: −β (log π_old − log π_ref) on every token, here −0.5 · 1 per token of row 0
     b = b.replace(old_logprobs=torch.zeros(2, 3), ref_logprobs=torch.tensor([[-1.0, -1.0, -1.0], [0.0, 0.0, 0.0]]))
-    _, returns, _, _ = GAEEstimator(gamma=1.0, lam=1.0, kl_coef=0.5)(
+    _, returns, _, _ = GAEEstimator(gamma=1.0, lam=1.0, kl_in_reward=0.5)(
         b, rewards=torch.tensor([1.0, 0.0]), group_index=torch.tensor([0, 0]), num_groups=1, rows=slice(0, 2))
     torch.testing.assert_close(returns[0], torch.tensor([-0.5, 0.0, 0.5]))  # G_t = Σ_{s≥t} r_s: [1 − 1.5, 1 − 1, 1 − 0.5]
 
 
 def test_value_term_through_the_loss():
-    from dynamo_cli.algo.terms import ValueLoss
+    from dynamo_cli.algo.terms.value import ValueLoss
 
     # V = [[0.5, −0.5, 3], [1, 1, x]], V_old = 0, G = 1, ε_v = 0.2: per token 0.32, 1.125, 0.5·max(4, 0.64) = 2 | 0.32, 0.32
     #   (row 1: V − G = 0 unclipped, clipped (0.2 − 1)² = 0.64 -> 0.32); token mean over 5: (0.32+1.125+2+0.32+0.32)/5
@@ -257,15 +262,15 @@ def test_value_term_through_the_loss():
 
 
 def test_ppo_config_builds_the_value_term_and_the_gae_estimator():
-    from dynamo_cli.stages.estimate import GAEEstimator
+    from dynamo_cli.algo.advantages.gae import GAEEstimator
 
     cfg = compose_train(["algorithm.advantage=gae", "critic=separate", "critic.value_coef=0.5", "critic.value_clip=0.3"])
     loss = build_loss(cfg)
     assert [(w.term.name, w.weight) for w in loss.terms][-1] == ("value_loss", 0.5) and loss.terms[-1].term.clip == 0.3
-    assert isinstance(builders.build_estimator(cfg), GAEEstimator)
+    assert isinstance(parts.build_estimator(cfg), GAEEstimator)
     assert "value_loss" not in build_loss(compose_train([])).metric_names()  # no critic, no value term
     for path in (CONF_DIR / "critic").glob("*.yaml"):
-        assert path.stem in builders.CRITICS.names()
+        assert path.stem in parts.CRITICS.names()
 
 
 def tiny_policy():
@@ -292,10 +297,10 @@ def test_critic_copies_the_policy_trunk_and_values_align_with_the_log_probs():
 
 
 def test_update_trains_only_the_critic_during_its_warm_up_then_both():
-    from dynamo_cli.algo.terms import ValueLoss
+    from dynamo_cli.algo.terms.value import ValueLoss
     from dynamo_cli.models.critic import SeparateCritic, make_critic
     from dynamo_cli.models.trainable import Trainable
-    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.modulation.none import NoModulator
     from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
 
@@ -316,7 +321,7 @@ def test_update_trains_only_the_critic_during_its_warm_up_then_both():
                           loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 1.0), Weighted(ValueLoss(clip=0.0), 1.0)],
                                     mode="token_mean"),
                           modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=2,
-                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0, value_function=SeparateCritic(critic))
+                          micro_batch_size=2, modulator_scope="mini_batch", temperature=1.0, reuse_forward=False, value_function=SeparateCritic(critic))
 
     def snapshot():
         return [p.detach().clone() for p in policy.parameters()], [p.detach().clone() for p in critic.parameters()]
@@ -335,10 +340,10 @@ def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_t
     """critic=shared: V = head(last hidden state) at the positions aligned with the log-probs; the old values equal the
     update's; a value loss alone moves the policy's trunk (the head is on it) once the warm-up is over, and only the
     head during it. critic=separate: the same value loss never touches the policy."""
-    from dynamo_cli.algo.terms import ValueLoss
+    from dynamo_cli.algo.terms.value import ValueLoss
     from dynamo_cli.models.critic import SeparateCritic, SharedCritic, make_critic, make_value_head
     from dynamo_cli.models.trainable import Trainable
-    from dynamo_cli.modulation.modulators import NoModulator
+    from dynamo_cli.modulation.none import NoModulator
     from dynamo_cli.rollout.policy_stats import completion_forward
     from dynamo_cli.runtime.distributed import DataParallel
     from dynamo_cli.stages.update import PolicyUpdate
@@ -369,7 +374,7 @@ def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_t
                               loss=Loss(terms=[Weighted(PPOClip(eps_low=0.2, eps_high=0.2), 0.0), Weighted(ValueLoss(clip=0.0), 1.0)],
                                         mode="token_mean"),
                               modulator=NoModulator(), dp=DataParallel.start("cpu"), ppo_epochs=1, mini_batches=1,
-                              micro_batch_size=4, modulator_scope="mini_batch", temperature=1.0, value_function=value_function)
+                              micro_batch_size=4, modulator_scope="mini_batch", temperature=1.0, reuse_forward=False, value_function=value_function)
         changes = []
         for step in (1, 2):
             before = ([p.detach().clone() for p in policy.parameters()], [p.detach().clone() for p in critic_module.parameters()])
@@ -384,7 +389,7 @@ def test_shared_critic_reads_the_policys_hidden_state_and_its_value_loss_moves_t
 
 
 def test_critic_of_a_lora_policy_copies_the_base_weights():
-    from dynamo_cli.config import LoraConfig
+    from dynamo_cli.config.model import LoraConfig
     from dynamo_cli.models.critic import make_critic
     from dynamo_cli.models.load import add_lora, base_state_dict
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from dynamo_cli.tasks import JsonlTask, MathTask, Problem, TaskError
 from dynamo_cli.tasks.answers import Verdict, answers_match, extract_answer, judge, literal_value
-from dynamo_cli.tasks.jsonl import parse_answer_field
-from dynamo_cli.tasks.math import LEVELS
+from dynamo_cli.tasks.base import Problem, TaskError
+from dynamo_cli.tasks.jsonl import JsonlTask, parse_answer_field
+from dynamo_cli.tasks.math import LEVELS, MathTask
 
 FIXTURE = Path(__file__).parent / "fixtures" / "arith_word_problems.jsonl"
 ALL_LEVELS = list(LEVELS)
@@ -152,7 +152,7 @@ def test_an_integer_answer_written_as_an_expression_scores_0(format, completion,
 
 
 def test_the_echoed_question_that_scored_1_on_smollm2_scores_0():
-    text = "To find 68*3, multiply 68 by 3. Here's the solution and answer:\n\n68*3"  # issue 13
+    text = "To find 68*3, multiply 68 by 3. Here's the solution and answer:\n\n68*3"  # a real SmolLM2 completion that the old verifier paid for
     assert math_task(format="chat").judge(text, TIMES) == Verdict(0.0, "answer_cue", "68*3")
     assert math_task(format="plain").judge(text, TIMES) == Verdict(0.0, "last_number", "3")  # first line only
 
@@ -168,7 +168,7 @@ def test_a_boxed_or_cued_integer_literal_scores_1(format):
 
 
 def test_chat_takes_no_number_echoed_from_the_question():
-    # issue 13, from an eval: no \boxed{}, no "answer is"; the last number is the question's 8
+    # a real SmolLM2 eval completion: no \boxed{}, no "answer is"; the last number is the question's 8
     text = "So the maximum value of 0 + 8 is 10, which is the sum of 2 added to 0 and 8."
     assert math_task(format="chat").judge(text, PLUS) == Verdict(0.0, "none", None)
     assert math_task(format="chat").judge("0 + 8", PLUS).reward == 0.0

@@ -1,5 +1,5 @@
-"""Verifier faults are scored 0 and counted, never fatal (issue 15 item 6), and task.reward plugs in a user's reward
-from a file outside the repo (issue 13 item 5)."""
+"""Verifier faults are scored 0 and counted, never fatal (one bad rollout must not end a run), and task.reward plugs in a user's reward
+from a file outside the repo (a user's reward need not be part of the package)."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,13 @@ import time
 import pytest
 from conftest import dynamo
 
-from dynamo_cli.config import ConfigError, MathTaskConfig
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.task import MathTaskConfig
 from dynamo_cli.errors import DynamoError
-from dynamo_cli.stages.collect import score
-from dynamo_cli.tasks import MathTask, Problem
+from dynamo_cli.rollout.episodes import score
 from dynamo_cli.tasks.answers import Verdict
+from dynamo_cli.tasks.base import Problem
+from dynamo_cli.tasks.math import MathTask
 from dynamo_cli.verify.user_reward import UserReward
 from dynamo_cli.verify.verifiers import JudgeVerifier, add_metrics
 

@@ -19,7 +19,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
-from dynamo_cli.config import ConfigError, register_schemas
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.store import register_schemas
 from dynamo_cli.errors import (
     DynamoError,  # noqa: F401 - re-exported: `from dynamo_cli.cli import DynamoError` keeps working
     Preempted,

@@ -1,19 +1,20 @@
 """The contracts of dynamo's swappable parts. A part implements one of these and registers a builder for its
-config name (registry.py, builders.py); the stages (stages/) only ever call these methods.
+config name (registry.py); the stages (stages/) only ever call these methods.
 
 Shapes: P prompts in a step, B rollouts in the step (all processes), N rollouts on this process, L positions
 of the response region (every position after the prompt; see rollout/trajectory.py).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Optional, Protocol, runtime_checkable
 
 from torch import Generator, Tensor
 
-from dynamo_cli.allocation.allocators import Allocation
-from dynamo_cli.modulation.modulators import ScopeSync, TokenShaping
-from dynamo_cli.rollout.hf import Rollouts
-from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
+if TYPE_CHECKING:  # annotations only: the parts import these contracts, so the contracts must not import the parts
+    from dynamo_cli.allocation.base import Allocation
+    from dynamo_cli.modulation.base import ScopeSync, TokenShaping
+    from dynamo_cli.rollout.hf import Rollouts
+    from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
 
 class Sampler(Protocol):

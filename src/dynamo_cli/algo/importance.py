@@ -16,6 +16,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dynamo_cli.protocols import LossTerm
+from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
+
 LEVELS = ("none", "token", "sequence")
 
 
@@ -41,3 +44,21 @@ def mismatch_kl(*, trainer_logprobs: Tensor, rollout_logprobs: Tensor) -> Tensor
     reported no log-prob): how far the engine is from the trainer, whatever the correction does about it."""
     log_ratio = torch.nan_to_num(trainer_logprobs - rollout_logprobs, nan=0.0)  # log π_old / μ, sampled from μ
     return log_ratio.exp() - 1 - log_ratio
+
+
+class RolloutCorrected:
+    """algorithm.rollout_is: a policy term reweighted by truncated importance sampling of the rollout engine's samples,
+    w = min(π_old/μ, cap) per token or per sequence (algo/importance.py; TIS, Yao et al. 2025). Logged: train/rollout_is_weight
+    (mean weight), train/rollout_is_truncated_frac, train/rollout_mismatch_kl (KL(μ || π_old), k3)."""
+
+    def __init__(self, term: LossTerm, *, level: str, cap: float):
+        self.term, self.level, self.cap = term, level, cap
+        self.name, self.needs = term.name, term.needs
+
+    def __call__(self, batch: Trajectories, out: ModelOutputs) -> tuple[Tensor, dict[str, Tensor]]:
+        per_token, metrics = self.term(batch, out)
+        weights, truncated = truncated_is_weights(trainer_logprobs=batch.old_logprobs, rollout_logprobs=batch.rollout_logprobs,
+                                                  mask=batch.loss_mask, level=self.level, cap=self.cap)
+        return per_token * weights, {**metrics, "rollout_is_weight": weights, "rollout_is_truncated_frac": truncated.float(),
+                                     "rollout_mismatch_kl": mismatch_kl(trainer_logprobs=batch.old_logprobs,
+                                                                        rollout_logprobs=batch.rollout_logprobs)}

@@ -21,16 +21,25 @@ from typing import Optional
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForTokenClassification
 
-from dynamo_cli.models.load import is_peft_model
+from dynamo_cli.config.algorithm import OptimConfig
+from dynamo_cli.config.critic import NoCriticConfig, SeparateCriticConfig, SharedCriticConfig
+from dynamo_cli.errors import DynamoError
+from dynamo_cli.models.optim import make_optimizer
+from dynamo_cli.models.trainable import Trainable
+from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.hf import position_ids_from_mask
 from dynamo_cli.rollout.policy_stats import completion_forward, in_eval_chunks
 
+CRITICS = Registry("critic")  # the value function a run trains beside the policy (algorithm.advantage=gae), or none
 
 def make_critic(policy: torch.nn.Module, device: torch.device, *, resume_from: Optional[Path] = None) -> torch.nn.Module:
     """A value model: `resume_from/critic` when resuming, else the policy's trunk with a fresh head (seeded by the
     global torch RNG). The head reads the trunk's last hidden state with no dropout (old and new values agree)."""
+    from transformers import AutoModelForTokenClassification  # here, not at import: `dynamo --help` and config errors stay fast
+
+    from dynamo_cli.models.load import is_peft_model
+
     if resume_from is not None:
         return AutoModelForTokenClassification.from_pretrained(Path(resume_from) / "critic").to(device)
     base = policy.get_base_model() if is_peft_model(policy) else policy  # under LoRA: the base weights, all trainable
@@ -110,6 +119,8 @@ class ValueHead(torch.nn.Module):
 
 def make_value_head(policy: torch.nn.Module, device: torch.device, *, resume_from: Optional[Path] = None) -> ValueHead:
     """A fresh head sized to the policy's hidden state (seeded by the global torch RNG), or the saved one when resuming."""
+    from dynamo_cli.models.load import is_peft_model  # transformers loads only when a critic is built
+
     if resume_from is not None:
         return ValueHead.from_pretrained(Path(resume_from) / "critic").to(device)
     base = policy.get_base_model() if is_peft_model(policy) else policy
@@ -133,3 +144,35 @@ class SharedCritic:
         return torch.cat(in_eval_chunks(policy, lambda rows: self.module(completion_forward(
             policy, input_ids=input_ids[rows], attention_mask=attention_mask[rows], prompt_width=prompt_width, temperature=1.0,
             with_entropy=False, with_hidden=True).hidden), rows=input_ids.shape[0], chunk=micro_batch_size))
+
+
+@CRITICS.register("none", schema=NoCriticConfig)
+def no_critic() -> None:
+    return None
+
+
+@CRITICS.register("separate", schema=SeparateCriticConfig)
+def separate_critic(*, policy, device, resume_from: Optional[Path]) -> SeparateCritic:
+    return SeparateCritic(make_critic(policy, device, resume_from=resume_from))
+
+
+@CRITICS.register("shared", schema=SharedCriticConfig)
+def shared_critic(*, policy, device, resume_from: Optional[Path]) -> SharedCritic:
+    return SharedCritic(make_value_head(policy, device, resume_from=resume_from))
+
+
+def critic_trainables(cfg, critic, *, dp, total_steps: int, micro_batch_size: int) -> list[Trainable]:
+    """[the critic as a Trainable: its own AdamW (critic.lr), schedule, grad clip and DDP wrap], or [] without one.
+    `cfg`: the critic's schema."""
+    if critic is None:
+        return []
+    if dp.sharded:
+        raise DynamoError(f"critic={cfg.name} under FSDP2 is not supported: run it on one process or under DDP (conf/accelerate/ddp.yaml)")
+    if dp.deepspeed:
+        raise DynamoError(f"critic={cfg.name} runs on one process or under DDP (conf/accelerate/ddp.yaml); DeepSpeed "
+                          "prepares a single model per run")
+    optimizer, scheduler = make_optimizer(critic.module, OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                                     warmup_steps=cfg.lr_warmup_steps, grad_clip=cfg.grad_clip),
+                                          total_steps=total_steps)
+    module, optimizer = dp.prepare(critic.module, optimizer, micro_batch_size=micro_batch_size)
+    return [Trainable("critic", module, optimizer, scheduler, grad_clip=cfg.grad_clip, solo_steps=cfg.warmup_steps)]

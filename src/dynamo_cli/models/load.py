@@ -19,7 +19,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from dynamo_cli.config import ConfigError, GGUFModelConfig, LoraConfig, ModelConfig, TinyModelConfig
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.model import GGUFModelConfig, LoraConfig, ModelConfig, TinyModelConfig
 from dynamo_cli.runtime import atomic
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]

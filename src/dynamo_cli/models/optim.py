@@ -5,7 +5,9 @@ import math
 
 import torch
 
-from dynamo_cli.config import OptimConfig
+from dynamo_cli.config.algorithm import OptimConfig
+
+SCHEDULES = ("constant", "cosine", "linear")  # optim.schedule: after the warm-up
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:

@@ -7,17 +7,21 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from dynamo_cli.builders import build_task
-from dynamo_cli.config import EvalConfig
+from dynamo_cli.config.recipes import EvalConfig
 from dynamo_cli.models.load import load_policy
-from dynamo_cli.runtime.distributed import DataParallel
+from dynamo_cli.recipes.parts import build_task
+from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.tracking.tracker import Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
-    dp = DataParallel.start(cfg.device)  # under `accelerate launch` each process evaluates a share of the problems
-    run_dir = dp.agree_on_run_dir(run_dir)
+    with RunSession(cfg.device, run_dir, check_engine=False) as session:  # under `accelerate launch` each process evaluates a share
+        evaluate_checkpoint(cfg, session)
+
+
+def evaluate_checkpoint(cfg: EvalConfig, session: RunSession) -> None:
+    dp, run_dir = session.dp, session.run_dir
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
@@ -30,9 +34,9 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
     source = cfg.model.path or f"model={cfg.model.name} (no checkpoint: its initial weights)"
     console.print(f"eval: {source} on {len(problems)} {cfg.task.name} {cfg.split} problems, "
                   f"greedy + {cfg.eval.n_samples} samples each (T={cfg.eval.temperature}, top_p={cfg.eval.top_p})")
-    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="eval",
-                      enabled=dp.is_main)
-    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    tracker = session.own(Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                                  job_type="eval", enabled=dp.is_main), after_error=False)
+    max_new_tokens = cfg.eval_max_new_tokens
     plan = plan_eval_batch(model, tokenizer, task, problems, settings=cfg.eval, max_new_tokens=max_new_tokens, device=dp.device,
                            memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     console.print(plan.note)
@@ -44,8 +48,6 @@ def run(cfg: EvalConfig, run_dir: Path) -> None:
     metrics = {**eval_metrics(result), **plan.metrics()}
     tracker.log(metrics, step=0)
     tracker.summary(metrics)
-    tracker.close()
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     console.print(eval_table(result, title=f"{cfg.task.name} {cfg.split}: {source}"))
-    dp.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from dynamo_cli.config import ExportConfig
+from dynamo_cli.config.recipes import ExportConfig
 from dynamo_cli.models.load import count_parameters, is_peft_model, load_policy
 from dynamo_cli.runtime import checkpoint
 

@@ -9,15 +9,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from dynamo_cli.builders import build_task
-from dynamo_cli.config import SFTConfig
+from dynamo_cli.config.recipes import SFTConfig
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.models.load import count_parameters, load_policy
 from dynamo_cli.models.optim import make_optimizer
+from dynamo_cli.recipes.parts import build_task
 from dynamo_cli.rollout.hf import position_ids_from_mask
 from dynamo_cli.runtime import checkpoint
-from dynamo_cli.runtime.distributed import DataParallel
 from dynamo_cli.runtime.resources import plan_batch_sizes
+from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.tracking.tracker import StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
@@ -49,9 +49,12 @@ def completion_loss_sum(model, ids, mask, labels) -> torch.Tensor:
 
 
 def run(cfg: SFTConfig, run_dir: Path) -> None:
-    dp = DataParallel.start(cfg.device)  # under `accelerate launch`: each process trains on a share of every batch
-    dp.check_engine()
-    run_dir = dp.agree_on_run_dir(run_dir)
+    with RunSession(cfg.device, run_dir) as session:  # under `accelerate launch`: each process trains on a share of every batch
+        sft(cfg, session)
+
+
+def sft(cfg: SFTConfig, session: RunSession) -> None:
+    dp, run_dir = session.dp, session.run_dir
     if cfg.trainer.batch_size % dp.world_size:
         raise DynamoError(f"trainer.batch_size={cfg.trainer.batch_size} does not split evenly over {dp.world_size} processes; "
                           f"choose a multiple of {dp.world_size}")
@@ -70,15 +73,15 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     console.print(f"sft: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable) on "
                   f"{len(examples)} {cfg.task.name} demonstrations, {cfg.trainer.steps} steps of {cfg.trainer.batch_size}")
 
-    tracker = Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)), job_type="sft",
-                      enabled=dp.is_main)
+    tracker = session.own(Tracker(run_dir=run_dir, cfg=cfg.logger, config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+                                  job_type="sft", enabled=dp.is_main), after_error=False)
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps)
     longest = max(len(p) + len(c) for p, c, _ in examples)
     plan = plan_batch_sizes(model, device, generation=None, training=cfg.trainer.micro_batch_size, prompt_tokens=0,
                             new_tokens=longest, most_generation=1, most_training=cfg.trainer.batch_size // dp.world_size,
                             memory_fraction=cfg.memory_fraction)  # logits over every position: all "completion"
     micro_batch_size = plan.training
-    max_new_tokens = cfg.eval.max_new_tokens or cfg.task.max_new_tokens
+    max_new_tokens = cfg.eval_max_new_tokens
     eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens,
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     console.print(plan.note)
@@ -143,7 +146,5 @@ def run(cfg: SFTConfig, run_dir: Path) -> None:
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     tracker.summary(eval_metrics(result))
-    tracker.close()
     console.print(eval_table(result, title=f"test split after SFT ({len(test_problems)} problems)"))
     console.print(f"final checkpoint: {final}")
-    dp.close()

@@ -5,7 +5,7 @@
     MultiTurnEpisodes    a dialogue with the task's environment (tasks/environment.py): the policy and the
                          environment take turns; the policy's tokens carry the loss mask, the environment's do not
 
-Which one a task uses is chosen once, by `task.interaction`, in builders.EPISODES.
+Which one a task uses is chosen once, by `task.interaction`, in EPISODES.
 
 Multi-turn on the hf backend re-prefills each turn: every policy turn is generated from the whole dialogue so far
 (prompt + earlier turns + replies), with a fresh KV cache. Turns are batched over every trajectory still running.
@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.dialogue import between_text
 from dynamo_cli.rollout.hf import Rollouts, _generate_chunk, stream_seed
 from dynamo_cli.tasks.answers import RULES
 
+# what one rollout of a prompt is, chosen by the task's `interaction`: single_turn | environment
+EPISODES = Registry("episode runner", key=lambda task: task.interaction)
 
 @dataclass
 class Episodes:
@@ -48,6 +51,7 @@ def score(task, problems, rollouts: Rollouts) -> tuple[torch.Tensor, torch.Tenso
             torch.tensor([RULES.index(v.rule) for v in verdicts], dtype=torch.long), verification.metrics())
 
 
+@EPISODES.register("single_turn")
 class SingleTurnEpisodes:
     """One completion per rollout from `generate` (a rollout engine's), judged by the task's verifier."""
 
@@ -102,11 +106,12 @@ def assemble(prompts: list[list[int]], segments: list[list[Segment]], *, pad_id:
     return input_ids, attention_mask, completion_mask, policy_mask, turns, width
 
 
+@EPISODES.register("environment")
 class MultiTurnEpisodes:
     """Dialogues with `task.environment()`, batched over every running trajectory, on the policy itself (rollout=hf)."""
 
-    def __init__(self, model, tokenizer, task):
-        self.model, self.tokenizer, self.task = model, tokenizer, task
+    def __init__(self, policy, tokenizer, task):
+        self.model, self.tokenizer, self.task = policy, tokenizer, task
 
     @torch.no_grad()
     def __call__(self, problems: list, prompts: list[str], *, counts: Tensor, max_new_tokens: int, temperature: float,

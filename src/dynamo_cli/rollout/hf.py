@@ -17,6 +17,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from dynamo_cli.config.rollout import HFRolloutConfig
+from dynamo_cli.rollout.engines import ROLLOUT_ENGINES
+
 
 @dataclass
 class Rollouts:
@@ -277,6 +280,7 @@ def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_
                     finished=torch.tensor(finished, dtype=torch.bool), logprobs=sampled_logprobs)
 
 
+@ROLLOUT_ENGINES.register("hf", schema=HFRolloutConfig)
 class PolicyRollouts:
     """rollout=hf: generation on the policy itself, in this process (`generate`)."""
 

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import torch
 
-from dynamo_cli.algo.losses import entropy_from_logits, logprobs_from_logits
+from dynamo_cli.algo.logits import entropy_from_logits, logprobs_from_logits
 from dynamo_cli.rollout.hf import position_ids_from_mask
 
 

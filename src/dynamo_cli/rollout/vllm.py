@@ -19,7 +19,8 @@ import tempfile
 
 import torch
 
-from dynamo_cli.config import VLLMRolloutConfig
+from dynamo_cli.config.rollout import VLLMRolloutConfig
+from dynamo_cli.rollout.engines import ROLLOUT_ENGINES
 from dynamo_cli.rollout.hf import Rollouts, rollouts_from_token_ids, stream_seed
 
 
@@ -49,8 +50,10 @@ def policy_weights(policy) -> dict[str, torch.Tensor]:
         policy.unmerge_adapter()
 
 
+@ROLLOUT_ENGINES.register("vllm", schema=VLLMRolloutConfig)
 class VLLMRollouts:
-    def __init__(self, cfg: VLLMRolloutConfig, policy, tokenizer, *, max_model_len: int, seed: int, logprobs: bool = False):
+    def __init__(self, policy, tokenizer, *, gpu_memory_utilization: float, enforce_eager: bool, max_model_len: int | None,
+                 sleep_level: int, longest_sequence: int, seed: int, logprobs: bool = False):
         """logprobs: report each sampled token's log-prob (algorithm.rollout_is), after temperature and top-p like
         the sampler's, vLLM's `processed_logprobs` mode (vLLM >= 0.10.2)."""
         require_vllm()
@@ -58,16 +61,16 @@ class VLLMRollouts:
         from vllm import LLM
 
         self.tokenizer, self.logprobs = tokenizer, logprobs
-        self.sleep_level, self.asleep = cfg.sleep_level, False
+        self.sleep_level, self.asleep = sleep_level, False
         self._init_dir = tempfile.TemporaryDirectory(prefix="dynamo-vllm-")  # the starting weights, in a form vLLM reads
         base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
         base.save_pretrained(self._init_dir.name, state_dict=policy_weights(policy), safe_serialization=True)
         tokenizer.save_pretrained(self._init_dir.name)
         self.llm = LLM(model=self._init_dir.name, tokenizer=self._init_dir.name, dtype=str(next(policy.parameters()).dtype).split(".")[-1],
-                       gpu_memory_utilization=cfg.gpu_memory_utilization, enforce_eager=cfg.enforce_eager,
-                       max_model_len=cfg.max_model_len or max_model_len, seed=seed, enable_prefix_caching=True,
+                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                       max_model_len=max_model_len or longest_sequence, seed=seed, enable_prefix_caching=True,
                        **({"logprobs_mode": "processed_logprobs"} if logprobs else {}),
-                       **({"enable_sleep_mode": True} if cfg.sleep_level else {}))
+                       **({"enable_sleep_mode": True} if sleep_level else {}))
 
     def release(self) -> None:
         """A step's generation is over: give the GPU memory back to training (rollout.sleep_level 1 or 2; 0: stay awake)."""

@@ -21,6 +21,7 @@ import torch
 
 from dynamo_cli.errors import DynamoError, warn
 from dynamo_cli.models.load import save_checkpoint_files
+from dynamo_cli.models.trainable import load_trainables_state, trainables_state
 from dynamo_cli.runtime import atomic, faultpoints
 
 TRAINER_STATE = "trainer_state.pt"
@@ -166,3 +167,37 @@ def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:
     if problem:
         raise DynamoError(f"trainer.resume={resume!r} is damaged: {problem}")
     return path
+
+
+def save_training(directory: Path, *, dp, policy, tokenizer, trainables: list, allocator, sampler, guard, schedule,
+                  totals: dict[str, Any]) -> Path:
+    """Everything an exact resume needs: weights, optimisers, schedulers, allocator and sampler state, RNG, totals.
+    Rank 0 writes (the replicas are identical, see dist/replica_param_diff); the others wait for its verdict. Under
+    FSDP2 every rank first helps gather the full weights and writes its optimiser shard (runtime/fsdp.py)."""
+    full_model, staged = dp.checkpoint_model(policy), dp.stage_optimizer_shards(trainables, directory)
+    schedule_state = schedule.state_dict()
+    failed = None
+    if dp.is_main:
+        try:
+            save_checkpoint(directory, model=full_model, tokenizer=tokenizer, staged=staged, trainer_state={
+                **trainables_state(trainables), "allocator": allocator.state_dict(), "sampler": sampler.state_dict(),
+                "rng": rng_state(), "totals": totals, "guard": guard.state_dict(), "schedule": schedule_state},
+                extra_models={t.name: dp.unwrap(t.model) for t in trainables[1:]})
+        except DynamoError as error:  # a full disk: every process stops, not only rank 0
+            failed = str(error)
+    if failed := dp.broadcast_object(failed):
+        raise DynamoError(failed)
+    return directory
+
+
+def restore_training(directory: Path, *, dp, trainables: list, allocator, sampler, guard, schedule) -> dict[str, Any]:
+    """Load what `save_training` wrote into the parts; the run's totals (step, rollouts, tokens, seconds)."""
+    state = load_trainer_state(directory)
+    load_trainables_state(trainables, state)
+    dp.load_optimizer_shards(trainables, directory)  # FSDP2: every rank reads its shard; nothing otherwise
+    allocator.load_state_dict(state["allocator"])
+    sampler.load_state_dict(state.get("sampler", {}))  # checkpoints from before the sampler group hold none
+    restore_rng(state["rng"])
+    guard.load_state_dict(state.get("guard", {"skipped": 0, "in_a_row": 0}))  # none before the guard
+    schedule.load_state_dict(state.get("schedule", {}))  # one-step-off-policy: the next step's batch, collected ahead
+    return state["totals"]

@@ -60,7 +60,7 @@ class DataParallel:
         """Join the process group `accelerate launch` (or torchrun) set up; a single process otherwise.
 
         `device=cpu` (or `auto` without CUDA) runs on CPU with the gloo backend: the way to test several
-        processes on a laptop (conf/accelerate/cpu_ddp.yaml, see README). The recipes put the model on
+        processes on a laptop (conf/accelerate/cpu_ddp.yaml, see docs/scaling.md). The recipes put the model on
         `self.device` themselves (accelerate's device placement is off), so a single process can use cuda:N."""
         from accelerate import Accelerator
 

@@ -2,7 +2,7 @@
 
 Each rank holds 1/N of every weight, gradient and AdamW moment (DTensors); a forward all-gathers one decoder layer
 at a time and frees it again (reshard after forward), a backward reduce-scatters the gradients. So the training
-state (16 bytes per fp32 parameter with AdamW) is divided by N; see README "Which models fit".
+state (16 bytes per fp32 parameter with AdamW) is divided by N; see docs/scaling.md "Which models fit".
 
 Generation and eval are rank-local loops of unequal length (ranks stop when their own completions end, and eval
 shares may differ by a problem), which a per-layer all-gather inside every forward cannot serve: the ranks would

@@ -1,6 +1,8 @@
-"""One RL step as three stages, each chosen once from the config (builders.py):
+"""One RL step as stages, each built once from the config (recipes/parts.py):
 
-    collect   sampler -> allocator -> rollout engine -> verifier (one or more rounds) -> Trajectories
-    estimate  rewards (and, later, values) -> per-token advantages
-    update    epochs x mini-batches x micro-batches over the Loss (algo/terms.py), for every Trainable
+    collect   sampler -> allocator -> rollout engine -> verifier (one or more rounds) -> Trajectories   (collect.py)
+    schedule  when collect runs: on-policy, or one step ahead during the update                        (schedule.py)
+    estimate  rewards (and a critic's values) -> per-token advantages                                  (algo/advantages/)
+    update    epochs x mini-batches x micro-batches over the Loss (algo/terms/), for every Trainable  (update.py)
+    evaluate  test pass@1, greedy and sampled                                                          (evaluate.py)
 """

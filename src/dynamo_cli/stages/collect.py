@@ -18,22 +18,33 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dynamo_cli.allocation.allocators import Allocation, PromptIds
+from dynamo_cli.allocation.base import Allocation
+from dynamo_cli.config.recipes import TrainConfig
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.protocols import Allocator, RolloutEngine, RoundAllocator, Sampler
-from dynamo_cli.rollout.episodes import SingleTurnEpisodes, merge_stats, pad_turns, score  # noqa: F401 - score: importable from here as before
+from dynamo_cli.rollout.episodes import SingleTurnEpisodes, merge_stats, pad_turns
 from dynamo_cli.rollout.hf import Rollouts, stream_seed
 from dynamo_cli.rollout.padding import padding_waste
 from dynamo_cli.rollout.policy_stats import batched_token_stats
 from dynamo_cli.rollout.trajectory import Trajectories
 from dynamo_cli.runtime.distributed import DataParallel, shard_counts
+from dynamo_cli.runtime.resources import BatchPlan
 from dynamo_cli.stages import rollout_stats
 from dynamo_cli.verify.verifiers import add_metrics
+
+
+def prompt_pool(problems: list, size: Optional[int]) -> list:
+    """The first `size` distinct problems (by id): the fixed pool RL revisits over epochs. None: the task's whole
+    training list as it stands (a task may repeat the problems of a small level)."""
+    if size is None:
+        return problems
+    return list({p.id: p for p in problems}.values())[:size]  # a dict keeps the first occurrence's order
 
 
 def merge_rollouts(parts: list[Rollouts], *, pad_id: int) -> Rollouts:
@@ -80,7 +91,7 @@ class Collected:
     batch: Trajectories  # this process's rows, with old_logprobs / old_entropy (/ ref_logprobs)
     seconds: dict[str, float] = field(default_factory=dict)  # alloc, generate, score
     metrics: dict[str, float] = field(default_factory=dict)  # rollout/... of the reward shaping and the verifier's faults
-    ids: list[str] | None = None  # (P) the problems' ids as the allocator saw them last (PromptIds: with pool keys)
+    ids: list[str] | None = None  # (P) the problems' ids, the list the allocator saw last (its id lookup is cached by list)
 
     @property
     def prompt_ids(self) -> list[str]:
@@ -112,12 +123,23 @@ class Collector:
         # what one rollout is (rollout/episodes.py): a completion judged by the task, or a dialogue with its environment
         self.episodes = episodes if episodes is not None else SingleTurnEpisodes(engine.generate, task)
 
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, *, task, problems: list, tokenizer, sampler: Sampler, allocator: Allocator,
+                    engine: RolloutEngine, policy, reference, critic, dp: DataParallel, plan: BatchPlan, shape_rewards, episodes,
+                    defer_policy_stats: bool) -> "Collector":
+        """The run's collect: the built parts, and from the config P prompts per step, the seed, the sampling settings and
+        DAPO's overlong filtering; `plan`'s batch sizes (generation; training for the log-prob passes)."""
+        return cls(task=task, problems=problems, tokenizer=tokenizer, sampler=sampler, allocator=allocator, engine=engine,
+                   policy=policy, reference=reference, critic=critic, dp=dp, per_step=cfg.trainer.prompts_per_step, seed=cfg.seed,
+                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                   generation_batch=plan.generation, logprob_batch=plan.training, mask_truncated=cfg.algorithm.mask_truncated,
+                   shape_rewards=shape_rewards, defer_policy_stats=defer_policy_stats, episodes=episodes)
+
     def __call__(self, step: int) -> Collected:
         dp, P = self.dp, self.per_step
         indices = self.sampler.prompt_indices(step, num_problems=len(self.problems), per_step=P)
         problems = [self.problems[i] for i in indices]
-        # the ids with their pool positions: the allocator resolves them by a gather, not a dict lookup per id
-        prompt_ids = PromptIds([p.id for p in problems], keys=torch.as_tensor(indices, dtype=torch.long), pool=self.problems)
+        prompt_ids = [p.id for p in problems]
         prompts = [self.task.prompt_text(p, self.tokenizer) for p in problems]
         seconds = {"alloc": 0.0, "generate": 0.0, "score": 0.0}
         t0 = time.perf_counter()
@@ -157,8 +179,8 @@ class Collector:
                     fresh_indices = self.sampler.more(step, num_problems=len(self.problems), count=allocation.fresh)
                     fresh = [self.problems[i] for i in fresh_indices]
                     problems, tags = problems + fresh, tags + [p.level for p in fresh]
-                    fresh_ids = PromptIds([p.id for p in fresh], keys=torch.as_tensor(fresh_indices, dtype=torch.long), pool=self.problems)
-                    prompt_ids = PromptIds([*prompt_ids, *fresh_ids], keys=torch.cat([prompt_ids.keys, fresh_ids.keys]), pool=self.problems)
+                    fresh_ids = [p.id for p in fresh]
+                    prompt_ids = prompt_ids + fresh_ids
                     prompts = prompts + [self.task.prompt_text(p, self.tokenizer) for p in fresh]
                     fresh_allocation = self.allocator.allocate(fresh_ids, tags=[p.level for p in fresh])
                     allocation = Allocation(counts=torch.cat([allocation.counts, fresh_allocation.counts]), priority=priority,

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from dynamo_cli.algo.pass_at_k import pass_at_k
-from dynamo_cli.builders import EPISODES
-from dynamo_cli.config import EvalSettings
+from dynamo_cli.config.eval import EvalSettings
+from dynamo_cli.rollout.episodes import EPISODES
 from dynamo_cli.rollout.hf import generate, stream_seed
 from dynamo_cli.runtime.resources import BatchPlan, longest_prompt, plan_batch_sizes
 from dynamo_cli.tasks.answers import RULES
@@ -41,8 +41,8 @@ def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_ne
     lo, hi = dp.shard(len(problems)) if dp is not None else (0, len(problems))
     mine = problems[lo:hi]
     prompts = [task.prompt_text(p, tokenizer) for p in mine]
-    # a completion judged by the task, or (an environment task) a dialogue with it: builders.EPISODES
-    episodes = EPISODES.build(task, generate=partial(generate, model, tokenizer), policy=model, tokenizer=tokenizer, backend="hf")
+    # a completion judged by the task, or (an environment task) a dialogue with it: rollout/episodes.py EPISODES
+    episodes = EPISODES.build(task, task=task, generate=partial(generate, model, tokenizer), policy=model, tokenizer=tokenizer)
     greedy = episodes(mine, prompts, counts=torch.ones(len(prompts), dtype=torch.long),
                       max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, seed=None,
                       max_batch_size=batch_size)

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from dynamo_cli.algo.terms import Loss
+from dynamo_cli.algo.terms.base import Loss
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.models.trainable import Trainable
-from dynamo_cli.modulation.modulators import TokenShaping
+from dynamo_cli.modulation.base import TokenShaping
 from dynamo_cli.protocols import Modulator
 from dynamo_cli.rollout.padding import pad_response, padding_waste, padding_window, trim_padding
 from dynamo_cli.rollout.policy_stats import batched_token_stats, completion_forward
@@ -41,7 +41,7 @@ def check_batch_layout(*, rollouts_per_step: int, world_size: int, mini_batches:
 
 
 def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor:
-    """The normalisation group of each sequence for the modulator's min/max (algorithm.md: our choice)."""
+    """The normalisation group of each sequence for the modulator's min/max (docs/algorithm.md: our choice)."""
     if scope == "sequence":
         return torch.arange(size)
     if scope == "micro_batch":
@@ -51,7 +51,7 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 
 class PolicyUpdate:
     def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
-                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool = False,
+                 mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool,
                  guard: NonFiniteGuard | None = None, value_function=None):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
         self.value_function = value_function  # models/critic.py's SeparateCritic | SharedCritic with a "critic" trainable, else None

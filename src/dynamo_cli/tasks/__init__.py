@@ -1,13 +1,5 @@
-"""Tasks: prompts, demonstrations and verifiers."""
+"""Tasks: prompts, demonstrations and verifiers. One module per task, registered in TASKS (base.py) by its schema
+(config/task.py); environments (multi-turn tasks) build on environment.py, answer extraction lives in answers.py."""
+from dynamo_cli.registry import import_all
 
-from dynamo_cli.tasks.base import Problem, Task, TaskError
-from dynamo_cli.tasks.calc import CalcTask
-from dynamo_cli.tasks.chat_jsonl import ChatJsonlTask
-from dynamo_cli.tasks.code import CodeProblem, CodeTask
-from dynamo_cli.tasks.environment import Environment, EnvironmentTask
-from dynamo_cli.tasks.guess import GuessTask
-from dynamo_cli.tasks.jsonl import JsonlTask
-from dynamo_cli.tasks.math import MathTask
-
-__all__ = ["Problem", "Task", "TaskError", "MathTask", "JsonlTask", "CodeProblem", "CodeTask", "Environment", "EnvironmentTask",
-           "CalcTask", "GuessTask", "ChatJsonlTask"]
+import_all(__name__, __path__)

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dynamo_cli.registry import Registry
 from dynamo_cli.tasks.answers import ANSWER_TYPES, FALLBACKS, Verdict, judge
 from dynamo_cli.verify.verifiers import JudgeVerifier, Verifier
 
@@ -19,6 +20,8 @@ FORMATS = ("plain", "chat")
 CHAT_INSTRUCTION = "Solve the problem and give the final answer in \\boxed{}.\n\n"
 JUDGE_TIMEOUT = 10.0  # seconds one built-in verification may take (task.reward_timeout sets it in a run)
 
+
+TASKS = Registry("task", key=type)  # keyed by schema: several YAMLs (jsonl, gsm8k) share one schema
 
 class TaskError(ValueError):
     """Unusable task data or settings; the message names the file, field or value at fault."""
@@ -70,7 +73,7 @@ class Task(ABC):
     answer_type: str  # integer | rational | expression (answers.literal_value)
     answer_fallback: str  # none | last_number: used when a completion has no \\boxed{} and no answer cue
     plain_cue: str = "\nAnswer: "  # appended to the question in the plain format
-    interaction: str = "single_turn"  # how a rollout runs (builders.EPISODES): single_turn | environment
+    interaction: str = "single_turn"  # how a rollout runs (rollout/episodes.py EPISODES): single_turn | environment
 
     @abstractmethod
     def train_problems(self) -> list[Problem]: ...
@@ -123,7 +126,7 @@ class Task(ABC):
 
     @property
     def verifier(self) -> Verifier:
-        """Scores a batch of completions (rollouts and eval): chosen once (builders.build_task), default_verifier."""
+        """Scores a batch of completions (rollouts and eval): chosen once (tasks/base.py build_task), default_verifier."""
         if self._verifier is None:
             self._verifier = self.default_verifier(timeout=JUDGE_TIMEOUT)
         return self._verifier

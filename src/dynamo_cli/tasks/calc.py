@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 
+from dynamo_cli.config.task import CalcTaskConfig
 from dynamo_cli.rollout.dialogue import Message
 from dynamo_cli.tasks.answers import judge
-from dynamo_cli.tasks.base import Problem, TaskError, check_answer_rules, stable_unit
+from dynamo_cli.tasks.base import TASKS, Problem, TaskError, check_answer_rules, stable_unit
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask
 from dynamo_cli.tasks.math import MathTask
 
@@ -58,6 +59,7 @@ class CalcEnvironment(Environment):
         return {"tool_calls": float(self.tool_calls), "solved": self.solved}
 
 
+@TASKS.register(CalcTaskConfig)
 class CalcTask(EnvironmentTask):
     name = "calc"
 

@@ -17,9 +17,10 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from dynamo_cli.config.task import ChatJsonlTaskConfig
 from dynamo_cli.rollout.dialogue import render, tokenize_dialogue
 from dynamo_cli.tasks.answers import extract_answer, literal_value
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, stable_unit
+from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_answer_rules, stable_unit
 from dynamo_cli.tasks.jsonl import _read_rows
 
 
@@ -42,6 +43,7 @@ def parse_messages(raw: Any, where: str) -> tuple:
     return tuple(messages)
 
 
+@TASKS.register(ChatJsonlTaskConfig)
 class ChatJsonlTask(Task):
     name = "chat_jsonl"
     format = "chat"

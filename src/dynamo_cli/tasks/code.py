@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dynamo_cli.config.task import CodeTaskConfig
 from dynamo_cli.tasks.answers import Verdict
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_format, stable_unit
+from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_format, stable_unit
 from dynamo_cli.verify.sandbox import Check, Limits, Outcome, Sandbox, parse_check
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
 
@@ -177,6 +178,16 @@ class CodeTask(Task):
 
     def default_verifier(self, *, timeout: float):
         return SandboxVerifier(self, workers=self.workers)
+
+
+@TASKS.register(CodeTaskConfig)
+def code_task(*, path: str, test_path: str | None, test_fraction: float, seed: int, format: str, max_problems: int | None,
+              reward_mode: str, timeout: float, cpu_seconds: int, memory_mb: int, max_processes: int, file_mb: int, workers: int,
+              prompt_tests: int) -> CodeTask:
+    """task=code from its schema: the sandbox's limits gathered into one Limits."""
+    limits = Limits(timeout=timeout, cpu_seconds=cpu_seconds, memory_mb=memory_mb, max_processes=max_processes, file_mb=file_mb)
+    return CodeTask(path=path, test_path=test_path, test_fraction=test_fraction, seed=seed, format=format, max_problems=max_problems,
+                    reward_mode=reward_mode, limits=limits, workers=workers, prompt_tests=prompt_tests)
 
 
 class SandboxVerifier:

@@ -43,7 +43,7 @@ class EnvironmentTask(Task):
     """A task whose rollouts are dialogues with an environment. Subclasses set `max_turns`, `max_tokens` and
     implement `environment()` and `demonstration_turns(problem)`."""
 
-    interaction = "environment"  # builders.EPISODES: the multi-turn rollout engine
+    interaction = "environment"  # rollout/episodes.py EPISODES: the multi-turn rollout engine
     format = "chat"  # dialogues are rendered with the chat template
     reply_role = "user"  # the role an environment reply takes in the chat template
     max_turns: int  # policy turns per trajectory at most

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import random
 
+from dynamo_cli.config.task import GuessTaskConfig
 from dynamo_cli.rollout.dialogue import Message
 from dynamo_cli.tasks.answers import judge, literal_value
-from dynamo_cli.tasks.base import Problem, TaskError
+from dynamo_cli.tasks.base import TASKS, Problem, TaskError
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask
 
 TEACHERS = ("random", "bisect")
@@ -62,6 +63,7 @@ class GuessEnvironment(Environment):
         return {"solved": self.solved}
 
 
+@TASKS.register(GuessTaskConfig)
 class GuessTask(EnvironmentTask):
     name = "guess"
     answer_type, answer_fallback = "integer", "last_number"

@@ -3,7 +3,6 @@
 Read with `datasets` from the local path only; nothing is fetched from a hub. Rows whose final
 answer cannot be found are skipped and counted rather than crashing a long run on one bad line.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -11,8 +10,9 @@ import random
 import re
 from pathlib import Path
 
+from dynamo_cli.config.task import JsonlTaskConfig
 from dynamo_cli.tasks.answers import extract_answer, literal_value
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
+from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
 
 SHORT_ANSWER_CHARS = 64  # a one-line answer field this short is the final answer itself
 _CALCULATOR = re.compile(r"<<[^<>]*>>")  # GSM8K's "<<48/2=24>>" annotations: noise in SFT targets
@@ -60,6 +60,7 @@ def _read_rows(path: str | Path, fields: list[str], max_rows: int | None) -> lis
     return ds.to_list()
 
 
+@TASKS.register(JsonlTaskConfig)
 class JsonlTask(Task):
     """Question/answer rows from a file; ids from `id_field` or a hash of the question.
 

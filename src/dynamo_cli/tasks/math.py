@@ -4,7 +4,6 @@ A 1-5M-parameter char-level model after a few minutes of SFT solves L1-L2 almost
 often, L5-L6 rarely, so per-prompt success rates cover the whole (0, 1) range that DynaMO's rollout
 allocator works on. No files, no downloads, and the test set is the same for every seed.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +11,8 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from dynamo_cli.tasks.base import Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
+from dynamo_cli.config.task import MathTaskConfig
+from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ def _sample(name: str, level: Level, n: int, rng: random.Random, *, test: bool) 
     return list(seen.values())
 
 
+@TASKS.register(MathTaskConfig)
 class MathTask(Task):
     """Integer arithmetic over the LEVELS table; prompt "37+48=" (plain) or chat, answer "85"."""
 

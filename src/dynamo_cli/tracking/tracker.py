@@ -17,8 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dynamo_cli.allocation.allocators import bernoulli_variance
-from dynamo_cli.config import LoggerConfig
+from dynamo_cli.allocation.maths import bernoulli_variance
+from dynamo_cli.config.logger import LoggerConfig
 from dynamo_cli.errors import warn
 from dynamo_cli.runtime import atomic
 

@@ -84,7 +84,7 @@ class Watchdog:
 
 class JudgeVerifier:
     """A task's own judge(completion, problem) -> Verdict, in this process, each call guarded: an exception or a call
-    past `timeout` seconds scores 0 and is counted (issue 15: a verifier fault is never fatal)."""
+    past `timeout` seconds scores 0 and is counted (a verifier fault must never end a run: it is one bad rollout)."""
 
     def __init__(self, judge: Callable[[str, object], Verdict], *, timeout: float):
         self.judge, self.timeout = judge, timeout

@@ -1,49 +1,48 @@
-"""Samplers: which training problems a step draws (the `sampler` config group; protocols.Sampler).
-
-uniform: consecutive slices of per-epoch permutations, a pure function of (step, seed, fresh prompts drawn
-before), so a resume needs no data-loader state beyond that count.
-
-curriculum: the pool ordered easy -> hard, of which a growing share is unlocked (the pacing function of
-Hacohen & Weinshall 2019, "On the Power of Curriculum Learning"); each step draws its prompts at random from
-the unlocked share. `order=tag` ranks by the task's difficulty tags (levels), `order=success` by each prompt's
-running success rate (online: the ranking moves as the policy learns; prompts without history rank by tag).
-
-`more(step, count)`: fresh prompts for the same step (a round allocator such as DAPO's dynamic sampling asks
-for them after seeing the first round's rewards); they continue the step's draw, so no prompt repeats within
-a step while the pool (uniform) or the unlocked share (curriculum) has unused prompts.
+"""sampler=curriculum: the pool ordered easy -> hard, of which a growing share is unlocked (the pacing function of
+Hacohen & Weinshall 2019, "On the Power of Curriculum Learning"); each step draws its prompts at random from the
+unlocked share. `order=tag` ranks by the task's difficulty tags (levels), `order=success` by each prompt's running
+success rate (online: the ranking moves as the policy learns; prompts without history rank by tag). Fresh prompts
+(`more`) continue the step's draw within the unlocked share.
 """
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import Tensor
+
+from dynamo_cli.allocation.maths import laplace_rate  # the running success rate order=success ranks by
+from dynamo_cli.config.base import GroupConfig, check, one_of, positive
+from dynamo_cli.errors import DynamoError
+from dynamo_cli.sampling.base import SAMPLERS, permutation_stream
 
 PACINGS = ("linear", "step")
 ORDERS = ("tag", "success")
 
 
-# ----------------------------------------------------------------------------------------------------
-# pure functions
+@dataclass
+class CurriculumSamplerConfig(GroupConfig):
+    """Easy -> hard with a pacing schedule (sampling/samplers.py; Hacohen & Weinshall 2019): each step draws at random from
+    the unlocked share of the ordered pool, which grows from `start` to 1 over `pace_steps` steps."""
 
+    name: str = "curriculum"
+    order: str = "tag"  # tag (the task's difficulty tags, e.g. L3 < L4 < L5) | success (running success rate, online)
+    pacing: str = "linear"  # linear | step (the same ramp in `stages` equal jumps)
+    start: float = 0.34  # share unlocked at step 1 (0.34 of the default L3-L5 pool is L3 and a few L4)
+    pace_steps: Optional[int] = None  # steps until the whole pool is unlocked (0: at once); null: half of trainer.steps
+    stages: int = 3  # jumps of pacing=step (3: one per default level)
+    tag_order: Optional[list[str]] = None  # tags easy -> hard; null: natural sort of the tags (L1 < L2 < ... < L10)
 
-def permutation_stream(first: int, count: int, *, num_problems: int, seed: int) -> list[int]:
-    """Positions [first, first + count) of an endless stream of per-epoch permutations of range(num_problems),
-    epoch e shuffled by a generator seeded with seed * 100_003 + e."""
-    permutations: dict[int, torch.Tensor] = {}
-    indices = []
-    for position in range(first, first + count):
-        epoch, offset = divmod(position, num_problems)
-        if epoch not in permutations:
-            permutations[epoch] = torch.randperm(num_problems, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        indices.append(int(permutations[epoch][offset]))
-    return indices
-
-
-def step_prompt_indices(step: int, *, num_problems: int, per_step: int, seed: int) -> list[int]:
-    """The training problems of `step` (1-based): consecutive slices of per-epoch permutations."""
-    return permutation_stream((step - 1) * per_step, per_step, num_problems=num_problems, seed=seed)
+    def __post_init__(self) -> None:
+        one_of("sampler.order", self.order, ORDERS)
+        one_of("sampler.pacing", self.pacing, PACINGS)
+        check(0 < self.start <= 1, f"sampler.start={self.start} must be in (0, 1]")
+        if self.pace_steps is not None:
+            positive("sampler.pace_steps", self.pace_steps, strict=False)
+        positive("sampler.stages", self.stages)
 
 
 def unlocked_share(step: int, *, start: float, pace_steps: int, pacing: str, stages: int) -> float:
@@ -88,46 +87,7 @@ def curriculum_order(*, tag_rank: Tensor, tie_break: Tensor, success_rate: Tenso
     return order
 
 
-def laplace_rate(*, successes: Tensor, attempts: Tensor) -> Tensor:
-    """(k + 1) / (G + 2): the running success rate with one pseudo-success and one pseudo-failure, so an unseen
-    prompt sits at 0.5 (between the prompts it is solved on and those it is not) and one lucky rollout does not
-    rank a prompt as easiest. Returns float64 (N,)."""
-    return (successes.double() + 1) / (attempts.double() + 2)
-
-
-# ----------------------------------------------------------------------------------------------------
-# samplers
-
-
-class UniformSampler:
-    """Every problem once per epoch, in an order fixed by the run's seed. Fresh prompts (`more`) continue the
-    stream, and every later step starts after them (`extra`: how many were drawn; the checkpointed state)."""
-
-    def __init__(self, *, seed: int):
-        self.seed = seed
-        self.extra = 0  # fresh prompts drawn by `more` before the current position
-        self._cursor = 0  # stream position of the next fresh prompt of the current step
-
-    def prompt_indices(self, step: int, *, num_problems: int, per_step: int) -> list[int]:
-        first = (step - 1) * per_step + self.extra
-        self._cursor = first + per_step
-        return permutation_stream(first, per_step, num_problems=num_problems, seed=self.seed)
-
-    def more(self, step: int, *, num_problems: int, count: int) -> list[int]:
-        indices = permutation_stream(self._cursor, count, num_problems=num_problems, seed=self.seed)
-        self._cursor, self.extra = self._cursor + count, self.extra + count
-        return indices
-
-    def update(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor) -> None:
-        """Nothing to learn: the order is fixed."""
-
-    def state_dict(self) -> dict:
-        return {"extra": self.extra}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.extra = state.get("extra", 0)  # checkpoints from before fresh prompts hold {}
-
-
+@SAMPLERS.register("curriculum", schema=CurriculumSamplerConfig)
 class CurriculumSampler:
     """Easy -> hard over the prompt pool (see the module docstring). Step s draws per_step prompts at random
     (without replacement while it can) from the first max(per_step, ⌈share(s) · N⌉) prompts of the order.
@@ -135,15 +95,22 @@ class CurriculumSampler:
     The draw is a pure function of (seed, step, the order); with order=success the order is a function of the
     per-prompt success counts, which `update` accumulates and `state_dict` saves, so a resume is exact."""
 
-    def __init__(self, *, problems: list, seed: int, order: str, pacing: str, start: float, pace_steps: int, stages: int,
-                 tag_order: list[str] | None):
+    def __init__(self, *, problems: list, seed: int, order: str, pacing: str, start: float, pace_steps: int | None, stages: int,
+                 tag_order: list[str] | None, steps: int):
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        tags = {p.level for p in problems}
+        if order == "tag" and len(tags) < 2:
+            raise DynamoError(f"sampler.order=tag needs at least two difficulty tags; the task's problems have {sorted(tags)}: "
+                              "choose sampler.order=success")
+        if tag_order is not None and tags - set(tag_order):
+            raise DynamoError(f"sampler.tag_order={list(tag_order)} misses the task's tags {sorted(tags - set(tag_order))}")
         self.seed, self.order, self.pacing = seed, order, pacing
-        self.start, self.pace_steps, self.stages = start, pace_steps, stages
+        self.start, self.stages = start, stages
+        self.pace_steps = steps // 2 if pace_steps is None else pace_steps  # steps: the run's trainer.steps
         self.ids = [p.id for p in problems]
         self._row = {pid: i for i, pid in enumerate(self.ids)}
-        self.tag_rank = tag_ranks([p.level for p in problems], order=tag_order)  # (N,)
+        self.tag_rank = tag_ranks([p.level for p in problems], order=None if tag_order is None else list(tag_order))  # (N,)
         self.tie_break = torch.argsort(torch.randperm(len(problems), generator=torch.Generator().manual_seed(seed)))  # (N,)
         self.successes = torch.zeros(len(problems), dtype=torch.float64)  # (N,) running counts (order=success)
         self.attempts = torch.zeros(len(problems), dtype=torch.float64)
