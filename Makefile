@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo bench bench-faults lint real-model clean
+.PHONY: help install test test-all demo bench bench-faults lint real-model clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -21,8 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install dynamo (editable) with its dependencies
 
-test: $(STAMP)  ## run the test suite (a few minutes on 2 CPU cores)
-	$(PY) -m pytest tests -q -p no:cacheprovider --durations=10
+test: $(STAMP)  ## the fast tier: unit + config tests and a few end-to-end smoke runs (<= 5 min on 2 CPU cores)
+	$(PY) -m pytest tests -q -p no:cacheprovider -m "not e2e or smoke" --durations=10
+
+test-all: $(STAMP)  ## every test, the end-to-end runs included: what CI runs (.ci/run)
+	$(PY) -m pytest tests -q -p no:cacheprovider --durations=20
 
 demo: $(STAMP)  ## sft -> train (DynaMO) -> eval on the embedded defaults; prints pass@1 before and after RL
 	bash scripts/demo.sh

@@ -1,4 +1,8 @@
-"""Shared fixtures: a tiny SFT checkpoint made once per session, and a CLI runner."""
+"""Shared fixtures: a tiny SFT checkpoint made once per session, a CLI runner, and the tiers.
+
+Tiers by folder: tests/unit (mirrors src/dynamo_cli) and tests/config run in `make test`; tests/e2e holds real runs
+(subprocesses, several processes, sweeps) and is marked `e2e`: `make test-all` runs it, `make test` only its tests
+marked `smoke`."""
 from __future__ import annotations
 
 import os
@@ -11,6 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
 
 
@@ -46,3 +51,10 @@ def sft_checkpoint(tmp_path_factory) -> Path:
     dynamo("sft", "logger=none", f"hydra.run.dir={run_dir}", "trainer.steps=60", "trainer.eval_every=30",
            "trainer.log_every=20", "task.num_train=2000", "task.levels=[L1]")
     return run_dir / "checkpoints" / "final"
+
+
+def pytest_collection_modifyitems(config, items):
+    e2e = REPO / "tests" / "e2e"
+    for item in items:
+        if e2e in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)

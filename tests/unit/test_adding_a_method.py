@@ -6,10 +6,10 @@ import importlib.util
 import re
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from hydra import compose, initialize_config_dir
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
@@ -17,7 +17,7 @@ from dynamo_cli.config.base import ConfigError
 from dynamo_cli.config.store import register_schemas
 from dynamo_cli.modulation.base import MODULATORS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = REPO
 
 
 def example_blocks() -> dict[str, str]:

@@ -5,16 +5,16 @@ import json
 import time
 from collections import Counter
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from dynamo_cli.tasks.answers import Verdict, answers_match, extract_answer, judge, literal_value
 from dynamo_cli.tasks.base import Problem, TaskError
 from dynamo_cli.tasks.jsonl import JsonlTask, parse_answer_field
 from dynamo_cli.tasks.math import LEVELS, MathTask
 
-FIXTURE = Path(__file__).parent / "fixtures" / "arith_word_problems.jsonl"
+FIXTURE = FIXTURES / "arith_word_problems.jsonl"
 ALL_LEVELS = list(LEVELS)
 
 

@@ -7,7 +7,9 @@ import json
 import re
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
+REPO = REPO
 
 
 def _report():

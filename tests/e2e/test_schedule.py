@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 from conftest import ENV, REPO, dynamo, train_killed_after_checkpoint
-from test_recipes import TRAIN_SMALL, _final_metrics, read_jsonl
+from helpers import TRAIN_SMALL, final_metrics, free_port, read_jsonl, records
 
 from dynamo_cli.stages.schedule import behaviour_copy, copy_weights
 
@@ -33,7 +33,6 @@ def test_behaviour_copy_is_frozen_and_refreshed_in_place():
     assert behaviour[0].weight is before and torch.equal(behaviour[0].weight, policy[0].weight)
 
 
-@pytest.mark.slow
 def test_off_policy_samples_each_step_with_the_weights_before_the_last_update(sft_checkpoint, tmp_path):
     args = [f"model.path={sft_checkpoint}", "trainer.steps=3", "trainer.dump_rollouts=true", "trainer.eval_every=0",
             "eval.max_problems=4", *TRAIN_SMALL]
@@ -49,7 +48,6 @@ def test_off_policy_samples_each_step_with_the_weights_before_the_last_update(sf
     assert _metric(on, "rollout/staleness") == [0.0, 0.0, 0.0]
 
 
-@pytest.mark.slow
 def test_off_policy_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path):
     args = [f"model.path={sft_checkpoint}", "trainer.steps=4", "trainer.save_every=2", "trainer.eval_every=0",
             "trainer.dump_rollouts=true", "rollout.one_step_off_policy=true", "eval.max_problems=4", *TRAIN_SMALL]
@@ -58,7 +56,7 @@ def test_off_policy_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint
     train_killed_after_checkpoint(killed, *args)
     dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")  # step 3: the saved prefetch
-    assert _final_metrics(killed) == _final_metrics(straight)
+    assert final_metrics(killed) == final_metrics(straight)
     assert _metric(killed, "rollout/staleness") == [0.0, 1.0, 1.0, 1.0]
 
 
@@ -74,34 +72,31 @@ def test_off_policy_refuses_what_it_cannot_overlap_in_one_line(override, message
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
-@pytest.mark.slow
 def test_off_policy_on_two_processes_trains_like_one(sft_checkpoint, tmp_path):
     """The background collect's collectives run on a side channel (DataParallel.side_channel) while the update's run
     on the default group: 2 gloo processes give the 1-process run's completions, rewards and allocations."""
-    from test_distributed import TRAIN_2P, _records, launch
+    from helpers import TRAIN_2P, launch
 
     args = [f"model.path={sft_checkpoint}", "rollout.one_step_off_policy=true", *TRAIN_2P]
     two, one = tmp_path / "two", tmp_path / "one"
     launch(2, "train", f"hydra.run.dir={two}", *args)
     dynamo("train", f"hydra.run.dir={one}", "device=cpu", *args)
-    steps_two = [r for r in _records(two / "metrics.jsonl") if "train/loss" in r]
-    steps_one = [r for r in _records(one / "metrics.jsonl") if "train/loss" in r]
+    steps_two = [r for r in records(two / "metrics.jsonl") if "train/loss" in r]
+    steps_one = [r for r in records(one / "metrics.jsonl") if "train/loss" in r]
     assert [r["rollout/staleness"] for r in steps_two] == [0.0, 1.0, 1.0]
     for a, b in zip(steps_two, steps_one, strict=True):
         assert a["dist/replica_param_diff"] == 0.0 and a["dist/replica_alloc_diff"] == 0.0
         assert a["rollout/reward_mean"] == b["rollout/reward_mean"] and a["alloc/max"] == b["alloc/max"]
         assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-4, abs=1e-6)
-    pairs = zip(_records(two / "rollouts.jsonl"), _records(one / "rollouts.jsonl"), strict=True)
+    pairs = zip(records(two / "rollouts.jsonl"), records(one / "rollouts.jsonl"), strict=True)
     assert all((a["prompt_id"], a["n_alloc"], a["completion"], a["reward"]) == (b["prompt_id"], b["n_alloc"], b["completion"], b["reward"])
                for a, b in pairs)
 
 
-@pytest.mark.slow
 def test_off_policy_under_fsdp2_is_refused_in_one_line(tmp_path):
-    from test_distributed import _free_port
 
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "conf/accelerate/fsdp2.yaml", "--num_processes", "2",
-           "--main_process_port", str(_free_port()), "-m", "dynamo_cli", "train", "rollout.one_step_off_policy=true", "logger=none",
+           "--main_process_port", str(free_port()), "-m", "dynamo_cli", "train", "rollout.one_step_off_policy=true", "logger=none",
            "device=cpu", f"hydra.run.dir={tmp_path}"]
     result = subprocess.run(cmd, cwd=REPO, env={**ENV, "OMP_NUM_THREADS": "1"}, text=True, capture_output=True, timeout=300)
     assert result.returncode != 0

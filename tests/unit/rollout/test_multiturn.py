@@ -3,11 +3,10 @@ the calculator and guessing environments; dialogue SFT with loss on assistant tu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import dynamo
+from conftest import FIXTURES
 
 from dynamo_cli.algo.advantages.base import GroupEstimator
 from dynamo_cli.algo.advantages.grpo import grpo_advantages
@@ -26,7 +25,7 @@ from dynamo_cli.tasks.chat_jsonl import ChatJsonlTask
 from dynamo_cli.tasks.environment import Environment, EnvironmentTask
 from dynamo_cli.tasks.guess import GuessTask, guess_reward
 
-FIXTURE = Path(__file__).parent / "fixtures" / "chat_dialogues.jsonl"
+FIXTURE = FIXTURES / "chat_dialogues.jsonl"
 
 
 # ------------------------------------------------------------------------ the layout of a multi-turn batch
@@ -246,31 +245,10 @@ def test_chat_jsonl_rejects_a_row_without_messages(tmp_path):
                       max_problems=None, answer_type="rational", answer_fallback="auto")
 
 
-# ------------------------------------------------------------------------------------------------ end to end
-TINY = ["logger=none", "device=cpu", "model.hidden_size=32", "model.num_layers=1", "model.intermediate_size=64", "model.num_heads=2"]
-
-
-def test_train_on_an_environment_logs_turns_and_dumps_every_turn(tmp_path):
-    dynamo("train", f"hydra.run.dir={tmp_path}", "task=calc", *TINY, "task.num_test_per_level=2", "task.num_train=40",
-           "trainer.steps=2", "trainer.prompts_per_step=2", "rollout.n=4", "rollout.max_batch_size=8", "algorithm.micro_batch_size=4",
-           "algorithm.mini_batches=2", "eval.n_samples=0", "eval.batch_size=8", "trainer.eval_every=0", "trainer.dump_rollouts=true")
-    steps = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert all(s["rollout/turns"] >= 1 and "rollout/tool_calls" in s for s in steps if "train/loss" in s)
-    assert "eval/turns" in steps[-1] and "eval/tool_calls" in steps[-1]
-    rollouts = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
-    assert len(rollouts) == 16 and all(r["turns"][0]["who"] == "environment" and r["turns"][1]["who"] == "policy" for r in rollouts)
-
-
-def test_sft_on_dialogues(tmp_path):
-    dynamo("sft", f"hydra.run.dir={tmp_path}", "task=chat_jsonl", *TINY, "trainer.steps=3", "trainer.batch_size=4", "eval.batch_size=8",
-           "trainer.log_every=1")
-    assert (tmp_path / "checkpoints" / "final").is_dir() and json.loads((tmp_path / "eval.json").read_text())["overall"]["problems"] > 0
-
-
 # ------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize("task", ["calc", "guess", "chat_jsonl"])
 def test_multiturn_tasks_compose_and_build(task):
-    from test_config import compose_schema
+    from helpers import compose_schema
 
     from dynamo_cli.recipes import parts
 
@@ -287,7 +265,7 @@ def test_multiturn_tasks_compose_and_build(task):
     (["task=chat_jsonl", "task.path=/no/dialogues.jsonl"], "task.path='/no/dialogues.jsonl': no such file"),
 ])
 def test_bad_multiturn_config_is_one_clear_line(overrides, expected):
-    from test_config import compose_schema
+    from helpers import compose_schema
 
     from dynamo_cli.cli import describe_error
 
@@ -297,7 +275,7 @@ def test_bad_multiturn_config_is_one_clear_line(overrides, expected):
 
 
 def test_an_environment_on_vllm_is_refused_at_start():
-    from test_config import compose_schema
+    from helpers import compose_schema
 
     from dynamo_cli.config.base import ConfigError
 

@@ -4,24 +4,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
 from conftest import dynamo, train_killed_after_checkpoint
+from helpers import TRAIN_SMALL, final_metrics, read_jsonl
 from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config.store import register_schemas
-
-TRAIN_SMALL = ["logger=none", "trainer.prompts_per_step=8", "rollout.n=4", "allocator.n_min=2", "allocator.n_max=8",
-               "eval.max_problems=24", "eval.n_samples=2", "eval.ks=[1,2]", "algorithm.micro_batch_size=16",
-               "task.num_train=2000", "task.levels=[L1]"]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_sft_checkpoint_loads_and_generates_with_plain_transformers(sft_checkpoint):
@@ -37,6 +29,7 @@ def test_sft_checkpoint_loads_and_generates_with_plain_transformers(sft_checkpoi
     assert any("train/loss" in r for r in records) and any("eval/greedy_pass1" in r for r in records)
 
 
+@pytest.mark.smoke  # in `make test`
 def test_eval_writes_eval_json_and_prints_run_dir_last(sft_checkpoint, tmp_path):
     result = dynamo("eval", "logger=none", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}",
                     "eval.max_problems=30", "eval.n_samples=3", "eval.ks=[1,2,3]")
@@ -56,6 +49,7 @@ def test_wandb_offline_by_default_writes_into_the_run_dir(sft_checkpoint, tmp_pa
     assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
 
 
+@pytest.mark.smoke  # in `make test`
 def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tmp_path):
     dynamo("train", f"model.path={sft_checkpoint}", f"hydra.run.dir={tmp_path}", "trainer.steps=2",
            "trainer.dump_rollouts=true", "optim.lr=1e-3", *TRAIN_SMALL)
@@ -159,12 +153,6 @@ def test_score_judges_each_row_against_its_own_problem_and_names_its_rule():
     assert [RULES[k] for k in rules.tolist()] == ["boxed", "answer_cue", "boxed", "none"]
 
 
-def _final_metrics(run_dir: Path) -> dict:
-    last = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "train/loss" in r][-1]
-    return {k: v for k, v in last.items() if not k.startswith("time")}
-
-
-@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path):
     args = [f"model.path={sft_checkpoint}", "trainer.steps=6", "trainer.save_every=2", "trainer.eval_every=3",
             "trainer.dump_rollouts=true", "seed=3", *TRAIN_SMALL]
@@ -175,7 +163,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path)
     assert not (killed / "checkpoints" / "final").exists()
 
     dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
-    assert _final_metrics(killed) == _final_metrics(straight)
+    assert final_metrics(killed) == final_metrics(straight)
     assert json.loads((killed / "eval.json").read_text())["overall"] == json.loads((straight / "eval.json").read_text())["overall"]
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
     assert read_jsonl(killed / "rollouts.jsonl") == read_jsonl(straight / "rollouts.jsonl")
@@ -183,7 +171,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(sft_checkpoint, tmp_path)
     # resuming a finished run starts from `final`: nothing is trained or logged again
     dynamo("train", f"hydra.run.dir={killed}", "trainer.resume=auto", *args)
     assert [r["step"] for r in read_jsonl(killed / "metrics.jsonl") if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert _final_metrics(killed) == _final_metrics(straight)
+    assert final_metrics(killed) == final_metrics(straight)
 
 
 def test_train_refuses_to_mix_two_runs_in_one_dir(sft_checkpoint, tmp_path):
@@ -246,7 +234,7 @@ def test_ppo_resume_restores_the_critic_exactly(sft_checkpoint, tmp_path, critic
     shutil.copytree(straight / "checkpoints" / "step-2", resumed / "checkpoints" / "step-2")
     dynamo("train", f"hydra.run.dir={resumed}", "trainer.resume=auto", *args)
     assert [r["step"] for r in read_jsonl(resumed / "metrics.jsonl") if "train/loss" in r] == [3, 4]
-    assert _final_metrics(resumed) == _final_metrics(straight)
+    assert final_metrics(resumed) == final_metrics(straight)
     critic_state = ((lambda d: AutoModelForTokenClassification.from_pretrained(d).state_dict()) if critic == "separate"
                     else (lambda d: load_file(str(d / "value_head.safetensors"))))
     for load, sub in [(lambda d: AutoModelForCausalLM.from_pretrained(d).state_dict(), ""), (critic_state, "critic")]:

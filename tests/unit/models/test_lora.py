@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import dynamo
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -18,7 +17,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from dynamo_cli.cli import CONF_DIR, register_resolvers, to_schema
 from dynamo_cli.config.base import ConfigError
 from dynamo_cli.config.model import LoraConfig, TinyModelConfig
-from dynamo_cli.config.recipes import ExportConfig
 from dynamo_cli.config.store import register_schemas
 from dynamo_cli.models.load import BASE_DIR, is_peft_model, load_checkpoint, load_policy, reference_policy
 from dynamo_cli.recipes import eval as eval_recipe
@@ -102,13 +100,6 @@ def test_export_writes_a_plain_model_with_the_adapters_greedy_output(lora_sft, t
     assert torch.equal(greedy_ids(plain, tokenizer), greedy_ids(adapter, tokenizer))
     ids = tokenizer(PROMPTS[:1], return_tensors="pt")
     assert torch.allclose(plain(**ids).logits, adapter(**ids).logits, atol=1e-4)
-
-
-def test_export_refuses_a_non_empty_output_dir(tmp_path):
-    (tmp_path / "keep.txt").write_text("mine")
-    result = dynamo("export", f"output={tmp_path}", check=False)
-    assert result.returncode == 2 and "exists and is not an empty dir" in result.stderr
-    assert isinstance(compose_schema("export", []), ExportConfig)
 
 
 def test_reference_under_lora_is_the_base_with_the_adapter_disabled():

@@ -95,7 +95,7 @@ def test_rollouts_from_token_ids_carry_the_engines_log_probs():
 
 
 def test_rollout_is_needs_an_engine_that_reports_log_probs():
-    from test_config import compose_schema
+    from helpers import compose_schema
 
     from dynamo_cli.config.base import ConfigError
 

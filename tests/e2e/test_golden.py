@@ -20,10 +20,11 @@ import math
 import os
 from pathlib import Path
 
-from conftest import dynamo
+import pytest
+from conftest import FIXTURES, dynamo
 from safetensors.torch import load_file
 
-FIXTURE = Path(__file__).parent / "fixtures" / "golden_train.json"
+FIXTURE = FIXTURES / "golden_train.json"
 RTOL, ATOL = 1e-4, 1e-7  # see the module docstring: the cross-CPU drift is ~1e-5
 OVERRIDES = [
     "logger=none", "seed=3", "device=cpu", "allocator=variance", "modulator=dynamo",
@@ -61,6 +62,7 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=RTOL, abs_tol=ATOL)
 
 
+@pytest.mark.smoke  # in `make test`: a refactor must keep the numbers
 def test_golden_train_run(tmp_path):
     dynamo("train", f"hydra.run.dir={tmp_path}", *OVERRIDES)
     got = summarise(tmp_path)

@@ -10,11 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from dynamo_cli.tasks.code import CodeProblem, CodeTask, code_reward, program_of
 from dynamo_cli.verify.sandbox import Check, Limits, Sandbox, network_namespace_available, parse_check, read_results
 
-FIXTURE = Path(__file__).parent / "fixtures" / "code_problems.jsonl"
+FIXTURE = FIXTURES / "code_problems.jsonl"
 LIMITS = Limits(timeout=10.0, cpu_seconds=1, memory_mb=256, max_processes=6)  # a generous wall clock: this machine is shared
 ROOT = os.geteuid() == 0
 ADD = CodeProblem("code/add", "Write add(a, b).", "def add(a, b):\n    return a + b", "L1",

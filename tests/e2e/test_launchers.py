@@ -15,7 +15,6 @@ def test_slurm_launcher_composes_with_its_documented_overrides():
     assert "partition: gpu" in out and "gpus_per_node: 4" in out and "/.submitit/%j" in out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["local_parallel", "local_jobs"])
 def test_multirun_through_a_launcher_runs_every_job(launcher, sft_checkpoint, tmp_path):
     dynamo("train", "--multirun", f"hydra/launcher={launcher}", f"hydra.sweep.dir={tmp_path}", f"model.path={sft_checkpoint}",

@@ -2,19 +2,17 @@
 compose, and a tiny real sweep (sft -> `dynamo train --multirun seed=0,1` -> aggregate)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import csv
 import dataclasses
-import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dynamo
+from helpers import write_run
 
-from dynamo_cli.cli import CONF_DIR, register_resolvers
-from dynamo_cli.config.base import ConfigError
-from dynamo_cli.config.recipes import SweepConfig, SweepPresetConfig
+from dynamo_cli.cli import register_resolvers
 from dynamo_cli.config.store import register_schemas
 from dynamo_cli.recipes import sweep as sweep_recipe
 from dynamo_cli.report.aggregate import aggregate
@@ -34,6 +32,24 @@ register_resolvers()
 
 
 # ------------------------------------------------------------------------------------ CI maths
+@pytest.fixture
+def synthetic_sweep(tmp_path) -> Path:
+    """grpo x 3 seeds (final pass@1 0.5, 0.6, 0.7) and dynamo x 3 seeds of which seed 2 crashed at step 5."""
+    runs = tmp_path / "runs"
+    curves = {("uniform", "none"): [[0.4, 0.45, 0.5], [0.4, 0.55, 0.6], [0.4, 0.65, 0.7]],
+              ("variance", "dynamo"): [[0.4, 0.6, 0.7], [0.4, 0.7, 0.8], [0.4, 0.5, 0.5]]}
+    job = 0
+    for seed in range(3):
+        for (allocator, modulator), per_seed in curves.items():
+            write_run(runs / str(job), allocator=allocator, modulator=modulator, seed=seed, curve=per_seed[seed],
+                      finished=not (modulator == "dynamo" and seed == 2), tokens_per_rollout=3 if allocator == "uniform" else 2)
+            job += 1
+    wandb_files = runs / "0" / "wandb" / "offline-run-1" / "files"  # W&B's own config.yaml is not a run
+    wandb_files.mkdir(parents=True)
+    (wandb_files / "config.yaml").write_text(yaml.safe_dump({"allocator": {"value": {"name": "uniform"}}, "seed": {"value": 0}}))
+    return runs
+
+
 def test_t_quantiles_match_tables():
     # two-sided 95% critical values from any t table
     for df, expected in [(1, 12.7062), (2, 4.3027), (3, 3.1824), (9, 2.2622), (30, 2.0423)]:
@@ -63,58 +79,6 @@ def test_method_labels():
     assert method_label("uniform", "dynamo") == "modulation only"
     assert method_label("variance", "dynamo") == "dynamo"
     assert method_label("knapsack", "none") == "knapsack+none"
-
-
-# ------------------------------------------------------------------------------- synthetic runs
-def write_run(path: Path, *, allocator: str, modulator: str, seed: int, curve: list[float], finished: bool = True,
-              tokens_per_rollout: int = 3, n: int = 2, prompts: int = 4, eval_every: int = 5) -> Path:
-    """A fake train run dir: config.yaml, metrics.jsonl (step records + eval records at 0, 5, 10, ...) and,
-    if finished, eval.json. curve[i] is test pass@1 at step i * eval_every; greedy = pass@1 + 0.05."""
-    path.mkdir(parents=True)
-    steps = eval_every * (len(curve) - 1)
-    config = {"seed": seed, "allocator": {"name": allocator, **({"n_min": 1, "n_max": 4} if allocator == "variance" else {})},
-              "modulator": {"name": modulator}, "rollout": {"n": n},
-              "trainer": {"steps": steps, "prompts_per_step": prompts, "eval_every": eval_every},
-              "eval": {"max_problems": 8, "n_samples": 2, "temperature": 1.0}, "model": {"name": "tiny"},
-              "task": {"name": "math"}, "optim": {"lr": 5e-5}}
-    (path / "config.yaml").write_text(yaml.safe_dump(config))
-    records = []
-    last = steps if finished else eval_every  # a crashed run stops at its second eval
-    for step in range(last + 1):
-        rollouts = step * n * prompts
-        totals = {"rollout/total_rollouts": rollouts, "rollout/total_tokens": rollouts * tokens_per_rollout,
-                  "time/elapsed_s": float(step)}
-        if step:
-            records.append({"step": step, "train/loss": 0.1, "time/step_s": 1.0, **totals})
-        if step % eval_every == 0:
-            p = curve[step // eval_every]
-            records.append({"step": step, "eval/greedy_pass1": p + 0.05, "eval/pass@1": p, "eval/pass@2": min(1, p + 0.1),
-                            "eval/L1/pass@1": p, **totals})
-    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    if finished:
-        final = curve[-1]
-        (path / "eval.json").write_text(json.dumps({"n_samples": 2, "overall": {
-            "problems": 8, "greedy": final + 0.05, "mean@n": final, "pass@1": final, "pass@2": min(1, final + 0.1)},
-            "levels": {"L1": {"problems": 8, "greedy": final + 0.05, "pass@1": final}}}))
-    return path
-
-
-@pytest.fixture
-def synthetic_sweep(tmp_path) -> Path:
-    """grpo x 3 seeds (final pass@1 0.5, 0.6, 0.7) and dynamo x 3 seeds of which seed 2 crashed at step 5."""
-    runs = tmp_path / "runs"
-    curves = {("uniform", "none"): [[0.4, 0.45, 0.5], [0.4, 0.55, 0.6], [0.4, 0.65, 0.7]],
-              ("variance", "dynamo"): [[0.4, 0.6, 0.7], [0.4, 0.7, 0.8], [0.4, 0.5, 0.5]]}
-    job = 0
-    for seed in range(3):
-        for (allocator, modulator), per_seed in curves.items():
-            write_run(runs / str(job), allocator=allocator, modulator=modulator, seed=seed, curve=per_seed[seed],
-                      finished=not (modulator == "dynamo" and seed == 2), tokens_per_rollout=3 if allocator == "uniform" else 2)
-            job += 1
-    wandb_files = runs / "0" / "wandb" / "offline-run-1" / "files"  # W&B's own config.yaml is not a run
-    wandb_files.mkdir(parents=True)
-    (wandb_files / "config.yaml").write_text(yaml.safe_dump({"allocator": {"value": {"name": "uniform"}}, "seed": {"value": 0}}))
-    return runs
 
 
 def test_find_runs_keeps_job_order_and_the_crashed_member(synthetic_sweep):
@@ -245,36 +209,6 @@ def test_results_page_sections_regenerate_independently(tmp_path):
     assert "generated" in text.splitlines()[2]
 
 
-def test_aggregate_cli_reports_the_crashed_member(synthetic_sweep, tmp_path):
-    page = tmp_path / "docs" / "results.md"
-    result = dynamo("sweep", f"aggregate={synthetic_sweep}", f"sweep.results={page}", "sweep.target=0.6", check=False)
-    assert result.returncode == 1, result.stderr  # written, but a member did not finish
-    assert "did not finish" in result.stdout and "dynamo, seed 2, last step 5/10" in result.stdout
-    for name in ("summary.md", "summary.csv", "runs.csv", "pass1_vs_rollouts.png", "pass1_vs_seconds.png"):
-        assert (synthetic_sweep / name).is_file(), name
-    text = page.read_text()
-    assert "| grpo | 3/3 | 0.650 ± 0.248 | 0.600 ± 0.248 |" in text
-    assert "stopped after step 5 of 10 (no eval.json)" in text
-    assert "![ablation_pass1_vs_rollouts](results/ablation_pass1_vs_rollouts.png)" in text
-    assert (page.parent / "results" / "ablation_pass1_vs_rollouts.png").is_file()
-    assert "<!-- BEGIN sweep ablation (generated) -->" in text  # one section per preset: a budget sweep has its own
-    assert "Rollouts to reach test pass@1 ≥ 0.600" in text and "Generated by `dynamo sweep aggregate=" in text
-
-
-# ---------------------------------------------------------------------------------- composition
-def presets() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("preset", presets())
-def test_every_preset_composes_and_its_runs_compose(preset):
-    cfg, _ = sweep_recipe.compose([f"sweep={preset}"])
-    assert isinstance(cfg, SweepConfig) and cfg.sweep.name == preset and cfg.out_dir.endswith(f"-{preset}")
-    grid = sweep_recipe.grid_overrides(cfg.sweep.grid)
-    sweep_recipe.check_composes("train", [*grid, *cfg.sweep.overrides], multirun=True)  # exits 2 on a bad override
-    sweep_recipe.check_composes("sft", list(cfg.sweep.sft_overrides), multirun=False)
-
-
 def test_ablation_is_the_papers_table_at_a_matched_budget():
     cfg, _ = sweep_recipe.compose(["sweep=ablation"])
     jobs = sweep_recipe.job_list([*sweep_recipe.grid_overrides(cfg.sweep.grid), *cfg.sweep.overrides])
@@ -285,47 +219,6 @@ def test_ablation_is_the_papers_table_at_a_matched_budget():
     assert [j[0] for j in jobs[:4]] == ["seed=0"] * 4  # seed varies slowest: a cut-short sweep is still balanced
     keys = {o.split("=")[0] for o in cfg.sweep.overrides}
     assert {"rollout.n", "trainer.prompts_per_step", "trainer.steps"} <= keys  # the budget is the same for every run
-
-
-def test_sweep_config_errors_are_one_line():
-    with pytest.raises(ConfigError, match="needs sweep.launcher=joblib"):
-        SweepPresetConfig(name="x", grid={"seed": [0]}, jobs=2)
-    for args, message in [(["sweep=nope"], "sweep=nope is not an option of sweep; choose one of: ablation, baselines"),
-                          (["sweep.nope=1"], "sweep.nope is not a config key"),
-                          (["sweep.metric=pass@9"], "sweep.metric='pass@9' is not allowed"),
-                          (["--", "allocator=nope"], "the train runs of this sweep would fail: allocator=nope is not an option")]:
-        result = dynamo("sweep", *args, check=False)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert message in result.stderr, result.stderr
-
-
-# ----------------------------------------------------------------------------- a tiny real sweep
-TINY_TRAIN = ["trainer.steps=1", "trainer.prompts_per_step=4", "rollout.n=2", "allocator.n_min=1", "allocator.n_max=4",
-              "eval.max_problems=8", "eval.n_samples=2", "eval.ks=[1,2]", "task.num_train=500", "logger=none",
-              "trainer.save_every=0"]
-
-
-@pytest.mark.slow
-def test_tiny_sweep_runs_sft_then_a_two_run_multirun_and_aggregates(tmp_path):
-    """The real path: `dynamo sft` (5 steps) -> `dynamo train --multirun seed=0,1 ...` -> tables, plots, page;
-    then `dynamo sweep aggregate=` over the same multirun dir runs nothing and gives the same table."""
-    out, page = tmp_path / "sweep", tmp_path / "docs" / "results.md"
-    sft = '"trainer.steps=5","trainer.eval_every=0","eval.max_problems=8","task.num_train=500","logger=none"'
-    result = dynamo("sweep", "sweep=ablation", f"out_dir={out}", f"sweep.results={page}", "sweep.grid.seed=[0,1]",
-                    "sweep.grid.allocator=[variance]", "sweep.grid.modulator=[dynamo]", f"sweep.sft_overrides=[{sft}]",
-                    "--", *TINY_TRAIN)
-    assert (out / "sft" / "checkpoints" / "final" / "config.json").is_file()
-    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["0", "1"]
-    assert all((out / "runs" / job / "eval.json").is_file() for job in ("0", "1"))
-    summary = (out / "summary.md").read_text()
-    assert "| dynamo | 2/2 |" in summary and "None: every run of the sweep wrote its eval.json." in summary
-    assert "Matched budget: every run draws 4 prompts × n = 2 → 8 rollouts per step for 1 steps" in summary
-    assert (out / "pass1_vs_rollouts.png").stat().st_size > 0 and "Wall time of the whole sweep" in page.read_text()
-    assert json.loads((out / "timing.json").read_text())["train_exit_code"] == 0
-    assert "dynamo train --multirun seed=0,1 allocator=variance modulator=dynamo" in result.stdout
-
-    again = dynamo("sweep", f"aggregate={out / 'runs'}", "sweep.results=null")
-    assert "| dynamo | 2/2 |" in (out / "runs" / "summary.md").read_text() and "dynamo" in again.stdout
 
 
 def test_jobs_that_never_started_are_listed(synthetic_sweep, tmp_path):
@@ -372,39 +265,3 @@ def test_runs_are_named_by_what_varies_across_the_sweep(tmp_path):
     assert [r.method for r in find_runs(tmp_path / "ablation")] == ["grpo", "allocation only"]
 
 
-def test_baselines_sweep_is_every_method_at_one_budget():
-    from hydra import compose, initialize_config_dir
-
-    from dynamo_cli.cli import to_schema
-
-    cfg, _ = sweep_recipe.compose(["sweep=baselines"])
-    jobs = sweep_recipe.job_list([*sweep_recipe.grid_overrides(cfg.sweep.grid), *cfg.sweep.overrides])
-    experiments = {j[1].split("=")[1] for j in jobs}
-    assert len(jobs) == 39 and experiments == {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}  # every preset
-    for experiment in sorted(experiments):  # one rollout budget: n x P per step, and the same cap
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            run = to_schema(compose(config_name="train", overrides=[f"experiment={experiment}", *cfg.sweep.overrides]))
-        assert (run.rollout.n * run.trainer.prompts_per_step, run.trainer.steps, run.trainer.rollout_budget) == (512, 60, 30720)
-
-
-TINY_PRESET = ["trainer.prompts_per_step=4", "rollout.n=2", "eval.max_problems=8", "eval.n_samples=2", "eval.ks=[1,2]",
-               "task.num_train=500", "logger=none", "trainer.save_every=0", "algorithm.mini_batches=1"]
-
-
-@pytest.mark.slow
-def test_tiny_baselines_sweep_names_the_presets_and_stops_at_the_rollout_budget(tmp_path):
-    """2 presets x 1 seed, at most 2 steps each: trainer.rollout_budget=16 stops grpo (8 rollouts a step) after step 2
-    and dapo (8 or more a step: fresh prompts for dropped groups) no later; each run still ends with its eval."""
-    out, page = tmp_path / "sweep", tmp_path / "docs" / "results.md"
-    sft = '"trainer.steps=5","trainer.eval_every=0","eval.max_problems=8","task.num_train=500","logger=none"'
-    dynamo("sweep", "sweep=baselines", f"out_dir={out}", f"sweep.results={page}", "sweep.grid.seed=[0]",
-           "sweep.grid.experiment=[grpo,dapo]", f"sweep.sft_overrides=[{sft}]", "--", *TINY_PRESET, "trainer.steps=5",
-           "trainer.rollout_budget=16")
-    runs = find_runs(out / "runs")
-    assert [r.method for r in runs] == ["grpo", "dapo"] and all(r.finished for r in runs)
-    assert runs[0].last_step == 2 and runs[0].rollouts == 16
-    assert runs[1].last_step <= 2 and runs[1].rollouts >= 16
-    summary = (out / "summary.md").read_text()
-    assert "| grpo | 1/1 |" in summary and "| dapo | 1/1 |" in summary
-    assert "stops early once it has generated trainer.rollout_budget = 16 rollouts" in summary
-    assert "<!-- BEGIN sweep baselines (generated) -->" in page.read_text() and (page.parent / "results" / "baselines_pass1_vs_rollouts.png").is_file()

@@ -17,11 +17,11 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO
 FIXTURE = REPO / "tests" / "fixtures" / "composed_configs.json"
 REGENERATE = "python scripts/compose_snapshot.py tests/fixtures/composed_configs.json"
 

@@ -1,0 +1,133 @@
+"""Tier 2: every config group option composes and instantiates; bad input ends in one clear line."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from helpers import ARITH_FIXTURE, COMMANDS, compose_schema
+
+from dynamo_cli.allocation.uniform import UniformAllocatorConfig
+from dynamo_cli.cli import register_resolvers
+from dynamo_cli.config.base import ConfigError
+from dynamo_cli.config.model import TinyModelConfig
+from dynamo_cli.config.recipes import EvalConfig, SFTConfig, TrainConfig
+from dynamo_cli.config.store import register_schemas
+from dynamo_cli.modulation.dynamo import DynamoModulatorConfig
+from dynamo_cli.recipes import parts
+
+register_schemas()
+register_resolvers()
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_defaults_compose(command):
+    cfg = compose_schema(command, [])
+    assert isinstance(cfg, {"sft": SFTConfig, "train": TrainConfig, "eval": EvalConfig}[command])
+    assert isinstance(cfg.model, TinyModelConfig)
+
+
+def test_tag_prior_composes_and_builds():
+    cfg = compose_schema("train", ["allocator.prior=tag", "allocator.prior_strength=2"])
+    allocator = parts.build_allocator(cfg)
+    assert allocator.prior_strength == 2.0
+    allocator.update(["a", "b"], successes=torch.tensor([1.0, 2.0]), attempts=torch.tensor([4.0, 4.0]), tags=["L1", "L1"])
+    assert allocator.allocate(["a", "c"], tags=["L1", "L1"]).metrics["alloc/prior_weight"] > 0
+
+
+def test_dynamo_preset_states_its_values():
+    cfg = compose_schema("train", ["experiment=dynamo"])
+    assert cfg.allocator.name == "variance" and isinstance(cfg.modulator, DynamoModulatorConfig)
+    assert cfg.algorithm.eps_low == 0.2 and cfg.algorithm.eps_high == 0.28  # stated, not a hidden 1.4x
+
+
+def test_grpo_preset_is_uniform_without_modulation():
+    cfg = compose_schema("train", ["experiment=grpo"])
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.modulator.name == "none"
+    assert cfg.algorithm.eps_low == cfg.algorithm.eps_high == 0.2  # plain GRPO: a symmetric clip
+
+
+def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
+    dyn, base = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=clip_higher"])
+    assert isinstance(base.allocator, UniformAllocatorConfig) and base.modulator.name == "none"
+    assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
+
+
+# each token-level baseline preset is experiment=clip_higher plus its one part: what differs from it, and how
+BASELINE_PRESETS = {
+    "fork_tokens": ({"top_fraction": 0.2}, {}),  # arXiv 2506.01939
+    "entropy_advantage": ({"alpha": 0.4, "kappa": 2.0}, {}),  # arXiv 2506.14758
+    "clip_cov": ({"fraction": 2e-4, "cov_low": 1.0, "cov_high": 5.0}, {}),  # arXiv 2505.22617
+    "kl_cov": ({"fraction": 2e-4, "coef": 1.0}, {}),  # arXiv 2505.22617
+    "w_reinforce": ({}, {"advantage": "w_reinforce", "positive_weight": 0.1}),  # arXiv 2506.01347
+}
+
+
+@pytest.mark.parametrize("preset", sorted(BASELINE_PRESETS))
+def test_baseline_presets_are_clip_higher_plus_one_part_and_build(preset):
+    base, cfg = compose_schema("train", ["experiment=clip_higher"]), compose_schema("train", [f"experiment={preset}"])
+    modulator_values, algorithm_changes = BASELINE_PRESETS[preset]
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.rollout == base.rollout and cfg.optim == base.optim
+    assert cfg.modulator.name == (preset if modulator_values else "none")
+    assert {k: getattr(cfg.modulator, k) for k in modulator_values} == modulator_values
+    assert cfg.algorithm == dataclasses.replace(base.algorithm, **algorithm_changes)
+    parts.build_modulator(cfg), parts.build_estimator(cfg), parts.build_reward_shaping(cfg)
+
+
+def test_the_baseline_schema_defaults_are_the_papers():
+    from dynamo_cli.config.algorithm import AlgorithmConfig
+    from dynamo_cli.modulation.clip_cov import ClipCovModulatorConfig
+    from dynamo_cli.modulation.entropy_advantage import EntropyAdvantageModulatorConfig
+    from dynamo_cli.modulation.fork_tokens import ForkTokensModulatorConfig
+    from dynamo_cli.modulation.kl_cov import KLCovModulatorConfig
+
+    assert ForkTokensModulatorConfig().top_fraction == 0.2
+    assert (EntropyAdvantageModulatorConfig().alpha, EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
+    clip_cov, kl_cov = ClipCovModulatorConfig(), KLCovModulatorConfig()
+    assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-4, 1.0)
+    algorithm = AlgorithmConfig()
+    assert algorithm.positive_weight == 0.1 and algorithm.mask_truncated is False and algorithm.overlong_penalty.factor == 0.0
+    assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
+
+
+def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
+    dyn, ppo = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=ppo"])
+    assert ppo.algorithm.advantage == "gae" and ppo.critic.name == "separate" and ppo.critic.value_clip == 0.2
+    assert ppo.allocator == dyn.allocator and ppo.modulator == dyn.modulator and ppo.algorithm.eps_high == dyn.algorithm.eps_high
+
+
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo", *sorted(BASELINE_PRESETS)])
+def test_presets_take_several_updates_per_step(preset):
+    # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
+    assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
+
+
+@pytest.mark.parametrize("task", ["math", "gsm8k", "code"])
+def test_tasks_build(task):
+    built = parts.build_task(compose_schema("eval", [f"task={task}"]).task)
+    assert built.train_problems() and built.test_problems()
+
+
+@pytest.mark.parametrize(
+    "overrides, answer_type, fallback",
+    [
+        ([], "integer", "last_number"),  # math, plain
+        (["task.format=chat"], "integer", "none"),  # auto: no last-number fallback in chat
+        (["task.format=chat", "task.answer_fallback=last_number", "task.answer_type=rational"], "rational", "last_number"),
+        (["task=gsm8k"], "rational", "none"),
+        (["task=jsonl", f"task.path={ARITH_FIXTURE}"], "rational", "none"),
+        (["task=jsonl", f"task.path={ARITH_FIXTURE}", "task.format=plain"], "rational", "last_number"),
+    ],
+)
+def test_task_answer_type_and_fallback_reach_the_task(overrides, answer_type, fallback):
+    cfg = compose_schema("eval", overrides)
+    assert cfg.task.answer_type == answer_type
+    built = parts.build_task(cfg.task)
+    assert (built.answer_type, built.answer_fallback) == (answer_type, fallback)
+
+
+def test_config_error_is_a_value_error():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        from dynamo_cli.config.algorithm import OptimConfig
+
+        OptimConfig(lr=0)
