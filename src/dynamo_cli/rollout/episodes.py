@@ -27,6 +27,7 @@ from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.dialogue import between_text
 from dynamo_cli.rollout.hf import Rollouts, _generate_chunk, stream_seed
 from dynamo_cli.tasks.answers import RULES
+from dynamo_cli.verify.verifiers import DEFAULT_TIMEOUT, VerifierTimeout, Watchdog, guarded, warn_counts
 
 # what one rollout of a prompt is, chosen by the task's `interaction`: single_turn | environment
 EPISODES = Registry("episode runner", key=lambda task: task.interaction)
@@ -108,7 +109,11 @@ def assemble(prompts: list[list[int]], segments: list[list[Segment]], *, pad_id:
 
 @EPISODES.register("environment")
 class MultiTurnEpisodes:
-    """Dialogues with `task.environment()`, batched over every running trajectory, on the policy itself (rollout=hf)."""
+    """Dialogues with `task.environment()`, batched over every running trajectory, on the policy itself (rollout=hf).
+
+    Each environment step is guarded as a verification is (verify/verifiers.py `guarded`): its symbolic checks answer
+    within the task verifier's timeout in any thread (worker processes), and a step that raises or runs past it ends
+    its trajectory with reward 0, counted in rollout/reward_errors or rollout/reward_timeouts."""
 
     def __init__(self, policy, tokenizer, task):
         self.model, self.tokenizer, self.task = policy, tokenizer, task
@@ -134,45 +139,53 @@ class MultiTurnEpisodes:
         was_training = model.training
         model.eval()
         env_seconds, active = 0.0, list(range(n))
-        for turn in range(task.max_turns):
-            if not active:
-                break
-            turn_seed = seed if seed is None or turn == 0 else stream_seed(seed, turn)
-            limits = {r: min(max_new_tokens, task.max_tokens - used[r]) for r in active}
-            still = []
-            for start in range(0, len(active), max_batch_size):
-                chunk = active[start:start + max_batch_size]
-                prefixes = [encoded[rows[r]] + [t for ids, _ in segments[r] for t in ids] for r in chunk]
-                _, completion, mask, _, _ = _generate_chunk(  # (ids, completion, mask, finished, engine tokens)
-                    model, prefixes, pad_id=pad_id, eos_id=eos_id, max_new_tokens=max(limits[r] for r in chunk),
-                    temperature=temperature, top_p=top_p, seed=turn_seed, streams=streams[chunk], device=device)
-                completion, mask = completion.cpu(), mask.cpu()
-                t0 = time.perf_counter()
-                for b, r in enumerate(chunk):
-                    ids = completion[b][mask[b]].tolist()[:limits[r]]  # a row may have less budget left than the chunk
-                    ended = bool(ids) and ids[-1] == eos_id
-                    text = tokenizer.decode(ids, skip_special_tokens=True)
-                    segments[r].append((ids, True))
-                    used[r] += len(ids)
-                    turns[r] += 1
-                    transcripts[r].append({"who": "policy", "content": text})
-                    reply, reward, done = envs[r].step(text)
-                    rewards[r] += float(reward)
-                    history[r].append({"role": "assistant", "content": text})
-                    finished[r] = ended
-                    if done or reply is None or not ended or turn == task.max_turns - 1:
-                        continue
-                    reply_ids = tokenizer(between_text(history[r], [{"role": task.reply_role, "content": reply}], tokenizer),
-                                          add_special_tokens=False)["input_ids"]
-                    if used[r] + len(reply_ids) >= task.max_tokens:  # no room left for the policy to answer
-                        continue
-                    segments[r].append((reply_ids, False))
-                    used[r] += len(reply_ids)
-                    history[r].append({"role": task.reply_role, "content": reply})
-                    transcripts[r].append({"who": "environment", "content": reply})
-                    still.append(r)
-                env_seconds += time.perf_counter() - t0
-            active = still
+        timeout = getattr(task.verifier, "timeout", DEFAULT_TIMEOUT)
+        faults, first = {"rollout/reward_errors": 0.0, "rollout/reward_timeouts": 0.0}, None
+        with Watchdog(timeout) as watchdog:  # the main thread's second layer; elsewhere the deadline alone
+            for turn in range(task.max_turns):
+                if not active:
+                    break
+                turn_seed = seed if seed is None or turn == 0 else stream_seed(seed, turn)
+                limits = {r: min(max_new_tokens, task.max_tokens - used[r]) for r in active}
+                still = []
+                for start in range(0, len(active), max_batch_size):
+                    chunk = active[start:start + max_batch_size]
+                    prefixes = [encoded[rows[r]] + [t for ids, _ in segments[r] for t in ids] for r in chunk]
+                    _, completion, mask, _, _ = _generate_chunk(  # (ids, completion, mask, finished, engine tokens)
+                        model, prefixes, pad_id=pad_id, eos_id=eos_id, max_new_tokens=max(limits[r] for r in chunk),
+                        temperature=temperature, top_p=top_p, seed=turn_seed, streams=streams[chunk], device=device)
+                    completion, mask = completion.cpu(), mask.cpu()
+                    t0 = time.perf_counter()
+                    for b, r in enumerate(chunk):
+                        ids = completion[b][mask[b]].tolist()[:limits[r]]  # a row may have less budget left than the chunk
+                        ended = bool(ids) and ids[-1] == eos_id
+                        text = tokenizer.decode(ids, skip_special_tokens=True)
+                        segments[r].append((ids, True))
+                        used[r] += len(ids)
+                        turns[r] += 1
+                        transcripts[r].append({"who": "policy", "content": text})
+                        (reply, reward, done), fault = self._step(watchdog, envs[r], text, timeout)
+                        if fault is not None:  # the trajectory ends with 0
+                            kind = "timeouts" if isinstance(fault, VerifierTimeout) else "errors"
+                            faults[f"rollout/reward_{kind}"] += 1
+                            first = first or f"{type(fault).__name__}: {fault} on {problems[rows[r]].id}"
+                            rewards[r], envs[r].rule = 0.0, "none"
+                        rewards[r] += float(reward)
+                        history[r].append({"role": "assistant", "content": text})
+                        finished[r] = ended
+                        if done or reply is None or not ended or turn == task.max_turns - 1:
+                            continue
+                        reply_ids = tokenizer(between_text(history[r], [{"role": task.reply_role, "content": reply}], tokenizer),
+                                              add_special_tokens=False)["input_ids"]
+                        if used[r] + len(reply_ids) >= task.max_tokens:  # no room left for the policy to answer
+                            continue
+                        segments[r].append((reply_ids, False))
+                        used[r] += len(reply_ids)
+                        history[r].append({"role": task.reply_role, "content": reply})
+                        transcripts[r].append({"who": "environment", "content": reply})
+                        still.append(r)
+                    env_seconds += time.perf_counter() - t0
+                active = still
         model.train(was_training)
         input_ids, attention_mask, completion_mask, policy_mask, spans, width = assemble(
             [encoded[i] for i in rows], segments, pad_id=pad_id)
@@ -185,9 +198,16 @@ class MultiTurnEpisodes:
         per_env = [env.stats() for env in envs]
         for name in (per_env[0] if per_env else {}):
             stats[name] = torch.tensor([s[name] for s in per_env], dtype=torch.float32)
+        warn_counts(faults, first, total=n, source="environment")
         return Episodes(rollouts=rollouts, rewards=torch.tensor(rewards, dtype=torch.float32),
                         rules=torch.tensor([RULES.index(env.rule) for env in envs], dtype=torch.long), stats=stats,
-                        seconds={"generate": time.perf_counter() - t_start - env_seconds, "score": env_seconds})
+                        seconds={"generate": time.perf_counter() - t_start - env_seconds, "score": env_seconds}, faults=faults)
+
+    @staticmethod
+    def _step(watchdog: Watchdog, env, text: str, timeout: float) -> tuple[tuple, Exception | None]:
+        """env.step(text), or (a last step scoring 0, the error) when it raised or ran past `timeout`."""
+        result, error = guarded(watchdog, timeout, env.step, text)
+        return ((None, 0.0, True), error) if error is not None else (result, None)
 
 
 def merge_stats(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:

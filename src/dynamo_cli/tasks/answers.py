@@ -4,17 +4,19 @@ judge() runs on every sampled completion (thousands per RL step), so the common 
 compared with a number, stays in cheap regex/Fraction code. An integer or rational answer must be
 written as a literal of its type: "68*3" is an expression, and evaluating it (math_verify does) would
 pay a policy for echoing the question. Only `expression` answers reach math_verify (sympy), and only
-when both sides look like a short formula; its verdicts are cached.
+when both sides look like a short formula: in a worker process, under the verification's deadline
+(verify/symbolic.py), because sympy can run for hours on a short input; its verdicts are cached.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 from math import gcd
+
+from dynamo_cli.verify.deadline import VerifierTimeout
 
 TAIL_CHARS = 2000  # a final answer sits at the end; looking only at the tail bounds the regex work
 BOXED_MAX = 8  # more \boxed{} than this in one completion is hedging, not an answer (and bounds the scans)
@@ -56,6 +58,8 @@ class Verdict:
     reward: float  # 1.0 when the answer equals the reference, else 0.0
     rule: str  # which rule found the answer (one of RULES); "none": no answer, reward 0
     extracted: str | None  # the answer that decided the reward, as written (several boxed: the first wrong one)
+    status: str = "ok"  # ok: judged; error | timeout: the verification failed (reward 0); task=code: the program's end
+    detail: str | None = None  # why, when status is not ok
 
 
 def extract_answer(text: str) -> str | None:
@@ -152,7 +156,8 @@ def _looks_like_math(s: str) -> bool:
 def answers_match(predicted: str | None, reference: str) -> bool:
     """Whether a predicted final answer equals the reference: exact after normalisation, exact as
     rationals when both are plain numbers ("0.5" == "1/2", "085" == "85"), else symbolically via
-    math_verify for short formulas ("\\frac{1}{2}" == "0.5"). Never raises."""
+    math_verify for short formulas ("\\frac{1}{2}" == "0.5"), in a worker process under the verification's
+    deadline. Raises only VerifierTimeout (the verifier scores that 0 and counts it)."""
     if not isinstance(predicted, str) or not isinstance(reference, str):
         return False
     pred, ref = normalize_answer(predicted), normalize_answer(reference)
@@ -166,19 +171,25 @@ def answers_match(predicted: str | None, reference: str) -> bool:
     return False
 
 
-@lru_cache(maxsize=65_536)  # completions repeat a lot within and across steps
 def _symbolic_match(predicted: str, reference: str) -> bool:
-    try:
-        from math_verify import parse, verify  # lazy: importing sympy costs about a second
+    """math_verify's verdict, from a worker process (verify/symbolic.py) within the current verification's deadline;
+    VerifierTimeout past it (the verifier scores 0 and counts it)."""
+    match = _symbolic_verdict(predicted, reference)
+    if match is None:
+        raise VerifierTimeout(f"symbolic check of {predicted[:40]!r} ran past its deadline")
+    return match
 
-        # math_verify's timeouts use signal.alarm, which raises outside the main thread (rollout
-        # workers, dataloaders); we disable them and bound the input in _looks_like_math instead.
-        logging.getLogger("math_verify").setLevel(logging.ERROR)  # silences "timeout is disabled"
-        gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=None)
-        pred = parse(f"\\boxed{{{predicted}}}", parsing_timeout=None)
-        return bool(gold and pred and verify(gold, pred, timeout_seconds=None))
-    except Exception:  # junk that sympy chokes on is simply not a match
-        return False
+
+@lru_cache(maxsize=65_536)  # completions repeat a lot within and across steps
+def _symbolic_verdict(predicted: str, reference: str) -> bool | None:
+    """None: the check ran past its deadline. Remembered too: the same strings would run as long again, and a
+    policy that found a slow expression would otherwise cost a full deadline per copy."""
+    from dynamo_cli.verify.symbolic import POOL  # lazy: no worker process for tasks that never get here
+
+    try:
+        return POOL.check(predicted, reference)
+    except VerifierTimeout:
+        return None
 
 
 def literal_value(answer: str, answer_type: str) -> Fraction | None:
@@ -223,7 +234,7 @@ def judge(completion: str, reference: str, *, answer_type: str, fallback: str) -
     boxed: every \\boxed{} must hold the answer ("\\boxed{203} or \\boxed{204}" is hedging: 0), and
       more than BOXED_MAX of them score 0; answer_cue: what follows the last "the answer is"/"answer:";
     last_number: the last number, only with fallback="last_number" (in chat it would be a number
-      echoed from the question as often as an answer). Never raises.
+      echoed from the question as often as an answer). Raises only VerifierTimeout (a symbolic check past its deadline).
     """
     if not isinstance(completion, str) or not isinstance(reference, str):
         return Verdict(0.0, "none", None)

@@ -23,12 +23,8 @@ import inspect
 import json
 import math
 import os
-import select
-import signal
-import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,8 +32,7 @@ from typing import Any
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
-
-START_TIMEOUT = 60.0  # seconds a worker may take to import the user's module and say it is ready
+from dynamo_cli.verify.worker import JsonWorker, die_with_parent
 
 
 def resolve(spec: str) -> str:
@@ -112,52 +107,6 @@ def problem_dict(problem: Any) -> dict:
     return dataclasses.asdict(problem) if dataclasses.is_dataclass(problem) else dict(problem)
 
 
-class _Worker:
-    """One worker process, spoken to in JSON lines over its stdin/stdout (its own prints go to stderr)."""
-
-    def __init__(self, argv: list[str]):
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True)
-        self.buffer = b""
-        hello = self.read(START_TIMEOUT)
-        if "fatal" in hello:
-            self.kill()
-            raise DynamoError(f"task.reward worker could not start: {hello['fatal']}")
-
-    def read(self, timeout: float) -> dict:
-        deadline, fd = time.monotonic() + timeout, self.proc.stdout.fileno()
-        while b"\n" not in self.buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError
-            if select.select([fd], [], [], left)[0]:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    raise EOFError(f"the worker exited (code {self.proc.poll()})")
-                self.buffer += chunk
-        line, self.buffer = self.buffer.split(b"\n", 1)
-        return json.loads(line)
-
-    def ask(self, request: dict, timeout: float) -> dict:
-        self.proc.stdin.write(json.dumps(request).encode() + b"\n")
-        self.proc.stdin.flush()
-        return self.read(timeout)
-
-    def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # EOF: the worker's loop ends
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 class UserReward:
     """A Verifier (verify/verifiers.py) that runs a user's reward in `workers` processes with a per-call `timeout`."""
 
@@ -165,7 +114,7 @@ class UserReward:
         self.spec, self.batched, self.timeout = resolve(spec), batched, timeout
         load_reward(self.spec, batched=batched, shown=spec)  # here first: a bad path or signature fails before any worker starts
         self.argv = [sys.executable, "-m", "dynamo_cli.verify.user_reward", self.spec, "batched" if batched else "single"]
-        self.slots: list[_Worker | None] = [_Worker(self.argv) for _ in range(workers)]  # started now: fail at start
+        self.slots: list[JsonWorker | None] = [JsonWorker(self.argv, what="task.reward") for _ in range(workers)]  # started now: fail at start
         self.lock = threading.Lock()
 
     def __call__(self, completions: list[str], problems: list) -> Verification:
@@ -193,8 +142,10 @@ class UserReward:
                     elif fault is not None:
                         out.errors += len(job)
                         firsts.append(fault)
+                    failed = Verdict(0.0, "none", None, status="timeout" if fault == "timeout" else "error",
+                                     detail=f"timed out after {self.timeout}s" if fault == "timeout" else fault)
                     for r, reward in zip(job, rewards, strict=True):
-                        verdicts[r] = FAULT if reward is None else Verdict(reward, "reward_fn", None)
+                        verdicts[r] = failed if reward is None else Verdict(reward, "reward_fn", None)
 
         with ThreadPoolExecutor(len(self.slots)) as pool:
             list(pool.map(drain, range(len(self.slots))))
@@ -207,7 +158,7 @@ class UserReward:
         failed = [None] * len(completions)
         try:
             if self.slots[slot] is None:
-                self.slots[slot] = _Worker(self.argv)
+                self.slots[slot] = JsonWorker(self.argv, what="task.reward")
             reply = self.slots[slot].ask({"completions": completions, "problems": problems}, self.timeout)
         except TimeoutError:
             self._drop(slot)
@@ -245,6 +196,7 @@ class UserReward:
 
 def serve(spec: str, batched: bool) -> None:
     """A worker's loop: load the reward once (a class: one instance), then answer one request per stdin line."""
+    die_with_parent()  # a hung reward must not outlive a trainer killed with SIGKILL
     out = os.fdopen(os.dup(1), "w", buffering=1)  # the protocol's channel; the user's prints go to stderr
     os.dup2(2, 1)
     sys.stdout = sys.stderr
