@@ -10,25 +10,27 @@ from omegaconf import OmegaConf
 from dynamo_cli.config.recipes import EvalConfig
 from dynamo_cli.models.load import load_policy
 from dynamo_cli.recipes.parts import build_task
+from dynamo_cli.runtime import atomic
 from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.tracking.tracker import Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
-    with RunSession(cfg.device, run_dir, check_engine=False) as session:  # under `accelerate launch` each process evaluates a share
+    # under `accelerate launch` each process evaluates a share; one command per run dir (runtime/runlock.py)
+    with RunSession(cfg.device, run_dir, check_engine=False, lock=True) as session:
         evaluate_checkpoint(cfg, session)
 
 
 def evaluate_checkpoint(cfg: EvalConfig, session: RunSession) -> None:
     dp, run_dir = session.dp, session.run_dir
+    task = build_task(cfg.task)  # the data first: a malformed file stops before the model loads
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     console = make_console(cfg.logger, quiet=not dp.is_main)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(cfg.model, dp.device)
-    task = build_task(cfg.task)
     problems = task.test_problems() if cfg.split == "test" else task.train_problems()
     problems = eval_subset(problems, cfg.eval.max_problems)
     source = cfg.model.path or f"model={cfg.model.name} (no checkpoint: its initial weights)"

@@ -7,18 +7,29 @@ from dynamo_cli.algo.advantages.base import ESTIMATORS
 from dynamo_cli.algo.reward_shaping import OverlongPenalty
 from dynamo_cli.allocation.base import ALLOCATORS
 from dynamo_cli.config.recipes import TrainConfig
+from dynamo_cli.errors import warn
 from dynamo_cli.models.critic import CRITICS
 from dynamo_cli.modulation.base import MODULATORS
 from dynamo_cli.rollout.engines import ROLLOUT_ENGINES
 from dynamo_cli.rollout.episodes import EPISODES
 from dynamo_cli.sampling.base import SAMPLERS
-from dynamo_cli.tasks.base import TASKS
+from dynamo_cli.tasks.base import TASKS, TaskError
 
 
 # ------------------------------------------------------------------------- the names recipes call
 def build_task(cfg):
-    """The task, with its verifier chosen once: a user's task.reward (worker processes), else the task's own."""
+    """The task, with its verifier chosen once: a user's task.reward (worker processes), else the task's own. Its data is
+    read here, before any other work: a malformed file stops in one line (TaskError), and so does an empty split; rows
+    skipped for a stated reason are printed, one line per file."""
     task = TASKS.build(cfg)
+    for side, problems in (("train", task.train_problems()), ("test", task.test_problems())):
+        if not problems:
+            source = getattr(cfg, "test_path", None) if side == "test" else None
+            source = source or getattr(cfg, "path", None)
+            raise TaskError(f"task={cfg.name}: the {side} split is empty" + (f" ({source})" if source else "")
+                            + "; nothing to " + ("train on" if side == "train" else "evaluate"))
+    for note in task.skip_notes():
+        warn(note)
     task.verifier = build_verifier(cfg, task)
     return task
 

@@ -15,7 +15,7 @@ from dynamo_cli.models.load import count_parameters, load_policy
 from dynamo_cli.models.optim import make_optimizer
 from dynamo_cli.recipes.parts import build_task
 from dynamo_cli.rollout.hf import position_ids_from_mask
-from dynamo_cli.runtime import checkpoint
+from dynamo_cli.runtime import atomic, checkpoint
 from dynamo_cli.runtime.resources import plan_batch_sizes
 from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
@@ -49,7 +49,8 @@ def completion_loss_sum(model, ids, mask, labels) -> torch.Tensor:
 
 
 def run(cfg: SFTConfig, run_dir: Path) -> None:
-    with RunSession(cfg.device, run_dir) as session:  # under `accelerate launch`: each process trains on a share of every batch
+    # under `accelerate launch`: each process trains on a share of every batch; one command per run dir (runtime/runlock.py)
+    with RunSession(cfg.device, run_dir, lock=True) as session:
         sft(cfg, session)
 
 
@@ -58,14 +59,14 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
     if cfg.trainer.batch_size % dp.world_size:
         raise DynamoError(f"trainer.batch_size={cfg.trainer.batch_size} does not split evenly over {dp.world_size} processes; "
                           f"choose a multiple of {dp.world_size}")
+    task = build_task(cfg.task)  # the data first: a malformed file stops before the model loads
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+        atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     console = make_console(cfg.logger, quiet=not dp.is_main)
     device = dp.device
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_policy(cfg.model, device)
-    task = build_task(cfg.task)
     train_problems, test_problems = task.train_problems(), task.test_problems()
     test_problems = eval_subset(test_problems, cfg.eval.max_problems)
     examples = tokenize_demonstrations(task, train_problems, tokenizer)

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.registry import Registry
 from dynamo_cli.tasks.answers import ANSWER_TYPES, FALLBACKS, Verdict, judge
 from dynamo_cli.verify.verifiers import JudgeVerifier, Verifier
@@ -23,8 +24,9 @@ JUDGE_TIMEOUT = 10.0  # seconds one built-in verification may take (task.reward_
 
 TASKS = Registry("task", key=type)  # keyed by schema: several YAMLs (jsonl, gsm8k) share one schema
 
-class TaskError(ValueError):
-    """Unusable task data or settings; the message names the file, field or value at fault."""
+class TaskError(DynamoError, ValueError):
+    """Unusable task data or settings; the message names the file (and line), field or value at fault. A DynamoError:
+    the CLI prints it as one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,12 @@ class Task(ABC):
 
     @abstractmethod
     def test_problems(self) -> list[Problem]: ...
+
+    def skip_notes(self) -> list[str]:
+        """One line per data file with rows skipped for a stated reason (printed at start: recipes/parts.py build_task).
+        A task that counts them in `skipped` alone is reported as a whole."""
+        skipped = getattr(self, "skipped", 0)
+        return [f"task {self.name}: skipped {skipped} rows in none of the formats it reads or with an id already taken"] if skipped else []
 
     def prompt_text(self, problem: Problem, tokenizer: Any = None) -> str:
         """The exact string fed to the model (the tokenizer is needed only for "chat")."""

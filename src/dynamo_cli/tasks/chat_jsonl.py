@@ -21,7 +21,7 @@ from dynamo_cli.config.task import ChatJsonlTaskConfig
 from dynamo_cli.rollout.dialogue import render, tokenize_dialogue
 from dynamo_cli.tasks.answers import extract_answer, literal_value
 from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_answer_rules, stable_unit
-from dynamo_cli.tasks.jsonl import _read_rows
+from dynamo_cli.tasks.jsonl import field, read_rows
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def parse_messages(raw: Any, where: str) -> tuple:
     messages = []
     for k, m in enumerate(raw):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise TaskError(f"{where}: message {k} must have string fields role and content, got {m!r}")
+            raise TaskError(f"{where}: message {k} must have string fields role and content, got {repr(m)[:80]}")
         messages.append({"role": m["role"], "content": m["content"]})
     if not any(m["role"] == "assistant" for m in messages):
         raise TaskError(f"{where}: no assistant turn to learn from")
@@ -51,10 +51,9 @@ class ChatJsonlTask(Task):
     def __init__(self, *, path: str, test_path: str | None, messages_field: str, id_field: str | None, test_fraction: float,
                  seed: int, max_problems: int | None, answer_type: str, answer_fallback: str):
         self.answer_type, self.answer_fallback = check_answer_rules(answer_type, answer_fallback, "chat")
-        fields = [messages_field] + ([id_field] if id_field else [])
-        train = self._read(path, fields, messages_field, id_field, max_problems)
+        train = self._read(path, messages_field, id_field, max_problems)
         if test_path is not None:
-            test = self._read(test_path, fields, messages_field, id_field, max_problems)
+            test = self._read(test_path, messages_field, id_field, max_problems)
         else:
             test = [d for d in train if stable_unit(f"chat/{seed}/{d.id}") < test_fraction]
             train = [d for d in train if stable_unit(f"chat/{seed}/{d.id}") >= test_fraction]
@@ -66,14 +65,15 @@ class ChatJsonlTask(Task):
             raise TaskError(f"{test_path or path}: no test dialogue whose final assistant turn has an answer "
                             f"({self.answer_type}) to check")
 
-    def _read(self, path: str, fields: list[str], messages_field: str, id_field: str | None, max_problems: int | None) -> list[Dialogue]:
+    def _read(self, path: str, messages_field: str, id_field: str | None, max_problems: int | None) -> list[Dialogue]:
         dialogues = []
-        for row_number, row in enumerate(_read_rows(path, fields, max_problems)):
-            messages = parse_messages(row[messages_field], f"{path} row {row_number}")
+        for where, row in read_rows(path, max_problems):
+            messages = parse_messages(field(row, messages_field, where, (list,)), where)
+            key = field(row, id_field, where, (str, int)) if id_field else None
             last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
             found = extract_answer(messages[last]["content"])
             answer = found if found is not None and literal_value(found, self.answer_type) is not None else ""
-            ident = str(row[id_field]) if id_field else hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16]
+            ident = str(key) if id_field else hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:16]
             question = next((m["content"] for m in reversed(messages[:last]) if m["role"] != "assistant"), "")
             dialogues.append(Dialogue(id=f"chat/{ident}", question=question, answer=answer, level="all", messages=messages))
         return dialogues

@@ -10,7 +10,6 @@ pass (all). Programs run in parallel, `workers` at a time, each in its own limit
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any
 from dynamo_cli.config.task import CodeTaskConfig
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_format, stable_unit
+from dynamo_cli.tasks.jsonl import field, read_rows
 from dynamo_cli.verify.sandbox import Check, Limits, Outcome, Sandbox, parse_check
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
 
@@ -55,24 +55,38 @@ def code_reward(passed: tuple[bool, ...], mode: str) -> float:
 
 
 def read_code_rows(path: str | Path, max_rows: int | None) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
+    """The file's rows, each checked: a malformed file or row stops here in one line naming the file and line (TaskError:
+    see tasks/jsonl.py read_rows), and so does a row in MBPP or HumanEval format whose fields have the wrong type (a
+    string test_list would be one test per character). Rows in neither format pass: CodeTask skips and counts them."""
+    if not Path(path).is_file():
         raise TaskError(f"code problems file not found: {path}")
-    rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise TaskError(f"{path}:{number}: not a JSON line ({error})") from error
-            if max_rows is not None and len(rows) >= max_rows:
-                break
-    return rows
+    rows = read_rows(path, max_rows)
+    for where, row in rows:
+        if "text" in row and "test_list" in row:  # MBPP
+            field(row, "text", where, (str,))
+            tests = field(row, "test_list", where, (list,))
+            bad = next((t for t in tests if not isinstance(t, str)), None)
+            if bad is not None:
+                raise TaskError(f"{where}: field 'test_list' must be a list of test strings, got an item {bad!r:.60}")
+            for name in ("code", "test_setup_code"):
+                if name in row:
+                    field(row, name, where, (str,), required=False)
+        elif "prompt" in row and "test" in row and "entry_point" in row:  # HumanEval
+            for name in ("prompt", "test", "entry_point"):
+                field(row, name, where, (str,))
+            if "canonical_solution" in row:
+                field(row, "canonical_solution", where, (str,), required=False)
+        else:
+            continue
+        if "task_id" in row:
+            field(row, "task_id", where, (str, int), required=False)
+    return [row for _, row in rows]
 
 
 def parse_code_row(row: dict, *, source: str) -> CodeProblem | None:
     """An MBPP or HumanEval row as a CodeProblem; None when it has neither format's fields."""
+    if isinstance(row.get("test_list"), str):  # read_code_rows stops these with the line; this guards other callers
+        raise TaskError(f"{source}: test_list {row['test_list'][:40]!r} is a string, not a list of tests")
     key = row.get("task_id")
     if "text" in row and "test_list" in row:
         tests = tuple(str(t) for t in row["test_list"])

@@ -1,13 +1,17 @@
-"""Problems from a local JSONL or Parquet file (GSM8K-style or plain question/answer rows).
+"""Problems from a local JSONL, JSON or Parquet file (GSM8K-style or plain question/answer rows).
 
-Read with `datasets` from the local path only; nothing is fetched from a hub. Rows whose final
-answer cannot be found are skipped and counted rather than crashing a long run on one bad line.
+Read from the local path only; nothing is fetched from a hub. A malformed file (not JSON, a row that is not an object,
+a missing or mistyped field, bad UTF-8, no rows, no usable row, an empty split) stops in one line naming the file and
+line before any work; rows that are well formed but unusable (no final answer, an answer not of the answer type, a
+duplicate id) are skipped, counted and printed at start.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 from dynamo_cli.config.task import JsonlTaskConfig
@@ -39,25 +43,107 @@ def parse_answer_field(raw: object) -> tuple[str, str | None] | None:
     return None
 
 
-def _read_rows(path: str | Path, fields: list[str], max_rows: int | None) -> list[dict]:
+def read_rows(path: str | Path, max_rows: int | None = None) -> list[tuple[str, dict]]:
+    """(where, row) for each row of a local data file, `where` naming the file and line ("data.jsonl:7") or row
+    ("data.parquet row 7"), rows counted from 1. JSON Lines (.jsonl, .json), one JSON array of objects (.json) or
+    Parquet (.parquet); the first `max_rows` rows. Anything malformed stops here, in one line naming the file and the
+    line (TaskError): a missing or empty file, bad UTF-8, a line that is not JSON or not an object, a `.parquet`
+    that is not Parquet."""
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task data file not found: {path}")
-    kind = "parquet" if path.suffix == ".parquet" else "json"
-    from datasets import load_dataset  # lazy: importing datasets takes about a second
+    if path.suffix == ".parquet":
+        rows = _parquet_rows(path, max_rows)
+    else:
+        data = path.read_bytes()
+        if data.lstrip()[:1] == b"[":
+            rows = _json_array_rows(path, data, max_rows)
+        else:
+            rows = _json_lines(path, data, max_rows)
+    if not rows:
+        raise TaskError(f"{path}: empty file, no rows")
+    return rows
+
+
+def _json_lines(path: Path, data: bytes, max_rows: int | None) -> list[tuple[str, dict]]:
+    rows = []
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+        where = f"{path}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TaskError(f"{where}: not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r})") from None
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TaskError(f"{where}: not a JSON line ({error.msg} at column {error.colno})") from None
+        rows.append((where, _object(row, where)))
+    return rows
+
+
+def _json_array_rows(path: Path, data: bytes, max_rows: int | None) -> list[tuple[str, dict]]:
+    try:
+        items = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise TaskError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise TaskError(f"{path}:{error.lineno}: not JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(items, list):
+        raise TaskError(f"{path}: a JSON file must hold one row per line or one array of rows, got a {type(items).__name__}")
+    items = items if max_rows is None else items[:max_rows]
+    return [(f"{path} row {k}", _object(item, f"{path} row {k}")) for k, item in enumerate(items, 1)]
+
+
+def _parquet_rows(path: Path, max_rows: int | None) -> list[tuple[str, dict]]:
+    import pyarrow.parquet as pq  # lazy: only Parquet files need it
 
     try:
-        ds = load_dataset(kind, data_files=str(path), split="train")
-    except Exception as e:
-        raise TaskError(f"could not read {path} as {kind}: {type(e).__name__}: {e}") from e
-    for field in fields:
-        if field not in ds.column_names:
-            raise TaskError(
-                f"field {field!r} not found in {path}; fields present: {', '.join(ds.column_names)}"
-            )
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow's errors (ArrowInvalid, OSError) for a file that is not Parquet
+        raise TaskError(f"{path}: not a Parquet file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})") from None
     if max_rows is not None:
-        ds = ds.select(range(min(max_rows, len(ds))))
-    return ds.to_list()
+        table = table.slice(0, max_rows)
+    return [(f"{path} row {k}", row) for k, row in enumerate(table.to_pylist(), 1)]
+
+
+def _object(row: object, where: str) -> dict:
+    if not isinstance(row, dict):
+        raise TaskError(f"{where}: a row must be a JSON object with named fields, got {type(row).__name__} {_short(row)}")
+    return row
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def field(row: dict, name: str, where: str, types: tuple[type, ...], *, required: bool = True) -> object:
+    """row[name], checked: present (else one line naming the fields the row has) and of one of `types` (None passes
+    when not `required`). bool is never an int here."""
+    if name not in row:
+        raise TaskError(f"{where}: no field {name!r}; fields present: {', '.join(map(str, row)) or 'none'}")
+    value = row[name]
+    if value is None and not required:
+        return None
+    if not isinstance(value, types) or isinstance(value, bool):
+        allowed = " or ".join(t.__name__ for t in types) + ("" if required else " or null")
+        raise TaskError(f"{where}: field {name!r} must be {allowed}, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def skip_note(path: str | Path, skipped: dict[str, int]) -> str | None:
+    """One line: how many rows of `path` were skipped and why (None: none were)."""
+    if not any(skipped.values()):
+        return None
+    return f"{path}: skipped {sum(skipped.values())} rows ({skip_reasons(skipped)})"
+
+
+def skip_reasons(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{n} {reason}" for reason, n in skipped.items() if n) or "none skipped"
 
 
 @TASKS.register(JsonlTaskConfig)
@@ -91,45 +177,64 @@ class JsonlTask(Task):
         self.name = Path(path).stem
         self.skipped = 0  # rows without a question, or without a final answer of the answer type
         self.duplicates = 0  # rows whose id was already taken (same question, or same id_field)
+        self.skips: dict[str, Counter] = {}  # file -> reason -> rows skipped for it
         self._fields = (question_field, answer_field, level_field, id_field)
         self._demos: dict[str, str] = {}  # id -> worked-solution SFT target (chat format only)
         self._ids: set[str] = set()
-        fields = [f for f in self._fields if f is not None]
-        problems = self._problems(_read_rows(path, fields, max_problems))
+        problems = self._problems(path, read_rows(path, max_problems))
         if test_path is None:
             # By question hash, not position, so the split survives reordering and appending rows.
             self._test = [p for p in problems if stable_unit(p.question) < test_fraction]
             self._train = [p for p in problems if stable_unit(p.question) >= test_fraction]
+            for side, kept in (("test", self._test), ("train", self._train)):
+                if not kept:
+                    raise TaskError(f"{path}: the {side} split is empty: none of its {len(problems)} usable rows falls there "
+                                    f"with task.test_fraction={test_fraction}; add rows, change it or set task.test_path")
         else:
             self._train = problems
-            self._test = self._problems(_read_rows(test_path, fields, max_problems))
+            self._test = self._problems(test_path, read_rows(test_path, max_problems))
         random.Random(seed).shuffle(self._train)
 
-    def _problems(self, rows: list[dict]) -> list[Problem]:
+    def _problems(self, path: str | Path, rows: list[tuple[str, dict]]) -> list[Problem]:
+        """The file's usable rows as problems; malformed ones stop here (TaskError naming the line), unusable ones are
+        skipped and counted by reason; a file with no usable row stops too."""
         question_field, answer_field, level_field, id_field = self._fields
-        problems = []
-        for row in rows:
-            question = str(row[question_field] or "").strip()
-            parsed = parse_answer_field(row[answer_field])
-            if not question or parsed is None or not self._typed(parsed[0]):
-                self.skipped += 1
+        problems, skipped = [], Counter()
+        for where, row in rows:
+            question = str(field(row, question_field, where, (str,), required=False) or "").strip()
+            raw_answer = field(row, answer_field, where, (str, int, float), required=False)
+            level = (field(row, level_field, where, (str, int, float), required=False)  # a row without a tag: "all"
+                     if level_field is not None and level_field in row else None)
+            key = field(row, id_field, where, (str, int)) if id_field is not None else None
+            parsed = parse_answer_field(raw_answer)
+            if not question:
+                skipped["without a question"] += 1
+                continue
+            if parsed is None:
+                skipped["without a final answer"] += 1
+                continue
+            if not self._typed(parsed[0]):
+                skipped[f"whose answer is not a literal of type {self.answer_type}"] += 1
                 continue
             answer, solution = parsed
-            key = (
-                str(row[id_field])
-                if id_field is not None
-                else hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
-            )
+            key = str(key) if key is not None else hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
             pid = f"{self.name}/{key}"
             if pid in self._ids:
+                skipped["whose id was already taken"] += 1
                 self.duplicates += 1
                 continue
             self._ids.add(pid)
-            level = row[level_field] if level_field is not None else None
             problems.append(Problem(pid, question, answer, "all" if level is None else str(level)))
             if solution is not None and self.format == "chat":
                 self._demos[pid] = self._worked_demo(solution, answer)
+        self.skipped += sum(skipped.values()) - skipped["whose id was already taken"]
+        self.skips[str(path)] = skipped
+        if not problems:
+            raise TaskError(f"{path}: no usable row among its {len(rows)}: {skip_reasons(skipped)}")
         return problems
+
+    def skip_notes(self) -> list[str]:
+        return [note for path, skipped in self.skips.items() if (note := skip_note(path, skipped))]
 
     def _typed(self, answer: str) -> bool:
         return self.answer_type == "expression" or literal_value(answer, self.answer_type) is not None

@@ -422,15 +422,16 @@ def test_jsonl_parquet_ids_test_path_and_plain(tmp_path):
 def test_jsonl_skips_rows_whose_answer_is_not_of_the_answer_type(tmp_path):
     rows = [{"question": "a?", "answer": "#### 7"}, {"question": "b?", "answer": "#### 24.5"},
             {"question": "c?", "answer": "x+1"}]
-    path = tmp_path / "rows.jsonl"
+    path, test_path = tmp_path / "rows.jsonl", tmp_path / "test.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test_path.write_text(json.dumps({"question": "d?", "answer": "2"}) + "\n")
     kept = {}
     for answer_type in ("integer", "rational", "expression"):
-        task = JsonlTask(path=path, seed=0, test_fraction=0.01, answer_type=answer_type)
-        kept[answer_type] = sorted(p.answer for p in task.train_problems() + task.test_problems())
+        task = JsonlTask(path=path, test_path=test_path, seed=0, answer_type=answer_type)
+        kept[answer_type] = sorted(p.answer for p in task.train_problems())
         assert task.skipped == 3 - len(kept[answer_type])
     assert kept == {"integer": ["7"], "rational": ["24.5", "7"], "expression": ["24.5", "7", "x+1"]}
-    assert JsonlTask(path=path, seed=0).answer_type == "rational"
+    assert JsonlTask(path=path, test_path=test_path, seed=0).answer_type == "rational"
 
 
 def test_jsonl_chat_prompt(fixture_task, chat_tokenizer):
