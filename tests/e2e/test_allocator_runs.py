@@ -1,4 +1,5 @@
-"""End-to-end: Rollout-side allocators (DAPO's dynamic sampling, GRESO, Knapsack RL): pure functions against hand-worked"""
+"""The real runs of tests/unit/.../test_rollout_allocators.py: rollout-side allocators (DAPO's dynamic sampling, GRESO, Knapsack RL): pure functions against hand-worked
+values, the round protocol without a model, then DAPO through the collect stage's rounds with a tiny model."""
 from __future__ import annotations
 
 import json

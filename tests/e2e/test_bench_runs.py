@@ -1,4 +1,4 @@
-"""End-to-end: The benchmarks: their maths by hand, and every script in --quick mode (seconds) through bench.run_all."""
+"""The real runs of tests/unit/.../test_bench.py: the benchmarks: their maths by hand, and every script in --quick mode (seconds) through bench.run_all."""
 from __future__ import annotations
 
 import math

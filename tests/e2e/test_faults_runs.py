@@ -1,4 +1,5 @@
-"""End-to-end: Faults a training run survives (docs/robustness.md "What survives what"): non-finite steps, preemption, damaged checkpoints,"""
+"""The real runs of tests/unit/.../test_faults.py: faults a training run survives (README "What survives what"): non-finite steps, preemption, damaged checkpoints,
+a full disk, a second run in the same dir, W&B failing, and SIGKILL anywhere."""
 from __future__ import annotations
 
 import json
@@ -21,6 +22,8 @@ from dynamo_cli.runtime.runlock import LOCK_FILE, RunLock
 
 STEPS = 4
 
+
+@pytest.fixture(scope='module')
 def straight(tmp_path_factory) -> Path:
     """The uninterrupted run the preempted and the killed runs must reproduce."""
     run_dir = tmp_path_factory.mktemp("straight")

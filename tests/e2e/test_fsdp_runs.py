@@ -1,4 +1,6 @@
-"""End-to-end: FSDP2 full-parameter training (runtime/fsdp.py): which launch configs are admitted, the optimiser's checkpoint marker,"""
+"""The real runs of tests/unit/.../test_fsdp.py: fSDP2 full-parameter training (fsdp.py): which launch configs are admitted, the optimiser's checkpoint marker,
+and real 2-process FSDP2 runs (gloo on CPU) against 1-process runs of the same global batch and seed, with an
+exact resume from a sharded checkpoint."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,6 @@
-"""End-to-end: LoRA end to end on the tiny model: sft -> adapter checkpoint -> eval, export, RL train and resume."""
+"""The real runs of tests/unit/.../test_lora.py: loRA end to end on the tiny model: sft -> adapter checkpoint -> eval, export, RL train and resume.
+
+The recipes run in-process (no CLI start-up per run), each in a few seconds on one CPU thread."""
 from __future__ import annotations
 
 from conftest import dynamo

@@ -1,4 +1,5 @@
-"""End-to-end: Multi-turn: environment tokens are read, never trained on; batched dialogues with a scripted environment;"""
+"""The real runs of tests/unit/.../test_multiturn.py: multi-turn: environment tokens are read, never trained on; batched dialogues with a scripted environment;
+the calculator and guessing environments; dialogue SFT with loss on assistant turns only (task=chat_jsonl)."""
 from __future__ import annotations
 
 import json

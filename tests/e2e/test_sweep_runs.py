@@ -1,4 +1,5 @@
-"""End-to-end: `dynamo sweep` and the aggregation behind it: CI maths by hand, synthetic run dirs (one crashed), presets that"""
+"""The real runs of tests/unit/.../test_sweep.py: `dynamo sweep` and the aggregation behind it: CI maths by hand, synthetic run dirs (one crashed), presets that
+compose, and a tiny real sweep (sft -> `dynamo train --multirun seed=0,1` -> aggregate)."""
 from __future__ import annotations
 
 import json

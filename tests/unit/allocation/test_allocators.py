@@ -359,10 +359,16 @@ def test_tag_prior_hand_value():
     assert got.counts.tolist() == [4, 7, 7]
     # prior weight m/(G + m): 1, 1, 0 -> mean 2/3; nothing has g0 attempts yet -> coverage 0
     assert got.metrics["alloc/prior_weight"] == pytest.approx(2 / 3) and got.metrics["alloc/history_coverage"] == 0
-    # an explored prompt is shrunk toward its tag too, h1 (4/8, L4): acc = (4 + 4*.375)/(8 + 4) = 11/24,
-    # P = (2 + 4*.25)/(7 + 4) = 3/11; e1 (8/8, L1): acc = (8 + 3.75)/12 = .979 -> mastered -> floor
+    # an explored prompt is shrunk toward the *other* prompts of its tag (its own evidence is in the pool: counted there
+    # too, it would enter twice). h1 (4/8, L4) borrows from h2 alone: p = 2/8, V = (2*6/8)/7 = 1.5/7, so
+    # acc = (4 + 4*.25)/(8 + 4) = 5/12, P = (2 + 4*1.5/7)/(7 + 4) = 20/77 (with itself in the pool: 11/24 and 3/11);
+    # e1 (8/8, L1) borrows from e2 (7/8): acc = (8 + 4*7/8)/12 = .958 -> mastered -> floor
     got = alloc.allocate(["h1", "e1"], tags=["L4", "L1"])
-    torch.testing.assert_close(got.priority, t(3 / 11 + 1e-6 * 13 / 24, 0.01), rtol=0, atol=1e-12)
+    torch.testing.assert_close(got.priority, t(20 / 77 + 1e-6 * 7 / 12, 0.01), rtol=0, atol=1e-12)
+    # a tag of one stored prompt lends it nothing: its prior would be its own rate
+    alone = variance_allocator(n=6, prior="tag", prior_strength=4.0)
+    alone.update(["solo"], successes=t(3), attempts=t(8), tags=["L2"])
+    assert alone.allocate(["solo"], tags=["L2"]).metrics["alloc/prior_weight"] == 0.0
     # without tags a prior cannot be formed: an error, not a silent prior=none
     with pytest.raises(ValueError, match="tags"):
         alloc.allocate(["h1"])

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from dynamo_cli.allocation.dapo import DapoAllocator, fresh_prompts_needed, informative_groups, keep_first
-from dynamo_cli.allocation.greso import GresoAllocator, adapt_explore_prob, greso_skip, zero_variance_streak
+from dynamo_cli.allocation.greso import (
+    GresoAllocator,
+    adapt_explore_prob,
+    counted_zero_variance,
+    greso_skip,
+    zero_variance_groups,
+    zero_variance_streak,
+)
 from dynamo_cli.allocation.knapsack import KnapsackAllocator, knapsack_rollouts, knapsack_value
 from dynamo_cli.protocols import RoundAllocator
 
@@ -39,7 +46,7 @@ def test_fresh_prompts_follow_the_informative_rate_and_are_bounded():
 
 
 def test_dapo_asks_for_fresh_prompts_then_keeps_the_informative_groups():
-    dapo = DapoAllocator(n=2, max_rounds=5, explore_min_attempts=4, decay=1.0)
+    dapo = DapoAllocator(n=2, max_rounds=5, on_max_rounds="train", explore_min_attempts=4, decay=1.0)
     assert isinstance(dapo, RoundAllocator)
     assert dapo.allocate(["a", "b"]).counts.tolist() == [2, 2]
     # round 1: a = [1, 1] (all equal), b = [0, 1]: 1 of the target 2 -> 1 · 2/1 = 2 fresh prompts, no more rollouts of a, b
@@ -55,22 +62,40 @@ def test_dapo_asks_for_fresh_prompts_then_keeps_the_informative_groups():
 
 
 def test_dapo_stops_at_max_rounds_with_what_it_has():
-    dapo = DapoAllocator(n=2, max_rounds=1, explore_min_attempts=4, decay=1.0)
+    dapo = DapoAllocator(n=2, max_rounds=1, on_max_rounds="train", explore_min_attempts=4, decay=1.0)
     done = dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
     assert done.fresh == 0 and done.keep.tolist() == [False, True] and done.metrics["alloc/kept_groups"] == 1.0
+
+
+def test_dapo_can_stop_the_run_as_verl_does_when_the_rounds_run_out():
+    from dynamo_cli.errors import DynamoError
+
+    dapo = DapoAllocator(n=2, max_rounds=1, on_max_rounds="stop", explore_min_attempts=4, decay=1.0)
+    with pytest.raises(DynamoError, match=r"1 of 2 groups informative after allocator.max_rounds=1 rounds.*on_max_rounds=train"):
+        dapo.next_round(["a", "b"], rewards=torch.tensor([1.0, 1, 0, 1]), group_index=torch.tensor([0, 0, 1, 1]), round=1)
 
 
 # ----------------------------------------------------------------------------------------- GRESO
 def test_greso_skip_probability_is_one_minus_p_explore_to_the_streak():
     # p_e = 0.5: rolled out with probability 1, 0.5, 0.25, 0.125 for streaks 0..3
-    skip = greso_skip(streak=torch.tensor([0, 1, 2, 3]), explore_prob=0.5, uniform=torch.tensor([0.99, 0.4, 0.3, 0.1]))
+    skip = greso_skip(streak=torch.tensor([0, 1, 2, 3]), explore_prob=0.5, uniform=torch.tensor([0.99, 0.4, 0.3, 0.1]), floor=0.01)
     assert skip.tolist() == [False, False, True, False]  # 0.99 < 1, 0.4 < 0.5, 0.3 >= 0.25, 0.1 < 0.125
+
+
+def test_greso_skip_keeps_the_references_floor():
+    # streak 10 at p 0.5: 0.5^10 = 0.00098, floored at 0.01 -> a draw of 0.005 rolls it out (without the floor: skipped),
+    # one of 0.02 skips it; the reference's skip probability 1 - max(p^z, 0.01)
+    skip = greso_skip(streak=torch.tensor([10, 10]), explore_prob=0.5, uniform=torch.tensor([0.005, 0.02], dtype=torch.float64),
+                      floor=0.01)
+    assert skip.tolist() == [False, True]
+    assert greso_skip(streak=torch.tensor([10]), explore_prob=0.5, uniform=torch.tensor([0.005], dtype=torch.float64),
+                      floor=0.0).tolist() == [True]
 
 
 def test_greso_skip_reads_each_prompts_own_probability():
     # streak 1 each: p_easy 0.9 keeps a draw of 0.5, p_hard 0.2 skips it
     skip = greso_skip(streak=torch.tensor([1, 1]), explore_prob=torch.tensor([0.9, 0.2], dtype=torch.float64),
-                      uniform=torch.tensor([0.5, 0.5], dtype=torch.float64))
+                      uniform=torch.tensor([0.5, 0.5], dtype=torch.float64), floor=0.01)
     assert skip.tolist() == [False, True]
 
 
@@ -82,8 +107,8 @@ def test_adapt_explore_prob_steps_towards_the_target_within_bounds():
     assert adapt_explore_prob(0.5, zero_share=1.0, target=0.25, delta=0.0, low=0.05, high=0.95) == 0.5  # delta 0: fixed
 
 
-GRESO = dict(n=4, max_rounds=3, p_easy=0.5, p_hard=0.5, target_zero_variance=0.25, delta=0.01, p_min=0.05, p_max=0.95, seed=1,
-             explore_min_attempts=4, decay=1.0)
+GRESO = dict(n=4, max_rounds=3, on_max_rounds="train", p_easy=0.5, p_hard=0.5, target_zero_variance=0.25, delta=0.01, p_min=0.05,
+             p_max=0.95, explore_floor=0.01, seed=1, explore_min_attempts=4, decay=1.0)
 
 
 def test_greso_steers_p_easy_and_p_hard_by_the_steps_zero_variance_shares():
@@ -113,11 +138,29 @@ def test_greso_steers_p_easy_and_p_hard_by_the_steps_zero_variance_shares():
     assert 0.42 < draws[:, 1].eq(4).float().mean() < 0.58
 
 
-def test_zero_variance_streak_counts_consecutive_all_equal_visits():
-    # all 4 solved: 0 -> 1; mixed 2/4: reset to 0; skipped (0 rollouts): unchanged 3; a single rollout: unchanged 1
-    streak = zero_variance_streak(streak=torch.tensor([0, 2, 3, 1]), successes=torch.tensor([4.0, 2, 0, 1]),
-                                  attempts=torch.tensor([4.0, 4, 0, 1]))
-    assert streak.tolist() == [1, 0, 3, 1]
+def test_zero_variance_streak_counts_the_trailing_run_of_one_kind():
+    # all 4 solved after nothing: 0 -> 1; mixed 2/4: reset to 0; skipped (0 rollouts): unchanged 3; one rollout: unchanged 1;
+    # all solved after 2 solved visits: 3; all failed after 2 *solved* visits: a new run of 1 (the reference counts the
+    # easy and the hard runs apart: 2 easy then 1 hard is a hard streak of 1, not 3)
+    judged, zero, solved = counted_zero_variance(successes=torch.tensor([4.0, 2, 0, 1, 4, 0]), attempts=torch.tensor([4.0, 4, 0, 1, 4, 4]))
+    streak, kind = zero_variance_streak(streak=torch.tensor([0, 2, 3, 1, 2, 2]), solved_before=torch.tensor([False, True, True, False, True, True]),
+                                        judged=judged, zero=zero, solved=solved)
+    assert streak.tolist() == [1, 0, 3, 1, 3, 1]
+    assert kind.tolist() == [True, True, True, False, True, False]
+
+
+def test_zero_variance_is_judged_by_equal_rewards_not_by_rewards_above_zero():
+    # partial credits: group 0 = (0.3, 0.7) has variance though both are > 0; group 1 = (0.5, 0.5) has none, a reward > 0
+    # ("solved"); group 2 = (0, 0) none, failed; group 3 a single rollout: not judged
+    judged, zero, solved = zero_variance_groups(rewards=torch.tensor([0.3, 0.7, 0.5, 0.5, 0.0, 0.0, 1.0]),
+                                                group_index=torch.tensor([0, 0, 1, 1, 2, 2, 3]), num_groups=4)
+    assert judged.tolist() == [True, True, True, False]
+    assert zero.tolist() == [False, True, True, False] and solved.tolist() == [False, True, False, False]
+    # GRESO reads the rounds' rewards: group 0 is mixed, so its streak stays 0 (counts of reward > 0 called it all solved)
+    greso = GresoAllocator(**GRESO)
+    greso.next_round(["a", "b"], rewards=torch.tensor([0.3, 0.7, 0.0, 0.0]), group_index=torch.tensor([0, 0, 1, 1]), round=3)
+    greso.update(["a", "b"], successes=torch.tensor([2.0, 0.0]), attempts=torch.tensor([2.0, 2.0]))
+    assert greso.state_dict()["zero_streak"] == {"a": 0, "b": 1}
 
 
 def test_greso_skips_a_prompt_that_keeps_being_solved_and_resumes_exactly():
@@ -191,7 +234,7 @@ def test_dapo_through_collect_draws_fresh_prompts_from_the_sampler_and_masks_dro
     problems = task.train_problems()
     sampler = UniformSampler(seed=0)
     collect = Collector(task=task, problems=problems, tokenizer=tokenizer, sampler=sampler,
-                        allocator=DapoAllocator(n=2, max_rounds=3, explore_min_attempts=4, decay=1.0),
+                        allocator=DapoAllocator(n=2, max_rounds=3, on_max_rounds="train", explore_min_attempts=4, decay=1.0),
                         engine=PolicyRollouts(model, tokenizer), policy=model, reference=None, dp=DataParallel.start("cpu"),
                         per_step=4, seed=0, max_new_tokens=4, temperature=1.0, top_p=1.0, generation_batch=16, logprob_batch=16,
                         mask_truncated=False, shape_rewards=OverlongPenalty(factor=0.0, max_length=4, buffer=1))

@@ -2,11 +2,10 @@
 compose, and a tiny real sweep (sft -> `dynamo train --multirun seed=0,1` -> aggregate)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import csv
 import dataclasses
 import re
+from pathlib import Path
 
 import pytest
 import yaml

@@ -11,6 +11,7 @@ from dynamo_cli.sampling.curriculum import (
     curriculum_order,
     laplace_rate,
     natural_key,
+    success_order_rates,
     tag_ranks,
     unlocked_share,
 )
@@ -52,6 +53,18 @@ def test_curriculum_order_by_hand():
     assert laplace_rate(successes=torch.tensor([0.0, 1, 0]), attempts=torch.tensor([0.0, 1, 4])).tolist() == pytest.approx([0.5, 2 / 3, 1 / 6])
 
 
+def test_unseen_prompts_rank_by_their_tags_rate():
+    # tags 0, 0, 1, 1, 2; rows 0 (2 of 2) and 2 (0 of 2) seen. row 0: 3/4; row 1 unseen, tag 0 pooled 2 of 2: 3/4;
+    # row 2: 1/4; row 3 unseen, tag 1 pooled 0 of 2: 1/4; row 4 unseen, tag 2 has no rollouts: -1, after every rate
+    rates = success_order_rates(successes=torch.tensor([2.0, 0, 0, 0, 0], dtype=torch.float64),
+                                attempts=torch.tensor([2.0, 0, 2, 0, 0], dtype=torch.float64), tag_rank=torch.tensor([0, 0, 1, 1, 2]))
+    assert rates.tolist() == [0.75, 0.75, 0.25, 0.25, -1.0]
+    # nothing seen: every key -1, so the order is the tag order
+    none = success_order_rates(successes=torch.zeros(3, dtype=torch.float64), attempts=torch.zeros(3, dtype=torch.float64),
+                               tag_rank=torch.tensor([1, 0, 1]))
+    assert curriculum_order(tag_rank=torch.tensor([1, 0, 1]), tie_break=torch.tensor([0, 1, 2]), success_rate=none).tolist() == [1, 0, 2]
+
+
 def pool() -> list[Problem]:
     """4 L4 problems then 4 L3 problems: the curriculum must put L3 first."""
     return [Problem(f"t/{level}/{i}", str(i), "0", level) for level in ("L4", "L3") for i in range(4)]
@@ -77,10 +90,12 @@ def test_online_curriculum_moves_a_solved_prompt_first_and_resumes_exactly():
     sampler = curriculum("success")
     assert sampler.ordering()[:4].tolist() != [0, 1, 2, 3]  # no history: the tag order (L3 = rows 4..7) first
     assert all(pool()[i].level == "L3" for i in sampler.ordering()[:4].tolist())
-    # row 0 (an L4 problem) solved twice of twice (3/4), row 4 (L3) failed twice (1/4)
+    # row 0 (an L4 problem) solved twice of twice (3/4), row 4 (L3) failed twice (1/4): the unseen L4 problems take
+    # their level's pooled rate 3/4 and the unseen L3 ones 1/4, so every L4 problem now comes before every L3 one
+    # (at 0.5 the unseen L3 problems would have sat between row 0 and row 4, ahead of the L4 level that proved easier)
     sampler.update(["t/L4/0", "t/L3/0"], rewards=torch.tensor([1.0, 1.0, 0.0, 0.0]), group_index=torch.tensor([0, 0, 1, 1]))
     order = sampler.ordering().tolist()
-    assert order[0] == 0 and order[-1] == 4
+    assert sorted(order[:4]) == [0, 1, 2, 3] and sorted(order[4:]) == [4, 5, 6, 7]
     resumed = curriculum("success")
     resumed.load_state_dict(sampler.state_dict())
     assert resumed.ordering().tolist() == order
