@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import ENV, FIXTURES, REPO, dynamo  # noqa: F401
+from conftest import ENV, REPO
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 

@@ -22,7 +22,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandat
 from dynamo_cli.config.base import ConfigError
 from dynamo_cli.config.store import register_schemas
 from dynamo_cli.errors import (
-    DynamoError,  # noqa: F401 - re-exported: `from dynamo_cli.cli import DynamoError` keeps working
+    DynamoError,
     Preempted,
 )
 
@@ -159,6 +159,13 @@ def _hydra_app(command: str) -> Callable[[], None]:
             recipe(to_schema(cfg), run_dir)
         except (DynamoError, ConfigError) as error:
             fail(command, str(error))
+        except Exception as error:
+            from dynamo_cli.runtime.atomic import disk_full
+
+            if not disk_full(error):  # whatever a library raised on a full disk (torch, safetensors: not always OSError)
+                raise
+            fail(command, f"no space left on the device ({type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}); "
+                          f"free space, then continue (dynamo train: trainer.resume=auto hydra.run.dir={run_dir})")
         except Preempted as stop:  # a checkpoint was written: exit with the code the scheduler requeues on
             if is_rank_zero():
                 print(f"dynamo {command}: preempted: {stop}", file=sys.stderr)
