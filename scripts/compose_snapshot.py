@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from dynamo_cli.cli import CONF_DIR, register_resolvers
+from dynamo_cli.runtime import atomic
 
 try:
     from dynamo_cli.config import register_schemas
@@ -86,7 +87,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python scripts/compose_snapshot.py <out.json>   (the fixture: tests/fixtures/composed_configs.json)")
     snap = snapshot()
-    Path(argv[0]).write_text(dumps(snap))
+    atomic.write_text(Path(argv[0]), dumps(snap))
     errors = sum(v.startswith("ERROR") for v in snap.values())
     print(f"{len(snap)} cases ({errors} refused with a config error) -> {argv[0]}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from dynamo_cli.report.stats import mean_ci  # noqa: E402
+from dynamo_cli.runtime import atomic  # noqa: E402
 
 START, END = "<!-- demo:start (scripts/demo_report.py writes this block) -->", "<!-- demo:end -->"
 METRICS = {"greedy": "greedy pass@1", "pass@1": "sampled pass@1"}
@@ -126,12 +127,12 @@ def main() -> None:
     args = parser.parse_args()
     summary = summarise(args.out)
     text = json.dumps(summary, indent=1) + "\n"
-    (args.out / "demo.json").write_text(text)
+    atomic.write_text(args.out / "demo.json", text)
     block = readme_block(summary)
     if args.docs:
-        (REPO / "docs" / "demo.json").write_text(text)
+        atomic.write_text(REPO / "docs" / "demo.json", text)
         readme = REPO / "README.md"
-        readme.write_text(replace_block(readme.read_text(), block))
+        atomic.write_text(readme, replace_block(readme.read_text(), block))
     print("\n" + block)
     print(f"\nsummary: {args.out / 'demo.json'}" + (" (and docs/demo.json, README.md)" if args.docs else ""))
 

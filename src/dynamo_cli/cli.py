@@ -159,17 +159,17 @@ def _hydra_app(command: str) -> Callable[[], None]:
             recipe(to_schema(cfg), run_dir)
         except (DynamoError, ConfigError) as error:
             fail(command, str(error))
-        except Exception as error:
+        except Preempted as stop:  # a checkpoint was written: exit with the code the scheduler requeues on
+            if is_rank_zero():
+                print(f"dynamo {command}: preempted: {stop}", file=sys.stderr)
+            raise SystemExit(stop.exit_code) from None
+        except Exception as error:  # last: Preempted is an Exception too
             from dynamo_cli.runtime.atomic import disk_full
 
             if not disk_full(error):  # whatever a library raised on a full disk (torch, safetensors: not always OSError)
                 raise
             fail(command, f"no space left on the device ({type(error).__name__}: {(str(error).strip().splitlines() or [''])[0][:200]}); "
                           f"free space, then continue (dynamo train: trainer.resume=auto hydra.run.dir={run_dir})")
-        except Preempted as stop:  # a checkpoint was written: exit with the code the scheduler requeues on
-            if is_rank_zero():
-                print(f"dynamo {command}: preempted: {stop}", file=sys.stderr)
-            raise SystemExit(stop.exit_code) from None
         if is_rank_zero():  # one line from a multi-process run
             print(run_dir)  # the last line a command prints is its run dir
 

@@ -25,6 +25,7 @@ from dynamo_cli.config.recipes import SweepConfig, SweepPresetConfig
 from dynamo_cli.report.aggregate import aggregate
 from dynamo_cli.report.provenance import code_commit
 from dynamo_cli.report.runs import is_train_run
+from dynamo_cli.runtime import atomic
 
 USAGE = """usage: dynamo sweep [sweep=<preset>] [sweep.<key>=<value> ...] [out_dir=<dir>] [-- <train overrides>]
        dynamo sweep aggregate=<multirun dir> [sweep.metric=...] [sweep.target=...] [sweep.results=...]
@@ -139,8 +140,8 @@ def run_sweep(cfg: SweepConfig, *, train_extra: list[str], command: str) -> bool
                    + ([f"model.path={preset.model_path}"] if preset.model_path else []), multirun=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = job_list([*grid, *train_common])
-    (out_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)) + f"# command: {command}\n"
-                                        + f"# train overrides after --: {train_extra}\n")
+    atomic.write_text(out_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)) + f"# command: {command}\n"
+                      + f"# train overrides after --: {train_extra}\n")
     print(f"dynamo sweep: {preset.name}: {len(jobs)} train runs into {out_dir}/runs", flush=True)
 
     timing = {"commit": code_commit(), "command": command}  # the code every run loads: do not edit it mid-sweep
@@ -165,7 +166,7 @@ def run_sweep(cfg: SweepConfig, *, train_extra: list[str], command: str) -> bool
         code = 130
     timing.update(train_s=round(time.perf_counter() - t0, 1), total_s=round(time.perf_counter() - start, 1),
                   train_exit_code=code, model_path=model_path)
-    (out_dir / "timing.json").write_text(json.dumps(timing, indent=1))
+    atomic.write_text(out_dir / "timing.json", json.dumps(timing, indent=1))
     ok = aggregate(out_dir / "runs", out_dir=out_dir, preset=preset, command=command,
                    missing=missing_jobs(out_dir / "runs", jobs), timing=timing)
     return ok and code == 0

@@ -27,7 +27,7 @@ from dynamo_cli.models.trainable import Trainable
 from dynamo_cli.recipes import parts
 from dynamo_cli.rollout.hf import stream_seed
 from dynamo_cli.rollout.vllm import VLLMUnavailable
-from dynamo_cli.runtime import checkpoint, faultpoints
+from dynamo_cli.runtime import atomic, checkpoint, faultpoints
 from dynamo_cli.runtime.guard import NonFiniteGuard
 from dynamo_cli.runtime.preempt import Preemption
 from dynamo_cli.runtime.resources import longest_prompt, plan_batch_sizes
@@ -58,7 +58,11 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     dp, run_dir, P = session.dp, session.run_dir, cfg.trainer.prompts_per_step
     check_batch_layout(rollouts_per_step=P * cfg.rollout.n, world_size=dp.world_size, mini_batches=cfg.algorithm.mini_batches)
     checkpoints = run_dir / "checkpoints"
-    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, checkpoints)
+    if cfg.trainer.resume == "auto" and dp.is_main:
+        checkpoint.recover(checkpoints)  # one process renames; the others look after the barrier
+    dp.barrier()
+    resume_from = checkpoint.find_resume_checkpoint(cfg.trainer.resume, checkpoints,  # never starts over on logged steps
+                                                    history=[run_dir / "metrics.jsonl", run_dir / ROLLOUTS_FILE])
     if resume_from is None and (run_dir / "metrics.jsonl").exists() and cfg.trainer.resume == "never":
         raise DynamoError(f"{run_dir} already holds a run (metrics.jsonl): continue it with trainer.resume=auto "
                           "or choose another hydra.run.dir")
@@ -67,9 +71,9 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     if dp.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume_from is None:
-            for name in ("metrics.jsonl", ROLLOUTS_FILE):  # an attempt that died before its first checkpoint
+            for name in ("metrics.jsonl", ROLLOUTS_FILE):  # at most a step-0 eval of an attempt that died before step 1
                 truncate_jsonl(run_dir / name, max_step=-1)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(config_dict))
+        atomic.write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config_dict))
     console = make_console(cfg.logger, quiet=not dp.is_main)
     device = dp.device
     torch.manual_seed(cfg.seed)

@@ -19,6 +19,7 @@ from dynamo_cli.report.results_page import copy_figures, update_results_page
 from dynamo_cli.report.runs import find_runs, unfinished
 from dynamo_cli.report.tables import summarise, summary_cells, summary_columns, write_runs_csv, write_summary_csv
 from dynamo_cli.report.targets import TARGET_COLUMNS, default_target, initial_value, rollouts_to_target, target_cells
+from dynamo_cli.runtime import atomic
 
 if TYPE_CHECKING:
     from dynamo_cli.config.recipes import SweepPresetConfig
@@ -77,7 +78,7 @@ def aggregate(runs_dir: Path, *, out_dir: Path, preset: SweepPresetConfig, comma
                   preset=preset, command=command, runs_dir=runs_dir, missing=missing, timing=timing)
     body = prose.sweep_section(**shared, figures=[os.path.relpath(f, (page or out_dir / "summary.md").parent)
                                                   for f in body_figures])
-    (out_dir / "summary.md").write_text(prose.sweep_section(**shared, figures=[f.name for f in figures]))
+    atomic.write_text(out_dir / "summary.md", prose.sweep_section(**shared, figures=[f.name for f in figures]))
     if page is not None:
         update_results_page(page, section=f"sweep {preset.name}", body=body)  # one section per preset
     console.print(f"wrote {out_dir}/summary.md, summary.csv, runs.csv and {len(figures)} plots"

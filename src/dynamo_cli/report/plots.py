@@ -6,6 +6,7 @@ from pathlib import Path
 
 from dynamo_cli.report.curves import X_AXES, Curve
 from dynamo_cli.report.labels import n_seeds
+from dynamo_cli.runtime import atomic
 
 CURVE_STYLES = (('-', 'o'), ('--', 's'), (':', '^'))  # (line style, marker) per 10 curves
 
@@ -36,6 +37,6 @@ def plot_curves(curves: Sequence[Curve], *, x: str, metric: str, path: Path, tit
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    atomic.write_file(path, fig.savefig)  # the temporary name keeps the suffix, which picks the format
     plt.close(fig)
     return path

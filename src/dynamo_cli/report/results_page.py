@@ -38,6 +38,6 @@ def copy_figures(figures: Sequence[Path], *, dest_dir: Path, prefix: str) -> lis
     out = []
     for figure in figures:
         target = dest_dir / f"{prefix}{Path(figure).name}"
-        shutil.copyfile(figure, target)
+        atomic.write_file(target, lambda tmp, figure=figure: shutil.copyfile(figure, tmp))
         out.append(target)
     return out

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from dynamo_cli.report.labels import group_by_method
 from dynamo_cli.report.runs import Run
 from dynamo_cli.report.stats import Interval, mean_ci
+from dynamo_cli.runtime import atomic
 
 
 @dataclass
@@ -70,29 +72,34 @@ def write_summary_csv(path: Path, rows: Sequence[MethodSummary]) -> None:
     def pair(interval: Interval) -> list:
         return [None if interval.n == 0 else interval.mean, interval.half_width]
 
-    with Path(path).open("w", newline="") as f:
-        writer = csv.writer(f)
-        header = ["method", "seeds_done", "runs", "seeds"]
-        for name in ("greedy_pass1", "pass1", "pass_k", "rollouts", "tokens", "train_seconds"):
-            header += [f"{name}_mean", f"{name}_ci95"]
-        writer.writerow(header + ["k"])
-        for r in rows:
-            cells = [r.method, len(r.seeds), r.expected, " ".join(map(str, r.seeds))]
-            for interval in (r.greedy, r.pass1, r.pass_k, r.rollouts, r.tokens, r.seconds):
-                cells += pair(interval)
-            writer.writerow(cells + [r.k])
+    header = ["method", "seeds_done", "runs", "seeds"]
+    for name in ("greedy_pass1", "pass1", "pass_k", "rollouts", "tokens", "train_seconds"):
+        header += [f"{name}_mean", f"{name}_ci95"]
+    lines = [header + ["k"]]
+    for r in rows:
+        cells = [r.method, len(r.seeds), r.expected, " ".join(map(str, r.seeds))]
+        for interval in (r.greedy, r.pass1, r.pass_k, r.rollouts, r.tokens, r.seconds):
+            cells += pair(interval)
+        lines.append(cells + [r.k])
+    write_csv(path, lines)
 
 
 def write_runs_csv(path: Path, runs: Sequence[Run]) -> None:
     """One row per run, finished or not: the raw numbers behind every mean."""
     keys = sorted({key for r in runs for key in r.final})
-    with Path(path).open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["run", "method", "allocator", "modulator", "seed", "finished", "last_step", "steps",
-                         "rollouts", "tokens", "train_seconds", *keys])
-        for r in runs:
-            writer.writerow([str(r.path), r.method, r.allocator, r.modulator, r.seed, r.finished, r.last_step, r.steps,
-                             r.rollouts, r.tokens, round(r.seconds, 2), *[r.final.get(k) for k in keys]])
+    lines = [["run", "method", "allocator", "modulator", "seed", "finished", "last_step", "steps",
+              "rollouts", "tokens", "train_seconds", *keys]]
+    for r in runs:
+        lines.append([str(r.path), r.method, r.allocator, r.modulator, r.seed, r.finished, r.last_step, r.steps,
+                      r.rollouts, r.tokens, round(r.seconds, 2), *[r.final.get(k) for k in keys]])
+    write_csv(path, lines)
+
+
+def write_csv(path: Path, lines: list[list]) -> None:
+    """Rows as CSV, replaced whole or not at all (runtime/atomic.py)."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(lines)
+    atomic.write_text(Path(path), buffer.getvalue())
 
 
 def level_rows(runs: Sequence[Run], metric: str) -> tuple[list[str], list[list[str]]]:

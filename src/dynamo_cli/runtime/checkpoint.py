@@ -9,8 +9,10 @@ checkpoint that still verifies, with a warning.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -77,15 +79,20 @@ def write_manifest(directory: Path) -> None:
 
 def verify(directory: Path, *, hashes: bool = True) -> Optional[str]:
     """What is wrong with a checkpoint dir (None: it matches its manifest). `hashes=False` checks sizes only.
-    A dir without a manifest (written before manifests existed) passes unverified."""
+    A dir without a manifest (written before manifests existed) passes unverified; a manifest that cannot be read or
+    is not {"files": {<relative path>: {"size": int, "sha256": str}, ...}} listing trainer_state.pt (when the dir has
+    one) marks the checkpoint damaged."""
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         return None
     try:
         listed = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         return f"{MANIFEST} is unreadable"
+    problem = _malformed(listed, directory)
+    if problem:
+        return f"{MANIFEST} is malformed: {problem}"
     for name, want in listed.items():
         path = directory / name
         if not path.is_file():
@@ -94,6 +101,21 @@ def verify(directory: Path, *, hashes: bool = True) -> Optional[str]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {want['size']}"
         if hashes and _sha256(path) != want["sha256"]:
             return f"{name} does not match its sha256"
+    return None
+
+
+def _malformed(listed: Any, directory: Path) -> Optional[str]:
+    if not isinstance(listed, dict) or not listed:
+        return "'files' is not a non-empty object"
+    for name, want in listed.items():
+        inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+        if not inside:
+            return f"{name!r} is not a path inside the checkpoint"
+        if (not isinstance(want, dict) or not isinstance(want.get("size"), int) or isinstance(want.get("size"), bool)
+                or not isinstance(want.get("sha256"), str)):
+            return f"the entry of {name!r} is not {{size, sha256}}"
+    if (directory / TRAINER_STATE).is_file() and TRAINER_STATE not in listed:
+        return f"{TRAINER_STATE} is not listed"
     return None
 
 
@@ -136,8 +158,81 @@ def latest(checkpoint_root: Path, *, quiet: bool = False) -> Optional[Path]:
     return None
 
 
+def recover(checkpoint_root: Path) -> list[Path]:
+    """Complete checkpoints that a crash left under a temporary name, renamed into place (each with a warning).
+
+    atomic.write_dir re-saving `final` moves the old one to `.old-final`, then the new one from `.tmp-final` into place:
+    a crash between the two renames leaves no `final` but both whole. The newer (`.tmp-`) wins when it verifies, else
+    the older; complete means a manifest that verifies and a trainer_state.pt. A half-written temporary dir has no
+    manifest yet (it is written last) and is left alone."""
+    root = Path(checkpoint_root)
+    recovered = []
+    for prefix in (".tmp-", ".old-"):  # the newer write first
+        for candidate in sorted(root.glob(f"{prefix}*")) if root.is_dir() else []:
+            target = root / candidate.name[len(prefix):]
+            complete = (candidate / MANIFEST).is_file() and (candidate / TRAINER_STATE).is_file() and verify(candidate) is None
+            if not candidate.is_dir() or target.exists() or not complete:
+                continue
+            os.replace(candidate, target)
+            atomic.fsync_dir(root)
+            warn(f"recovered checkpoint {target} from {candidate.name}, which a crash between two renames left complete")
+            recovered.append(target)
+    return recovered
+
+
+def logged_steps(paths) -> dict[str, int]:
+    """file name -> the last RL step (>= 1) it holds a record of, for the files that hold any. Step 0 is the eval
+    before RL: it is written again by a fresh start."""
+    found = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            continue
+        last = 0
+        with path.open("rb") as f:
+            for line in f:
+                try:
+                    step = json.loads(line).get("step", 0)
+                except (ValueError, AttributeError):
+                    continue  # a line cut short by a crash
+                if isinstance(step, int) and step > last:
+                    last = step
+        if last:
+            found[path.name] = last
+    return found
+
+
+_OWN_TYPES = {"builtins.slice": slice}  # a prefetched batch's rows (stages/schedule.py) hold slices
+
+
+def _allowed_type(name: str):
+    """The class a trainer_state.pt may name: one of dynamo's own dataclasses (a prefetched batch: Collected, Rollouts,
+    Problem, ...) or slice; None for anything else."""
+    if name in _OWN_TYPES:
+        return _OWN_TYPES[name]
+    module_name, _, qualname = name.rpartition(".")
+    if not module_name.startswith("dynamo_cli."):
+        return None
+    try:
+        value = getattr(importlib.import_module(module_name), qualname)
+    except (ImportError, AttributeError):
+        return None
+    return value if isinstance(value, type) and dataclasses.is_dataclass(value) else None
+
+
 def load_trainer_state(directory: Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / TRAINER_STATE, map_location="cpu", weights_only=False)
+    """trainer_state.pt, unpickled with weights_only=True: tensors and plain values, plus dynamo's own dataclasses where
+    a one-step-off-policy checkpoint holds its prefetched batch. A file that names any other type is refused in one line
+    (a checkpoint from elsewhere must not run code when it is loaded)."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+
+    path = Path(directory) / TRAINER_STATE
+    names = get_unsafe_globals_in_checkpoint(path)
+    refused = [name for name in names if _allowed_type(name) is None]
+    if refused:
+        raise DynamoError(f"checkpoint {directory}: {TRAINER_STATE} holds objects of types that dynamo never writes "
+                          f"({', '.join(refused[:3])}): refusing to load it")
+    with safe_globals([_allowed_type(name) for name in names]):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def rng_state() -> dict[str, Any]:
@@ -154,12 +249,24 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def find_resume_checkpoint(resume: str, checkpoints: Path) -> Optional[Path]:
-    """trainer.resume: never -> None; auto -> the latest checkpoint under `checkpoints` (None: start fresh); a dir."""
+def find_resume_checkpoint(resume: str, checkpoints: Path, *, history=()) -> Optional[Path]:
+    """trainer.resume: never -> None; auto -> the latest checkpoint under `checkpoints` (None: start fresh; call
+    `recover` first, from one process); a dir.
+
+    `history`: the run's logs (metrics.jsonl, rollouts.jsonl). A fresh start empties them, so auto never starts fresh
+    while one holds RL steps: with no checkpoint that verifies (none was written, all are damaged) it stops in one line
+    instead, and the logs stay as they are."""
     if resume == "never":
         return None
     if resume == "auto":
-        return latest(checkpoints)
+        found = latest(checkpoints)
+        logged = logged_steps(history) if found is None else {}
+        if logged:
+            held = ", ".join(f"{name} up to step {step}" for name, step in logged.items())
+            raise DynamoError(f"trainer.resume=auto: no checkpoint under {checkpoints} verifies, and starting over would delete "
+                              f"the history in {Path(next(iter(history))).parent} ({held}); move those files away to start "
+                              "over, or resume from a checkpoint dir with trainer.resume=<dir>")
+        return found
     path = Path(resume)
     if not (path / TRAINER_STATE).is_file():
         raise DynamoError(f"trainer.resume={resume!r} holds no {TRAINER_STATE}: not a train checkpoint")

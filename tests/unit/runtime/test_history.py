@@ -48,7 +48,7 @@ def test_resume_auto_never_empties_logs_that_hold_steps_when_no_checkpoint_verif
 
     metrics = log_steps(tmp_path / "metrics.jsonl", [0, 1, 2, 3])
     rollouts = log_steps(tmp_path / "rollouts.jsonl", [1, 2, 3])
-    cfg = compose_schema("train", [*harness.OVERRIDES, "trainer.resume=auto"])
+    cfg = compose_schema("train", [*harness.OVERRIDES, "trainer.resume=auto", "trainer.steps=2"])
     with pytest.raises(DynamoError) as caught:  # no checkpoint was ever written (save_every larger than the steps run)
         train_recipe.run(cfg, tmp_path)
     assert str(caught.value) == (f"trainer.resume=auto: no checkpoint under {tmp_path / 'checkpoints'} verifies, and starting over "
