@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install dynamo (editable) with its dependencies
+install: $(STAMP)  ## create .venv and install dynamo (editable) with its dependencies, and bubblewrap where it can (task=code)
+	bash scripts/install_bubblewrap.sh
 
 test: $(STAMP)  ## the fast tier: unit + config tests and a few end-to-end smoke runs (<= 5 min on 2 CPU cores)
 	$(PY) -m pytest tests -q -p no:cacheprovider -m "not e2e or smoke" --durations=10

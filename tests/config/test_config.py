@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import ARITH_FIXTURE, COMMANDS, compose_schema, options
+from helpers import ARITH_FIXTURE, COMMANDS, compose_schema, needs_bubblewrap, options
 
 from dynamo_cli.allocation.uniform import UniformAllocatorConfig
 from dynamo_cli.cli import describe_error, register_resolvers
@@ -102,7 +102,7 @@ def test_presets_take_several_updates_per_step(preset):
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1
 
 
-@pytest.mark.parametrize("task", ["math", "gsm8k", "code"])
+@pytest.mark.parametrize("task", ["math", "gsm8k", pytest.param("code", marks=needs_bubblewrap)])  # code: its sandbox is checked
 def test_tasks_build(task):
     built = parts.build_task(compose_schema("eval", [f"task={task}"]).task)
     assert built.train_problems() and built.test_problems()
@@ -204,6 +204,7 @@ def test_every_experiment_preset_composes(experiment):
         (["algorithm.overlong_penalty.buffer=9"], "algorithm.overlong_penalty.buffer=9 must be <= its max_length=8"),
         (["task=code", "task.reward_mode=most"], "task.reward_mode='most' is not allowed; choose one of: fraction, all"),
         (["task=code", "task.timeout=0"], "task.timeout=0.0 must be > 0"),
+        (["task=code", "task.isolation=docker"], "task.isolation='docker' is not allowed; choose one of: bubblewrap, none"),
         (["task.reward=my_rewards.py"], "task.reward='my_rewards.py' must be <module>:<function>"),
         (["task.reward_timeout=0"], "task.reward_timeout=0.0 must be > 0"),
         (["sampler=curriculum", "sampler.order=level"], "sampler.order='level' is not allowed; choose one of: tag, success"),

@@ -122,14 +122,19 @@ class CodeTaskConfig(TaskConfig):
     timeout: float = 5.0  # wall-clock seconds per program, then its process group is killed
     cpu_seconds: int = 2  # RLIMIT_CPU per program
     memory_mb: int = 512  # RLIMIT_AS per program
-    max_processes: int = 8  # RLIMIT_NPROC of the sandbox user (as root: nobody); forking is refused anyway
-    file_mb: int = 16  # RLIMIT_FSIZE: the largest file a program may write (in its throw-away dir)
+    max_processes: int = 8  # RLIMIT_NPROC inside the sandbox: processes and threads a program may have at once
+    file_mb: int = 16  # RLIMIT_FSIZE, and the size of the program's tmpfs work dir under bubblewrap
+    # bubblewrap: each program in its own user, PID, network, IPC and mount namespaces (docs/robustness.md "The code
+    # sandbox"); none: no kernel isolation, the program runs as you with your files and network: only on purpose
+    isolation: str = "bubblewrap"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         from dynamo_cli.tasks.code import REWARD_MODES
+        from dynamo_cli.verify.sandbox import ISOLATIONS
 
         one_of("task.reward_mode", self.reward_mode, REWARD_MODES)
+        one_of("task.isolation", self.isolation, ISOLATIONS)
         check(0 < self.test_fraction < 1, f"task.test_fraction={self.test_fraction} must be in (0, 1)")
         positive("task.prompt_tests", self.prompt_tests, strict=False)
         for key in ("timeout", "cpu_seconds", "memory_mb", "max_processes", "file_mb"):

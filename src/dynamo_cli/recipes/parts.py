@@ -3,6 +3,8 @@ option from the option's schema and the run-level context it needs (registry.py)
 """
 from __future__ import annotations
 
+import os
+
 from dynamo_cli.algo.advantages.base import ESTIMATORS
 from dynamo_cli.algo.reward_shaping import OverlongPenalty
 from dynamo_cli.allocation.base import ALLOCATORS
@@ -31,6 +33,11 @@ def build_task(cfg):
     for note in task.skip_notes():
         warn(note)
     task.verifier = build_verifier(cfg, task)
+    if note := getattr(task.verifier, "note", None):  # task=code: the isolation its programs run under
+        if not getattr(task.verifier, "isolated", True):
+            warn(note)
+        elif os.environ.get("RANK", "0") == "0":
+            print(f"dynamo: {note}", flush=True)
     return task
 
 

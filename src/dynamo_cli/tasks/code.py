@@ -5,10 +5,16 @@ rows (`prompt`, `canonical_solution`, `test`, `entry_point`, `task_id`) from a l
 a fixture of small problems written for this project (tests/fixtures/code_problems.jsonl).
 
 The reward of a completion is the share of its problem's tests that pass (reward_mode=fraction) or 1 only when all
-pass (all). Programs run in parallel, `workers` at a time, each in its own limited process.
+pass (all). Programs run in parallel, `workers` at a time, each in its own sandbox (task.isolation: bubblewrap, or
+none). Every test is judged in this process as a value check (verify/sandbox.py parse_check): MBPP's asserts as they
+are, HumanEval's check(candidate) function one assert at a time (`humaneval_tests`). A row with a test that cannot be
+made a value check (a loop, a helper, a computed expected value) is skipped and counted, never judged inside the
+program's process, where the program could forge it.
 """
 from __future__ import annotations
 
+import ast
+import builtins
 import hashlib
 import random
 import re
@@ -18,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from dynamo_cli.config.task import CodeTaskConfig
+from dynamo_cli.errors import DynamoError
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_format, stable_unit
 from dynamo_cli.tasks.jsonl import field, read_rows
-from dynamo_cli.verify.sandbox import Check, Limits, Outcome, Sandbox, parse_check
+from dynamo_cli.verify.sandbox import Check, Limits, Outcome, Sandbox, SandboxError, parse_check
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
 
 REWARD_MODES = ("fraction", "all")
@@ -83,6 +90,39 @@ def read_code_rows(path: str | Path, max_rows: int | None) -> list[dict]:
     return [row for _, row in rows]
 
 
+def humaneval_tests(test: str, entry_point: str) -> tuple[str, ...] | None:
+    """HumanEval's `def check(candidate): assert candidate(...) == ...` as one assert statement per test that calls the
+    entry point by name: ("assert inc(1) == 2", ...). Docstrings, `pass` and `assert True` are dropped. None when the
+    check function holds anything else (a loop, a local, a helper of the test module) or an assert that is not a value
+    check on the candidate's result (parse_check), or when the value needs a name but the candidate and builtins."""
+    try:
+        module = ast.parse(test)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    found = [n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"]
+    if len(found) != 1 or len(found[0].args.args) != 1:
+        return None
+    candidate, allowed = found[0].args.args[0].arg, {entry_point, *dir(builtins)}
+
+    class Rename(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.Name:
+            return ast.copy_location(ast.Name(entry_point, node.ctx), node) if node.id == candidate else node
+
+    tests = []
+    for statement in found[0].body:
+        if isinstance(statement, ast.Pass) or (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)) \
+                or (isinstance(statement, ast.Assert) and isinstance(statement.test, ast.Constant) and statement.test.value):
+            continue  # a docstring, `pass`, `assert True, "..."`
+        if not isinstance(statement, ast.Assert):
+            return None
+        text = ast.unparse(ast.fix_missing_locations(ast.Assert(Rename().visit(statement.test))))
+        check = parse_check(text)
+        if check is None or not {n.id for n in ast.walk(ast.parse(check.code)) if isinstance(n, ast.Name)} <= allowed:
+            return None
+        tests.append(text)
+    return tuple(tests) or None
+
+
 def parse_code_row(row: dict, *, source: str) -> CodeProblem | None:
     """An MBPP or HumanEval row as a CodeProblem; None when it has neither format's fields."""
     if isinstance(row.get("test_list"), str):  # read_code_rows stops these with the line; this guards other callers
@@ -92,7 +132,8 @@ def parse_code_row(row: dict, *, source: str) -> CodeProblem | None:
         tests = tuple(str(t) for t in row["test_list"])
         question, answer, setup, prefix = str(row["text"]).strip(), str(row.get("code", "")), str(row.get("test_setup_code") or ""), ""
     elif "prompt" in row and "test" in row and "entry_point" in row:
-        tests = (f"{row['test']}\ncheck({row['entry_point']})",)  # one check: HumanEval's check(candidate) function
+        # one test per assert of check(candidate); kept whole when that cannot be done, which parse_check refuses
+        tests = humaneval_tests(str(row["test"]), str(row["entry_point"])) or (f"{row['test']}\ncheck({row['entry_point']})",)
         question, answer, setup, prefix = str(row["prompt"]), str(row.get("canonical_solution", "")), "", str(row["prompt"])
     else:
         return None
@@ -113,13 +154,16 @@ class CodeTask(Task):
 
     def __init__(self, *, path: str | Path, test_path: str | Path | None = None, test_fraction: float = 0.25, seed: int,
                  format: str = "plain", max_problems: int | None = None, reward_mode: str = "fraction",
-                 limits: Limits | None = None, workers: int = 2, prompt_tests: int = 1):
+                 limits: Limits | None = None, workers: int = 2, prompt_tests: int = 1, isolation: str = "bubblewrap"):
         self.format = check_format(format)
         if reward_mode not in REWARD_MODES:
             raise TaskError(f"unknown reward mode {reward_mode!r}; expected one of {REWARD_MODES}")
         self.reward_mode, self.limits, self.workers, self.prompt_tests = reward_mode, limits or Limits(), workers, prompt_tests
+        self.isolation = isolation
         self.source = Path(path).stem
         self.skipped = 0  # rows in neither MBPP nor HumanEval format
+        self.unjudged = 0  # rows with a test that is not a value check (parse_check): never run
+        self._checks: dict[str, list[Check]] = {}
         problems = self._problems(read_code_rows(path, max_problems))
         if test_path is None:  # by hash of the text, as the jsonl task: the split survives reordering
             self._test = [p for p in problems if stable_unit(p.question) < test_fraction]
@@ -127,7 +171,6 @@ class CodeTask(Task):
         else:
             self._train, self._test = problems, self._problems(read_code_rows(test_path, max_problems))
         random.Random(seed).shuffle(self._train)
-        self._checks: dict[str, list[Check]] = {}
         self._sandbox: Sandbox | None = None
 
     def _problems(self, rows: list[dict]) -> list[CodeProblem]:
@@ -137,6 +180,11 @@ class CodeTask(Task):
             if problem is None or problem.id in seen:
                 self.skipped += 1
                 continue
+            checks = [parse_check(t) for t in problem.tests]
+            if any(c is None for c in checks):
+                self.unjudged += 1
+                continue
+            self._checks[problem.id] = checks
             seen.add(problem.id)
             problems.append(problem)
         return problems
@@ -147,10 +195,17 @@ class CodeTask(Task):
     def test_problems(self) -> list[Problem]:
         return list(self._test)
 
+    def skip_notes(self) -> list[str]:
+        notes = super().skip_notes()
+        if self.unjudged:
+            notes.append(f"task code: skipped {self.unjudged} rows with a test that is not a value check (parse_check): "
+                         "such a test could only be judged inside the program's process, where the program can forge it")
+        return notes
+
     @property
     def sandbox(self) -> Sandbox:
-        if self._sandbox is None:  # built on first use: probing for a network namespace starts a process
-            self._sandbox = Sandbox(self.limits)
+        if self._sandbox is None:
+            self._sandbox = Sandbox(self.limits, isolation=self.isolation)
         return self._sandbox
 
     def shown(self, problem: CodeProblem) -> str:
@@ -174,8 +229,12 @@ class CodeTask(Task):
         return f"```python\n{problem.prefix}{problem.answer}\n```" if problem.prefix else f"```python\n{problem.answer}\n```"
 
     def checks(self, problem: CodeProblem) -> list[Check]:
+        """The problem's tests as value checks (parsed when its file was read; here for a problem built elsewhere)."""
         if problem.id not in self._checks:
-            self._checks[problem.id] = [parse_check(t) for t in problem.tests]
+            checks = [parse_check(t) for t in problem.tests]
+            if any(c is None for c in checks):
+                raise TaskError(f"{problem.id}: a test is not a value check (parse_check): {problem.tests}")
+            self._checks[problem.id] = checks
         return self._checks[problem.id]
 
     def run(self, completion: str, problem: CodeProblem) -> Outcome:
@@ -184,24 +243,32 @@ class CodeTask(Task):
     def verdict(self, outcome: Outcome) -> Verdict:
         passed = sum(outcome.passed)
         note = f"{passed}/{len(outcome.passed)} tests" + (f", {outcome.status}: {outcome.detail}" if outcome.status != "ok" else "")
-        return Verdict(code_reward(outcome.passed, self.reward_mode), "program", note)
+        return Verdict(code_reward(outcome.passed, self.reward_mode), "program", note, status=outcome.status,
+                       detail=outcome.detail or None)
 
     def judge(self, completion: str, problem: Problem) -> Verdict:
         """One completion, in the sandbox (rollouts and eval go through `verifier`, which runs them in parallel)."""
         return self.verdict(self.run(completion, problem))
 
     def default_verifier(self, *, timeout: float):
+        """The sandbox, checked once with a trivial program: a machine that cannot sandbox stops the run here, in one
+        line, instead of scoring every program 0."""
+        try:
+            self.sandbox.check_works()
+        except SandboxError as error:
+            raise DynamoError(f"task=code cannot run programs in its sandbox: {error}; or set task.isolation=none to run "
+                              "them without kernel isolation (docs/robustness.md)") from error
         return SandboxVerifier(self, workers=self.workers)
 
 
 @TASKS.register(CodeTaskConfig)
 def code_task(*, path: str, test_path: str | None, test_fraction: float, seed: int, format: str, max_problems: int | None,
               reward_mode: str, timeout: float, cpu_seconds: int, memory_mb: int, max_processes: int, file_mb: int, workers: int,
-              prompt_tests: int) -> CodeTask:
+              prompt_tests: int, isolation: str) -> CodeTask:
     """task=code from its schema: the sandbox's limits gathered into one Limits."""
     limits = Limits(timeout=timeout, cpu_seconds=cpu_seconds, memory_mb=memory_mb, max_processes=max_processes, file_mb=file_mb)
     return CodeTask(path=path, test_path=test_path, test_fraction=test_fraction, seed=seed, format=format, max_problems=max_problems,
-                    reward_mode=reward_mode, limits=limits, workers=workers, prompt_tests=prompt_tests)
+                    reward_mode=reward_mode, limits=limits, workers=workers, prompt_tests=prompt_tests, isolation=isolation)
 
 
 class SandboxVerifier:
@@ -211,6 +278,8 @@ class SandboxVerifier:
 
     def __init__(self, task: CodeTask, *, workers: int):
         self.task, self.workers = task, workers
+        self.note = task.sandbox.describe()  # printed at start (recipes/parts.py): which isolation is in force
+        self.isolated = task.sandbox.isolation != "none"  # none: the note is a warning
 
     def __call__(self, completions: list[str], problems: list) -> Verification:
         def one(args) -> Outcome | Exception:

@@ -31,13 +31,18 @@ FIXTURE = FIXTURES / "code_problems.jsonl"  # the task's data file: the expected
 LIMITS = Limits(timeout=3.0, cpu_seconds=1, memory_mb=256, max_processes=8, file_mb=4)
 KERNEL = Sandbox(LIMITS, guard=False)  # the kernel layers alone
 SLACK = 2.0  # seconds past the timeout a busy shared machine may take to start and tear down a sandbox
+# Prepended to every attack: outside a PID namespace of its own (a sandbox broken by a change) a program stops before
+# doing harm, and its test fails, instead of `kill(-1, SIGKILL)` taking down every process this user can signal on
+# the machine or the disk fill writing into the host's /.
+SAFETY = (f"import os\nif os.readlink('/proc/self/ns/pid') == {os.readlink('/proc/self/ns/pid')!r}:\n"
+          "    raise SystemExit('not in a PID namespace of its own')\n")
 
 
 def attack(program: str, *checks: Check, sandbox: Sandbox = KERNEL) -> Outcome:
     """Run `program` (its checks: by default, that attack() returned something truthy) and check the caller got its
     answer within the timeout and nothing passed."""
     start = time.monotonic()
-    outcome = sandbox.run(program, list(checks) or [Check("attack()", "truthy", None)])
+    outcome = sandbox.run(SAFETY + program, list(checks) or [Check("attack()", "truthy", None)])
     assert time.monotonic() - start < sandbox.limits.timeout + SLACK, "the caller waited past the timeout"
     assert not any(outcome.passed), outcome
     return outcome
@@ -122,7 +127,7 @@ def test_the_audit_hook_is_removable_and_nothing_relies_on_it():
         "    socket.socket().close()\n"  # refused while the hook holds
         "    return True\n"
         f"def attack():\n    return open({str(FIXTURE)!r}).read()\n")
-    outcome = Sandbox(LIMITS).run(program, [Check("removed()", "is", True), Check("attack()", "contains", "add(10, 32)")])
+    outcome = Sandbox(LIMITS).run(SAFETY + program, [Check("removed()", "is", True), Check("attack()", "contains", "add(10, 32)")])
     assert outcome.passed == (True, False)  # the hook is gone, and still the answers could not be read
 
 
@@ -132,6 +137,7 @@ def test_a_subinterpreter_without_the_audit_hook_is_not_there():
 
 
 def test_pidfd_and_kill_reach_no_host_process(sentinel):
+    assert KERNEL.run(SAFETY + "x = 1", [Check("x", "==", 1)]).passed == (True,)  # in a PID namespace of its own
     targets = [os.getpid(), os.getppid(), sentinel.pid]  # this test's process, its parent, a bystander
     program = ("import os, signal\nhits = []\n"
                f"for pid in {targets}:\n"
@@ -170,7 +176,7 @@ def test_dir_fd_writes_land_nowhere_outside(tmp_path):
 
 def test_fork_and_setsid_do_not_outlive_the_run():
     token = f"dynamo-attack-{uuid.uuid4().hex}"
-    program = ("import os\n"
+    program = (SAFETY + "import os\n"
                "if os.fork() == 0:\n"
                "    os.setsid()\n"
                "    if os.fork() == 0:\n"
@@ -188,7 +194,7 @@ def test_forged_reports_and_an_early_exit_earn_nothing_in_humaneval_form(tmp_pat
     path.write_text(json.dumps(rows[0]) + "\n")
     task = CodeTask(path=path, test_path=path, seed=0, limits=LIMITS, workers=1)
     problem = task.test_problems()[0]
-    forged = ("    pass\nimport json, os\n"
+    forged = ("    pass\n" + SAFETY + "import json\n"
               "lines = [[i, 'pass', None] for i in range(4)] + [[i, 'value', 7] for i in range(4)] + [['load', None]]\n"
               "for fd in map(int, os.listdir('/proc/self/fd')):\n"  # whichever is the results pipe
               "    try:\n        os.write(fd, ''.join(json.dumps(l) + '\\n' for l in lines).encode())\n    except OSError:\n        pass\n"
@@ -362,7 +368,7 @@ def test_a_batch_of_attacks_scores_0_and_the_batch_around_it_is_scored():
     task = CodeTask(path=FIXTURE, seed=0, limits=LIMITS, workers=2)
     add = CodeProblem("code/add", "Write add(a, b).", "def add(a, b):\n    return a + b", "L1",
                       tests=("assert add(1, 2) == 3", "assert add(-4, 4) == 0", "assert add(10, 32) == 42"))
-    hostile = ["while True:\n    pass", "import os\nwhile True:\n    os.fork()", "x = bytearray(8 * 1024 ** 3)",
+    hostile = ["while True:\n    pass", SAFETY + "import os\nwhile True:\n    os.fork()", "x = bytearray(8 * 1024 ** 3)",
                "import os\nos.mkfifo('results.txt')\nopen('results.txt').read()",
                f"def add(a, b):\n    return {{(1, 2): 3, (-4, 4): 0}}[a, b] if a < 10 else open({str(FIXTURE)!r}).read()",
                "import socket\nsocket.create_connection(('1.1.1.1', 80), timeout=1)",
