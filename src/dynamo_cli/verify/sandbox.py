@@ -340,6 +340,19 @@ def interpreter_mounts() -> tuple[str, ...]:
     return tuple(args)
 
 
+@lru_cache(maxsize=1)
+def bubblewrap_options() -> frozenset[str]:
+    """The options this machine's bwrap knows (`bwrap --help`): older releases lack some."""
+    try:
+        shown = subprocess.run(["bwrap", "--help"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return frozenset()
+    return frozenset(word for word in (shown.stdout + shown.stderr).split() if word.startswith("--"))
+
+
+NEEDED_OPTIONS = ("--size", "--perms", "--info-fd", "--userns-block-fd", "--die-with-parent", "--remount-ro")
+
+
 def _read_json_object(fd: int, deadline: float) -> dict | None:
     """bubblewrap's --info-fd document (it arrives in pieces); None at EOF or the deadline."""
     data = b""
@@ -382,6 +395,9 @@ class Sandbox:
         sandbox, so that a run stops before it starts rather than scoring every program 0."""
         if self.isolation == "bubblewrap" and shutil.which("bwrap") is None:
             raise SandboxError(f"bubblewrap is not installed (no bwrap on PATH): {INSTALL_BUBBLEWRAP}")
+        if self.isolation == "bubblewrap" and (missing := [o for o in NEEDED_OPTIONS if o not in bubblewrap_options()]):
+            raise SandboxError(f"this bubblewrap has no {', '.join(missing)} (bwrap --version: a newer release has them; "
+                               "Debian 12 and Ubuntu 24.04 ship one)")
         outcome = self.run("x = 6 * 7", [Check("x", "==", 42)])
         if outcome.passed != (True,):
             raise SandboxError(f"a trivial program did not pass in the sandbox ({outcome.status}: {outcome.detail})")
@@ -410,8 +426,9 @@ class Sandbox:
             # on block_fd while this process writes the maps (namespace 0 = host 0 for bubblewrap's own set-up,
             # 65534 = host nobody), and the child drops from 0 to 65534 before the program runs.
             argv += ["--userns-block-fd", str(block_fd)]
-        else:  # as any other user: the sandbox's 65534 is that user, and no namespace may be nested in it
-            argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--disable-userns"]
+        else:  # as any other user: the sandbox's 65534 is that user, and no namespace may be nested in it (bwrap >= 0.8)
+            argv += ["--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+            argv += ["--disable-userns"] if "--disable-userns" in bubblewrap_options() else []
         return [*argv, *interpreter_mounts(), "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
                 "--size", str(self.limits.file_mb << 20), "--tmpfs", WORK_DIR, "--remount-ro", "/", "--chdir", WORK_DIR,
                 *python]
@@ -437,7 +454,11 @@ class Sandbox:
                 for fd in theirs:
                     if fd >= 0:
                         os.close(fd)
-            exited = os.pidfd_open(proc.pid)  # readable once it exits, before anything reaps it
+            try:
+                exited = os.pidfd_open(proc.pid)  # readable once it exits, before anything reaps it
+            except OSError as error:  # Linux before 5.3
+                _kill(proc)
+                raise SandboxError(f"no pidfd for the sandbox's process: {error}") from error
             ours.append(exited)
             try:
                 return self._supervise(proc, job, checks, deadline=deadline, results=results_r, info=info_r,

@@ -269,6 +269,13 @@ def test_without_bubblewrap_task_code_refuses_to_start_in_one_line(monkeypatch, 
 
 
 @needs_bubblewrap
+def test_a_bubblewrap_too_old_for_the_sandbox_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr("dynamo_cli.verify.sandbox.bubblewrap_options", lambda: frozenset({"--perms", "--info-fd"}))
+    with pytest.raises(SandboxError, match="this bubblewrap has no --size, --userns-block-fd, --die-with-parent, --remount-ro"):
+        Sandbox(LIMITS).check_works()
+
+
+@needs_bubblewrap
 def test_a_sandbox_that_cannot_start_is_the_sandboxs_fault_not_the_programs(monkeypatch):
     monkeypatch.setattr("dynamo_cli.verify.sandbox.interpreter_mounts", lambda: ("--ro-bind", "/no/such/dir", "/x"))
     with pytest.raises(SandboxError, match="bwrap: Can't find source path /no/such/dir"):
