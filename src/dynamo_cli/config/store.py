@@ -13,6 +13,7 @@ from dynamo_cli.config.task import (
     GuessTaskConfig,
     JsonlTaskConfig,
     MathTaskConfig,
+    ReasoningGymTaskConfig,
 )
 
 
@@ -41,4 +42,5 @@ def register_schemas() -> None:
     cs.store(group="schema/task", name="calc", node=CalcTaskConfig)
     cs.store(group="schema/task", name="guess", node=GuessTaskConfig)
     cs.store(group="schema/task", name="chat_jsonl", node=ChatJsonlTaskConfig)
+    cs.store(group="schema/task", name="reasoning_gym", node=ReasoningGymTaskConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)

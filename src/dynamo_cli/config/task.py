@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
@@ -230,3 +230,45 @@ class ChatJsonlTaskConfig(TaskConfig):
             value = getattr(self, key)
             if value is not None:
                 check(os.path.isfile(value), f"task.{key}={value!r}: no such file")
+
+
+@dataclass
+class ReasoningGymTaskConfig(TaskConfig):
+    """Procedural reasoning problems from the reasoning-gym library (tasks/reasoning_gym.py): its generators make them, its
+    score_answer judges the answer a completion gives, in worker processes under task.reward_timeout."""
+
+    name: str = "reasoning_gym"
+    # generator -> weight: its share of the training problems, e.g. task.datasets={chain_sum: 1, basic_arithmetic: 2};
+    # null: {chain_sum: 1}. (A mapping typed Any: an override replaces it instead of merging into a default)
+    datasets: Any = None
+    # generator -> its own config keys (reasoning-gym's <Generator>Config): task.config={chain_sum: {max_terms: 3}} or
+    # +task.config.chain_sum.max_terms=3; null: none. Its seed and size are dynamo's (task.seed, task.num_train, ...)
+    config: Any = None
+    seed: int = 1234  # the problems' seed (fixed across training seeds, so runs see the same data and the same test split)
+    num_train: int = 2000  # training problems, spread over the generators by weight
+    num_test_per_dataset: int = 100  # held-out problems per generator, none of them a training question
+    # false: reward 1 for full marks from the generator's score_answer, else 0 (several give 0.01 for any parseable answer,
+    # or credit for containing the answer; pass@k and the allocators count reward > 0 as solved); true: its score as is
+    partial_credit: bool = False
+    answer_type: str = "expression"  # unused: the generator's score_answer judges
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.datasets is None:
+            self.datasets = {"chain_sum": 1.0}
+        if self.config is None:
+            self.config = {}
+        check(isinstance(self.datasets, dict), f"task.datasets={self.datasets!r} must be a mapping generator -> weight, e.g. {{chain_sum: 1}}")
+        check(isinstance(self.config, dict), f"task.config={self.config!r} must be a mapping generator -> its config keys")
+        check(len(self.datasets) > 0, "task.datasets is empty; name at least one reasoning-gym generator, e.g. {chain_sum: 1}")
+        for name, weight in self.datasets.items():
+            check(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
+                  f"task.datasets.{name}={weight!r} must be a number > 0")
+        for name, keys in self.config.items():
+            check(name in self.datasets, f"task.config.{name}: {name} is not in task.datasets ({', '.join(self.datasets)})")
+            check(isinstance(keys, dict), f"task.config.{name}={keys!r} must be a mapping of {name}'s config keys")
+            for key in ("seed", "size"):
+                check(key not in keys, f"task.config.{name}.{key} is set by dynamo (task.seed, task.num_train, "
+                                       "task.num_test_per_dataset); remove it")
+        positive("task.num_train", self.num_train)
+        positive("task.num_test_per_dataset", self.num_test_per_dataset)
