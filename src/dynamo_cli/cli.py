@@ -1,4 +1,4 @@
-"""`dynamo {sft,train,eval,sweep}`: each subcommand is a Hydra app over `conf/<command>.yaml`.
+"""`dynamo {sft,train,eval,score,export,sweep}`: each subcommand is a Hydra app over `conf/<command>.yaml`.
 
 Everything after the subcommand goes to Hydra unchanged (overrides, `--cfg job`, `--multirun`,
 `hydra.run.dir=...`). Before Hydra runs, the config is composed and validated once more here so that a
@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("dynamo_cli.recipes.train", "RL from verifiable rewards (GRPO / DynaMO)"),
     "eval": ("dynamo_cli.recipes.eval", "greedy accuracy, mean@n and pass@k of a checkpoint"),
     "export": ("dynamo_cli.recipes.export", "write a checkpoint as one plain HF model (a LoRA adapter merged)"),
+    "score": ("dynamo_cli.recipes.score", "score given completions with the task's own verifier (input=<file.jsonl>)"),
     "sweep": ("dynamo_cli.recipes.sweep", "run a sweep preset and aggregate it into tables and plots"),
 }
 HYDRA_CONFIG_GROUPS = ("model", "task", "sampler", "allocator", "modulator", "rollout", "critic", "logger", "experiment", "sweep")

@@ -51,6 +51,11 @@ class RLTrainerConfig:
     resume: str = "never"  # never | auto (latest checkpoint in this run dir) | a checkpoint dir
     dump_rollouts: bool = False  # write rollouts.jsonl: one line per completion
     live_rows: int = 12  # rows of the live rollout-budget table
+    # every N steps (0: never) a sample of the step's rollouts (rollouts.jsonl's keys) goes to W&B as the table
+    # rollouts/completions, and without a terminal the step's best and worst completion are printed (the live view shows
+    # them every step): reading what earns the reward is how a hacked reward shows
+    log_completions_every: int = 10
+    log_completions_rows: int = 16  # rollouts in each W&B table
     # stop (final eval and checkpoint) once this many rollouts were generated, dropped ones included: one budget for
     # methods that spend different numbers per step (allocator=dapo|greso); null: trainer.steps alone decides
     rollout_budget: Optional[int] = None
@@ -71,7 +76,8 @@ class RLTrainerConfig:
             positive("trainer.rollout_budget", self.rollout_budget)
         if self.prompt_pool is not None:
             positive("trainer.prompt_pool", self.prompt_pool)
-        for key in ("eval_every", "save_every", "live_rows"):
+        positive("trainer.log_completions_rows", self.log_completions_rows)
+        for key in ("eval_every", "save_every", "live_rows", "log_completions_every"):
             positive(f"trainer.{key}", getattr(self, key), strict=False)
         if self.resume not in ("never", "auto"):
             check(os.path.isdir(self.resume), f"trainer.resume={self.resume!r}: choose never, auto or an existing checkpoint dir")

@@ -5,7 +5,15 @@ from hydra.core.config_store import ConfigStore
 
 from dynamo_cli.config.logger import LoggerConfig
 from dynamo_cli.config.model import GGUFModelConfig, TinyModelConfig
-from dynamo_cli.config.recipes import EvalConfig, ExportConfig, SFTConfig, SweepConfig, SweepPresetConfig, TrainConfig
+from dynamo_cli.config.recipes import (
+    EvalConfig,
+    ExportConfig,
+    ScoreConfig,
+    SFTConfig,
+    SweepConfig,
+    SweepPresetConfig,
+    TrainConfig,
+)
 from dynamo_cli.config.task import (
     CalcTaskConfig,
     ChatJsonlTaskConfig,
@@ -34,6 +42,7 @@ def register_schemas() -> None:
     cs.store(name="sweep_schema", node=SweepConfig)
     cs.store(group="schema/sweep", name="preset", node=SweepPresetConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="score_schema", node=ScoreConfig)
     cs.store(group="schema/model", name="tiny", node=TinyModelConfig)
     cs.store(group="schema/model", name="gguf", node=GGUFModelConfig)
     cs.store(group="schema/task", name="math", node=MathTaskConfig)

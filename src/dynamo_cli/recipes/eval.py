@@ -13,7 +13,7 @@ from dynamo_cli.recipes.parts import build_task
 from dynamo_cli.runtime import atomic
 from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
-from dynamo_cli.tracking.tracker import Tracker, eval_table, make_console, write_json_atomically
+from dynamo_cli.tracking.tracker import EvalProgress, Tracker, eval_table, make_console, write_json_atomically
 
 
 def run(cfg: EvalConfig, run_dir: Path) -> None:
@@ -43,8 +43,9 @@ def evaluate_checkpoint(cfg: EvalConfig, session: RunSession) -> None:
                            memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     console.print(plan.note)
     start = time.perf_counter()
-    result = evaluate(model, tokenizer, task, problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
-                      batch_size=plan.generation, dp=dp)
+    with EvalProgress(console) as progress:
+        result = evaluate(model, tokenizer, task, problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
+                          batch_size=plan.generation, dp=dp, progress=progress)
     result["model"] = source
     result["seconds"] = round(time.perf_counter() - start, 2)
     metrics = {**eval_metrics(result), **plan.metrics()}

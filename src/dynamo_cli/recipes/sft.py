@@ -19,7 +19,7 @@ from dynamo_cli.runtime import atomic, checkpoint
 from dynamo_cli.runtime.resources import plan_batch_sizes
 from dynamo_cli.runtime.session import RunSession
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
-from dynamo_cli.tracking.tracker import StepProgress, Tracker, eval_table, make_console, write_json_atomically
+from dynamo_cli.tracking.tracker import EvalProgress, StepProgress, Tracker, eval_table, make_console, write_json_atomically
 
 
 def tokenize_demonstrations(task, problems, tokenizer) -> list[tuple[list[int], list[int], list[bool]]]:
@@ -94,9 +94,10 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
     checkpoints = run_dir / "checkpoints"
     tokens_seen, window_start, last_loss = 0, time.perf_counter(), float("nan")
 
-    def run_eval(step: int) -> dict:
-        result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
-                          batch_size=eval_plan.generation, dp=dp)
+    def run_eval(step: int, progress: EvalProgress) -> dict:
+        with progress:
+            result = evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens, seed=cfg.seed,
+                              batch_size=eval_plan.generation, dp=dp, progress=progress)
         tracker.log(eval_metrics(result), step=step)
         return result
 
@@ -132,7 +133,7 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
             else:
                 progress.update(step, f"loss {last_loss:.4f}", log_line=False)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step != cfg.trainer.steps:
-                result = run_eval(step)
+                result = run_eval(step, EvalProgress(console, host=progress.progress))  # a bar beside sft's own
                 console.print(f"step {step}: test greedy pass@1 {result['overall']['greedy']:.3f}")
             if cfg.trainer.save_every and step % cfg.trainer.save_every == 0 and dp.is_main:
                 checkpoint.save_checkpoint(checkpoints / f"step-{step}", model=policy, tokenizer=tokenizer,
@@ -143,7 +144,7 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
     final = checkpoints / "final"
     if dp.is_main:
         checkpoint.save_checkpoint(final, model=policy, tokenizer=tokenizer)
-    result = run_eval(cfg.trainer.steps)
+    result = run_eval(cfg.trainer.steps, EvalProgress(console))
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     tracker.summary(eval_metrics(result))

@@ -36,9 +36,10 @@ from dynamo_cli.stages import rollout_stats
 from dynamo_cli.stages.collect import Collector, prompt_pool
 from dynamo_cli.stages.evaluate import eval_metrics, eval_subset, evaluate, plan_eval_batch
 from dynamo_cli.stages.update import PolicyUpdate, check_batch_layout
-from dynamo_cli.tracking.rollouts import ROLLOUTS_FILE, RolloutDump
+from dynamo_cli.tracking.rollouts import ROLLOUTS_FILE, RolloutRows, best_and_worst, sample_rows
 from dynamo_cli.tracking.step_metrics import step_metrics
 from dynamo_cli.tracking.tracker import (
+    EvalProgress,
     Tracker,
     TrainView,
     budget_rows,
@@ -137,7 +138,8 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     resume_step = totals["step"] if resume_from else None
     tracker = session.own(Tracker(run_dir=run_dir, cfg=cfg.logger, config=config_dict, job_type="train", resume_step=resume_step,
                                   enabled=dp.is_main), after_error=False)  # after an error W&B marks the run failed itself
-    dump = RolloutDump(run_dir, dp=dp, resume_step=resume_step) if cfg.trainer.dump_rollouts else None
+    # each step's completions as rows: rollouts.jsonl (trainer.dump_rollouts), W&B's table, the terminal's best and worst
+    rollout_rows = RolloutRows(run_dir, dp=dp, resume_step=resume_step, write=cfg.trainer.dump_rollouts)
     processes = f", {dp.world_size} processes ({dp.engine})" if dp.distributed else ""
     console.print(f"train: {cfg.model.name} ({total / 1e6:.2f}M params, {trainable / 1e6:.2f}M trainable), "
                   f"allocator={cfg.allocator.name} modulator={cfg.modulator.name} advantage={cfg.algorithm.advantage} critic={cfg.critic.name}, "
@@ -147,13 +149,13 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
         console.print(f"log pi_old by a separate pass: {separate_pass}")
     console.print(f"eval {eval_plan.note}")
 
-    def test_eval() -> dict[str, Any]:
-        with dp.full_weights(model):  # FSDP2: eval is rank-local, on the gathered weights
+    def test_eval(progress: EvalProgress) -> dict[str, Any]:
+        with dp.full_weights(model), progress:  # FSDP2: eval is rank-local, on the gathered weights
             return evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=cfg.eval_max_new_tokens,
-                            seed=cfg.seed, batch_size=eval_plan.generation, dp=dp)
+                            seed=cfg.seed, batch_size=eval_plan.generation, dp=dp, progress=progress)
 
-    def run_eval(step: int) -> dict[str, Any]:
-        result = test_eval()
+    def run_eval(step: int, progress: EvalProgress) -> dict[str, Any]:
+        result = test_eval(progress)
         faultpoints.reach("eval")
         tracker.log({**eval_metrics(result), **plan.metrics(), "rollout/total_rollouts": totals["rollouts"],
                      "rollout/total_tokens": totals["tokens"], "time/elapsed_s": totals["seconds"]}, step=step)
@@ -163,10 +165,11 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     preemption = Preemption(cfg.trainer.preempt_signals)
     last_eval = None
     if totals["step"] == 0:
-        first = run_eval(0)
+        first = run_eval(0, EvalProgress(console))
         console.print(f"before RL: test greedy pass@1 {first['overall']['greedy']:.3f}")
 
-    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows) as view, preemption:
+    with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows,
+                   completions_every=cfg.trainer.log_completions_every) as view, preemption:
         for step in range(totals["step"] + 1, cfg.trainer.steps + 1):
             step_start = time.perf_counter()
             step_data = schedule.take(step)  # 1. prompts, allocation, rollouts, rewards, old log-probs
@@ -199,12 +202,13 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
             if step % cfg.trainer.log_every == 0 or step == cfg.trainer.steps or spent:
                 tracker.log(metrics, step=step)
                 tracker.log_distributions(distributions, step=step)
-            if dump:
-                dump(step, step_data, advantages=sequence_advantages)
+            rows = rollout_rows(step, step_data, advantages=sequence_advantages)  # a collective; [] on all ranks but 0
+            if cfg.trainer.log_completions_every and step % cfg.trainer.log_completions_every == 0:
+                tracker.log_completions(sample_rows(rows, k=cfg.trainer.log_completions_rows, seed=cfg.seed, step=step), step=step)
             if step == cfg.trainer.steps or spent or (cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0):
-                last_eval = run_eval(step)
+                last_eval = run_eval(step, view.eval_progress())
                 metrics["eval/greedy_pass1"] = last_eval["overall"]["greedy"]
-            view.update(step, budget_rows(allocator, step_data.problems, counts, step_data.successes), metrics)
+            view.update(step, budget_rows(allocator, step_data.problems, counts, step_data.successes), metrics, best_and_worst(rows))
             if skipped := update.guard.take_causes():
                 console.print(f"step {step}: skipped {len(skipped)} optimiser step(s): {'; '.join(skipped)}", markup=False)
             faultpoints.reach("step_end")
@@ -221,7 +225,7 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
                                 exit_code=cfg.trainer.preempt_exit_code)
 
     final = checkpoint.save_training(checkpoints / "final", policy=policy, tokenizer=tokenizer, totals=totals, **resumable)
-    result = last_eval or test_eval()
+    result = last_eval or test_eval(EvalProgress(console))
     if dp.is_main:
         write_json_atomically(run_dir / "eval.json", result)
     tracker.summary({**eval_metrics(result), "rollout/total_rollouts": totals["rollouts"], "rollout/total_tokens": totals["tokens"]})

@@ -16,6 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from dynamo_cli.allocation.maths import bernoulli_variance
 from dynamo_cli.config.logger import LoggerConfig
@@ -111,6 +112,17 @@ class Tracker:
 
             self._mirror(lambda run: run.log({k: wandb.Histogram(v.detach().float().cpu().numpy())
                                               for k, v in distributions.items() if v.numel()}, step=step))
+
+    def log_completions(self, rows: list[dict], *, step: int) -> None:
+        """A sample of the step's rollouts (rows with rollouts.jsonl's keys) as the W&B table `rollouts/completions`, one per
+        logged step, so anyone can read what earns the reward. Multi-turn `turns` go in as JSON text."""
+        if not self.enabled or not rows or self.run is None:
+            return
+        import wandb
+
+        columns = list(rows[0])
+        data = [[json.dumps(row[k]) if k == "turns" else row[k] for k in columns] for row in rows]
+        self._mirror(lambda run: run.log({"rollouts/completions": wandb.Table(columns=columns, data=data)}, step=step))
 
     def summary(self, values: dict[str, Any]) -> None:
         def write(run) -> None:
@@ -262,6 +274,25 @@ def budget_table(rows: list[BudgetRow], *, top: int, coverage: float | None = No
     return table
 
 
+def one_line(text: str, width: int) -> str:
+    """A completion on one line: newlines as ⏎, cut to `width` characters with a closing …."""
+    flat = text.replace("\n", "⏎")
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def completions_table(extremes: list[tuple[str, dict]], *, width: int) -> Table:
+    """The step's best and worst completion (rollouts.best_and_worst): prompt, reward, rule, advantage and the text, shown
+    as written (Text cells: a completion's brackets are not rich markup)."""
+    table = Table(title="completions (this step)", expand=False)
+    for name, justify in (("", "left"), ("prompt", "left"), ("reward", "right"), ("rule", "left"), ("adv", "right"),
+                          ("completion", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for label, row in extremes:
+        table.add_row(label, Text(row["prompt_id"][-24:]), f"{row['reward']:.2f}", row["rule"], f"{row['advantage']:+.2f}",
+                      Text(one_line(row["completion"], width)))
+    return table
+
+
 def metrics_table(metrics: dict[str, Any]) -> Table:
     table = Table(title="step metrics", show_header=False)
     table.add_column("metric")
@@ -273,23 +304,28 @@ def metrics_table(metrics: dict[str, Any]) -> Table:
 
 
 class TrainView:
-    """rich Live: the rollout-budget table beside the step metrics, above a progress bar with ETA.
-    Without a terminal: one plain line per step."""
+    """rich Live: the rollout-budget table beside the step metrics, the step's best and worst completion under them, a
+    progress bar with ETA (and eval's, while it runs). Without a terminal: one plain line per step, and the best and worst
+    completion every `completions_every` steps (0: never)."""
 
     PLAIN_KEYS = ["rollout/reward_mean", "rollout/zero_signal_frac", "alloc/max", "alloc/min", "alloc/history_coverage",
                   "train/loss", "train/clip_frac", "train/entropy", "train/grad_norm", "eval/greedy_pass1", "time/tokens_per_s", "time/step_s"]
 
-    def __init__(self, console: Console, *, total: int, start: int, rows: int):
+    COMPLETION_WIDTH = 100  # characters of a completion the live view shows (the plain lines: twice as many)
+
+    def __init__(self, console: Console, *, total: int, start: int, rows: int, completions_every: int = 0):
         self.console = console
         self.rows = rows
+        self.completions_every = completions_every
         self.progress = StepProgress(console, total=total, description="train", start=start)
         self.live = None
         if console.is_terminal and self.progress.progress is not None:
-            self.live = Live(self._render([], {}), console=console, refresh_per_second=4, transient=False)
+            self.live = Live(self._render([], {}, []), console=console, refresh_per_second=4, transient=False)
 
-    def _render(self, rows: list[BudgetRow], metrics: dict[str, Any]):
+    def _render(self, rows: list[BudgetRow], metrics: dict[str, Any], completions: list[tuple[str, dict]]):
         table = budget_table(rows, top=self.rows, coverage=metrics.get("alloc/history_coverage"))
-        return Group(Columns([table, metrics_table(metrics)]), self.progress.progress)
+        shown = [completions_table(completions, width=self.COMPLETION_WIDTH)] if completions else []
+        return Group(Columns([table, metrics_table(metrics)]), *shown, self.progress.progress)
 
     def __enter__(self) -> "TrainView":
         if self.live is not None:
@@ -300,13 +336,62 @@ class TrainView:
         if self.live is not None:
             self.live.stop()
 
-    def update(self, step: int, rows: list[BudgetRow], metrics: dict[str, Any]) -> None:
+    def update(self, step: int, rows: list[BudgetRow], metrics: dict[str, Any], completions: list[tuple[str, dict]] = ()) -> None:
+        """`completions`: the step's best and worst rollout rows (rollouts.best_and_worst)."""
         if self.live is not None:
             self.progress.progress.update(self.progress.task, completed=step)
-            self.live.update(self._render(rows, metrics))
-        else:
-            self.console.print(f"train step {step}/{self.progress.total} {format_metrics(metrics, self.PLAIN_KEYS)}",
-                               markup=False, highlight=False, soft_wrap=True)
+            self.live.update(self._render(rows, metrics, list(completions)))
+            return
+        self.console.print(f"train step {step}/{self.progress.total} {format_metrics(metrics, self.PLAIN_KEYS)}",
+                           markup=False, highlight=False, soft_wrap=True)
+        if self.completions_every and step % self.completions_every == 0:
+            for label, row in completions:
+                self.console.print(f"  {label}: {row['prompt_id']} reward={row['reward']:.2f} rule={row['rule']} "
+                                   f"adv={row['advantage']:+.2f} | {one_line(row['completion'], 2 * self.COMPLETION_WIDTH)}",
+                                   markup=False, highlight=False, soft_wrap=True)
+
+    def eval_progress(self) -> "EvalProgress":
+        """Eval's progress while this view runs: one more bar in its display (rich shows one live display at a time)."""
+        return EvalProgress(self.console, host=self.progress.progress)
+
+
+class EvalProgress:
+    """Eval's progress in sequences generated and judged (stages/evaluate.py calls it with done, total): a rich bar on a
+    terminal, in `host` (a running Progress, e.g. the train view's) or its own; without a terminal a plain line at each
+    quarter. A context manager: the bar goes when the eval ends."""
+
+    def __init__(self, console: Console, *, host: Optional[Progress] = None, description: str = "eval"):
+        self.console, self.host, self.description = console, host, description
+        self.progress: Optional[Progress] = None
+        self.task = None
+        self.quarters = 0  # plain lines printed
+
+    def __enter__(self) -> "EvalProgress":
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.console.is_terminal:
+            if self.task is None:
+                self.progress = self.host or Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                                      console=self.console, transient=True)
+                if self.host is None:
+                    self.progress.start()
+                self.task = self.progress.add_task(self.description, total=total, info="sequences")
+            self.progress.update(self.task, completed=done, total=total)
+            return
+        quarters = 4 * done // max(total, 1)
+        if quarters > self.quarters:
+            self.quarters = quarters
+            self.console.print(f"{self.description}: {done}/{total} sequences generated and judged", markup=False, highlight=False)
+
+    def __exit__(self, *exc) -> None:
+        if self.task is not None:
+            if self.host is None:
+                self.progress.stop()
+            else:
+                self.progress.remove_task(self.task)
+        self.progress, self.task, self.quarters = None, None, 0
 
 
 # ----------------------------------------------------------------------------------------- eval
