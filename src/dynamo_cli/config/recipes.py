@@ -163,6 +163,23 @@ class ExportConfig:
 
 
 @dataclass
+class ScoreConfig:
+    """`dynamo score`: score given completions with the task's own verifier (task.reward when set), as training does."""
+
+    name: Optional[str] = None  # appended to the run dir name
+    task: Any = MISSING
+    input: str = MISSING  # a JSONL file, one {"prompt_id": <id as rollouts.jsonl writes it>, "completion": <text>} per line
+
+    def __post_init__(self) -> None:
+        from dynamo_cli.config.task import EnvironmentTaskConfig
+
+        check(os.path.isfile(self.input), f"input={self.input!r}: no such file")
+        check(not isinstance(self.task, EnvironmentTaskConfig),
+              f"task={self.task.name} is multi-turn (its rewards come from a dialogue with its environment): dynamo score "
+              "scores single completions; choose a single-turn task")
+
+
+@dataclass
 class SweepPresetConfig:
     """A sweep preset (conf/sweep/<name>.yaml): a grid of train runs at one shared budget, and how to read them."""
 
