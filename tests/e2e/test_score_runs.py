@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import dynamo
 from helpers import TRAIN_SMALL, read_jsonl
 
@@ -26,7 +25,6 @@ def test_scoring_a_runs_rollouts_gives_back_its_rewards(sft_checkpoint, tmp_path
     assert result.stdout.strip().splitlines()[-1] == str(tmp_path / "score")
 
 
-@pytest.mark.smoke
 def test_score_bad_inputs_exit_2_in_one_line(tmp_path):
     rows = tmp_path / "in.jsonl"
     rows.write_text(json.dumps({"prompt_id": "math/L1/3+x", "completion": "8"}) + "\n")
