@@ -30,6 +30,26 @@ def deadline(seconds: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """Time spent in the block does not count against the innermost deadline (in this thread): what the check does not
+    own, such as starting a worker process, is not its time. The main thread's watchdog reads the same deadline."""
+    at = _deadline.get()
+    if at is None:
+        yield
+        return
+    start = time.monotonic()
+    _deadline.set(float("inf"))
+    try:
+        yield
+    finally:
+        _deadline.set(at + (time.monotonic() - start))
+
+
+def is_set() -> bool:
+    return _deadline.get() is not None
+
+
 def time_left() -> float:
     """Seconds left of the innermost deadline, or DEFAULT_TIMEOUT outside one."""
     at = _deadline.get()

@@ -20,7 +20,7 @@ import os
 import sys
 import threading
 
-from dynamo_cli.verify.deadline import VerifierTimeout, time_left
+from dynamo_cli.verify.deadline import VerifierTimeout, paused, time_left
 from dynamo_cli.verify.worker import JsonWorker, die_with_parent
 
 ARGV = [sys.executable, "-m", "dynamo_cli.verify.symbolic"]
@@ -49,8 +49,10 @@ class SymbolicPool:
         self.started = 0  # workers started so far (each kill costs one start)
 
     def check(self, predicted: str, reference: str) -> bool:
-        """The verdict, or VerifierTimeout past the deadline (time_left()); an error of the worker itself raises."""
-        worker = self._take()
+        """The verdict, or VerifierTimeout past the deadline (time_left()); an error of the worker itself raises. Starting
+        a worker (math-verify's import) does not count against the deadline."""
+        with paused():
+            worker = self._take()
         left = time_left()
         try:
             if left <= 0:
@@ -67,6 +69,7 @@ class SymbolicPool:
         return bool(reply["match"])
 
     def _take(self) -> JsonWorker:
+        """An idle worker, or a new one."""
         with self.lock:
             if self.idle:
                 return self.idle.pop()

@@ -18,6 +18,7 @@ from typing import Callable, Protocol
 
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.verify.deadline import DEFAULT_TIMEOUT, VerifierTimeout, deadline, time_left  # noqa: F401 - re-exported
+from dynamo_cli.verify.deadline import is_set as _deadline_set
 
 log = logging.getLogger(__name__)
 FAULT = Verdict(0.0, "none", None, status="error")  # what a completion whose verification failed scores
@@ -71,7 +72,10 @@ class Watchdog:
         self.started = None
 
     def _fire(self, signum, frame) -> None:
-        if self.started is not None and time.monotonic() - self.started > self.seconds:
+        if self.started is None:
+            return
+        # the call's deadline (verify/deadline.py) when one is set, which a worker's start moves later; else `seconds`
+        if (time_left() < 0) if _deadline_set() else (time.monotonic() - self.started > self.seconds):
             self.started = None
             raise VerifierTimeout
 

@@ -38,6 +38,9 @@ class JsonWorker:
         except (TimeoutError, EOFError, ValueError) as error:
             self.kill()
             raise DynamoError(f"{what} worker could not start: {type(error).__name__}: {error}") from error
+        except BaseException:  # interrupted (a watchdog, Ctrl-C): no half-started worker is left behind
+            self.kill()
+            raise
         if "fatal" in hello:
             self.kill()
             raise DynamoError(f"{what} worker could not start: {hello['fatal']}")

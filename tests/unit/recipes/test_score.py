@@ -1,12 +1,11 @@
-"""`dynamo score`: input rows checked line by line, ids looked up in train and test, every single-turn task scored by its
-own verifier (task.reward when set), multi-turn tasks refused, an unknown id named with valid ones, in one line."""
+"""`dynamo score`: input rows checked line by line, ids looked up in train and test, multi-turn tasks refused, an unknown id
+named with valid ones, in one line. Scoring itself, on every single-turn task: tests/e2e/test_score_runs.py."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
-from helpers import compose_schema, options
+from helpers import ARITH_FIXTURE, compose_schema, options
 
 from dynamo_cli.config.base import ConfigError
 from dynamo_cli.errors import DynamoError
@@ -14,7 +13,7 @@ from dynamo_cli.recipes import parts
 from dynamo_cli.recipes import score as score_recipe
 from dynamo_cli.tasks.base import TaskError
 
-ARITH = "tests/fixtures/arith_word_problems.jsonl"
+ARITH = ARITH_FIXTURE
 
 
 def write_rows(path, rows) -> str:
@@ -64,41 +63,6 @@ def test_an_unknown_prompt_id_is_one_line_showing_the_closest_valid_ids(tmp_path
     rows = score_recipe.read_score_rows(write_rows(tmp_path / "in.jsonl", [{"prompt_id": "zzz", "completion": "1"}]))
     with pytest.raises(DynamoError, match=r"prompt_id 'zzz' is not a problem of task=math \(train or test\); for example: math/L3/"):
         score_recipe.match_problems(rows, problems, task_name="math")
-
-
-@pytest.mark.parametrize("task_name", single_turn_tasks())
-def test_every_single_turn_task_scores_its_demonstrations_1_and_junk_0(tmp_path, task_name, capsys):
-    extra = {"jsonl": [f"task.path={ARITH}"], "code": ["task.isolation=none"] if task_name == "code" else []}.get(task_name, [])
-    cfg = compose_schema("score", [f"task={task_name}", *extra, f"input={write_rows(tmp_path / 'in.jsonl', [])}"])
-    task = parts.build_task(cfg.task)
-    test, train = task.test_problems()[0], task.train_problems()[0]
-    rows = [{"prompt_id": test.id, "completion": task.demonstration(test)},
-            {"prompt_id": train.id, "completion": task.demonstration(train)},
-            {"prompt_id": test.id, "completion": "I do not know."}]
-    cfg.input = write_rows(tmp_path / "in.jsonl", rows)
-    score_recipe.run(cfg, tmp_path / "run")
-    lines = [json.loads(line) for line in (tmp_path / "run" / score_recipe.SCORES_FILE).read_text().splitlines()]
-    assert [line["prompt_id"] for line in lines] == [test.id, train.id, test.id]
-    assert [line["reward"] for line in lines] == [1.0, 1.0, 0.0], lines
-    assert [line["status"] for line in lines[:2]] == ["ok", "ok"]  # the junk's: ok (no answer) or, task=code, load_error
-    assert set(lines[0]) == {"prompt_id", "reward", "rule", "status", "detail"}
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"score: 3 rows of {cfg.input}: mean reward 0.6667; rules: ") and "; statuses: ok " in out[0]
-    assert (tmp_path / "run" / "config.yaml").is_file()
-
-
-def test_task_reward_scores_as_in_training(tmp_path):
-    rewards = tmp_path / "my_rewards.py"
-    rewards.write_text(textwrap.dedent("""
-        def length(completion, problem):
-            return float(len(completion)) if problem["id"].startswith("math/") else -1.0
-    """))
-    cfg = compose_schema("score", ["task.levels=[L1]", f"task.reward={rewards}:length", f"input={write_rows(tmp_path / 'in.jsonl', [])}"])
-    pid = parts.build_task(cfg.task).test_problems()[0].id
-    cfg.input = write_rows(tmp_path / "in.jsonl", [{"prompt_id": pid, "completion": "abc"}, {"prompt_id": pid, "completion": ""}])
-    score_recipe.run(cfg, tmp_path / "run")
-    lines = [json.loads(line) for line in (tmp_path / "run" / score_recipe.SCORES_FILE).read_text().splitlines()]
-    assert [(line["reward"], line["rule"]) for line in lines] == [(3.0, "reward_fn"), (0.0, "reward_fn")]
 
 
 @pytest.mark.parametrize("task_name", ["calc", "guess"])

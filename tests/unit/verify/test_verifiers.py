@@ -99,3 +99,14 @@ def test_an_environment_step_past_the_deadline_or_raising_ends_its_trajectory_wi
     assert result == (None, 0.0, True) and isinstance(fault, VerifierTimeout)
     result, fault = in_thread(where, step, None)  # the environment's own code raising (a str was expected)
     assert result == (None, 0.0, True) and isinstance(fault, TypeError)
+
+
+@pytest.mark.parametrize("where", ["main", "collect"])
+def test_starting_a_worker_does_not_count_against_the_deadline(where):
+    task = MathTask(seed=0, num_train=4, num_test_per_level=1, levels=["L1"], format="chat", answer_type="expression")
+    task.verifier = task.default_verifier(timeout=0.3)  # shorter than math-verify's import in a fresh worker
+    POOL.close()  # no idle worker: the check starts one
+    started = POOL.started
+    k = 77 if where == "main" else 79
+    verification = in_thread(where, task.verifier, [f"\\boxed{{\\frac{{{8 * k}}}{{{k}}}}}"], [Problem("math/L1/3+5", "3+5", "8", "L1")])
+    assert POOL.started == started + 1 and verification.timeouts == 0 and verification.verdicts[0].reward == 1.0
