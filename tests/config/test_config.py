@@ -50,7 +50,10 @@ def test_grpo_preset_is_uniform_without_modulation():
 def test_clip_higher_preset_matches_dynamo_but_allocation_and_modulation():
     dyn, base = compose_schema("train", ["experiment=dynamo"]), compose_schema("train", ["experiment=clip_higher"])
     assert isinstance(base.allocator, UniformAllocatorConfig) and base.modulator.name == "none"
-    assert base.algorithm == dyn.algorithm and base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
+    # and the authors' dual-clip at 10 (their script's clip_ratio_c), which binds only past a ratio of 10
+    assert dyn.algorithm.clip_ratio_c == 10.0 and base.algorithm.clip_ratio_c is None
+    assert base.algorithm == dataclasses.replace(dyn.algorithm, clip_ratio_c=None)
+    assert base.rollout.n == dyn.rollout.n and base.optim == dyn.optim
 
 
 # each token-level baseline preset is experiment=clip_higher plus its one part: what differs from it, and how
@@ -58,7 +61,7 @@ BASELINE_PRESETS = {
     "fork_tokens": ({"top_fraction": 0.2}, {}),  # arXiv 2506.01939
     "entropy_advantage": ({"alpha": 0.4, "kappa": 2.0}, {}),  # arXiv 2506.14758
     "clip_cov": ({"fraction": 2e-4, "cov_low": 1.0, "cov_high": 5.0}, {}),  # arXiv 2505.22617
-    "kl_cov": ({"fraction": 2e-4, "coef": 1.0}, {}),  # arXiv 2505.22617
+    "kl_cov": ({"fraction": 2e-3, "coef": 1.0}, {}),  # arXiv 2505.22617: the authors' 7B script (their 32B: 2e-4)
     "w_reinforce": ({}, {"advantage": "w_reinforce", "positive_weight": 0.1}),  # arXiv 2506.01347
 }
 
@@ -84,10 +87,27 @@ def test_the_baseline_schema_defaults_are_the_papers():
     assert ForkTokensModulatorConfig().top_fraction == 0.2
     assert (EntropyAdvantageModulatorConfig().alpha, EntropyAdvantageModulatorConfig().kappa) == (0.4, 2.0)
     clip_cov, kl_cov = ClipCovModulatorConfig(), KLCovModulatorConfig()
-    assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-4, 1.0)
+    assert (clip_cov.fraction, clip_cov.cov_low, clip_cov.cov_high, kl_cov.fraction, kl_cov.coef) == (2e-4, 1.0, 5.0, 2e-3, 1.0)
     algorithm = AlgorithmConfig()
     assert algorithm.positive_weight == 0.1 and algorithm.mask_truncated is False and algorithm.overlong_penalty.factor == 0.0
     assert algorithm.overlong_penalty.resolved(20480) == (20480, 4096)  # DAPO's L_max and L_cache
+
+
+# the sequence-level policy losses: experiment=clip_higher with the policy term and the clip range of each paper
+SEQUENCE_PRESETS = {
+    "gspo": {"policy_loss": "gspo", "eps_low": 3e-4, "eps_high": 4e-4, "loss_agg": "seq_mean"},  # arXiv 2507.18071, Sec. 5.1
+    "cispo": {"policy_loss": "cispo", "eps_low": 1.0, "eps_high": 0.2},  # arXiv 2506.13585; ε_high: verl's CISPO example
+}
+
+
+@pytest.mark.parametrize("preset", sorted(SEQUENCE_PRESETS))
+def test_sequence_level_presets_are_clip_higher_plus_their_policy_term(preset):
+    from dynamo_cli.algo.terms.base import build_loss
+
+    base, cfg = compose_schema("train", ["experiment=clip_higher"]), compose_schema("train", [f"experiment={preset}"])
+    assert isinstance(cfg.allocator, UniformAllocatorConfig) and cfg.modulator.name == "none" and cfg.rollout == base.rollout
+    assert cfg.algorithm == dataclasses.replace(base.algorithm, **SEQUENCE_PRESETS[preset])
+    assert type(build_loss(cfg).terms[0].term).__name__ == preset.upper()
 
 
 def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
@@ -96,7 +116,7 @@ def test_ppo_preset_is_dynamo_with_gae_on_a_critic():
     assert ppo.allocator == dyn.allocator and ppo.modulator == dyn.modulator and ppo.algorithm.eps_high == dyn.algorithm.eps_high
 
 
-@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo", *sorted(BASELINE_PRESETS)])
+@pytest.mark.parametrize("preset", ["dynamo", "grpo", "clip_higher", "ppo", *sorted(BASELINE_PRESETS), *sorted(SEQUENCE_PRESETS)])
 def test_presets_take_several_updates_per_step(preset):
     # one update per step keeps the PPO ratio at exactly 1: the clip and β_stab's clip indicator would never act
     assert compose_schema("train", [f"experiment={preset}"]).algorithm.mini_batches > 1

@@ -89,7 +89,7 @@ def test_baselines_sweep_is_every_method_at_one_budget():
     cfg, _ = sweep_recipe.compose(["sweep=baselines"])
     jobs = sweep_recipe.job_list([*sweep_recipe.grid_overrides(cfg.sweep.grid), *cfg.sweep.overrides])
     experiments = {j[1].split("=")[1] for j in jobs}
-    assert len(jobs) == 39 and experiments == {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}  # every preset
+    assert len(jobs) == 45 and experiments == {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}  # every preset
     for experiment in sorted(experiments):  # one rollout budget: n x P per step, and the same cap
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             run = to_schema(compose(config_name="train", overrides=[f"experiment={experiment}", *cfg.sweep.overrides]))

@@ -17,7 +17,8 @@ from torch import Tensor
 
 from dynamo_cli.allocation.base import ALLOCATORS, Allocation, AllocatorConfig
 from dynamo_cli.allocation.uniform import UniformAllocator
-from dynamo_cli.config.base import positive
+from dynamo_cli.config.base import one_of, positive
+from dynamo_cli.errors import DynamoError
 
 
 @dataclass
@@ -28,10 +29,14 @@ class DapoAllocatorConfig(AllocatorConfig):
 
     name: str = "dapo"
     max_rounds: int = 10  # most generation rounds per step (verl's DAPO recipe: max_num_gen_batches=10)
+    # when max_rounds end short of P informative groups: train (on the informative groups found: fewer than P, logged
+    # as alloc/kept_groups) | stop (the run ends in one line, as verl's recipe raises). docs/algorithm.md "Our choices"
+    on_max_rounds: str = "train"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         positive("allocator.max_rounds", self.max_rounds)
+        one_of("allocator.on_max_rounds", self.on_max_rounds, ("train", "stop"))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -75,9 +80,9 @@ class DapoAllocator(UniformAllocator):
     for (`fresh_prompts_needed`) until P of them exist or `max_rounds` rounds ran; the round that ends keeps the
     first P informative groups (fewer if the rounds ran out) and drops the rest."""
 
-    def __init__(self, *, n: int, max_rounds: int, explore_min_attempts: int, decay: float):
+    def __init__(self, *, n: int, max_rounds: int, on_max_rounds: str, explore_min_attempts: int, decay: float):
         super().__init__(n=n, explore_min_attempts=explore_min_attempts, decay=decay)
-        self.max_rounds = max_rounds
+        self.max_rounds, self.on_max_rounds = max_rounds, on_max_rounds
         self._target = 0  # P: the first round's prompts; set at each step's first next_round
 
     def next_round(self, prompt_ids: list[str], *, rewards: Tensor, group_index: Tensor, round: int) -> Optional[Allocation]:
@@ -87,6 +92,10 @@ class DapoAllocator(UniformAllocator):
         informative, generated = informative_groups(rewards=rewards, group_index=group_index, num_groups=num)
         found, nothing = int(informative.sum()), torch.zeros(num, dtype=torch.long)
         if found >= self._target or round >= self.max_rounds:
+            if found < self._target and self.on_max_rounds == "stop":
+                raise DynamoError(f"allocator={type(self).__name__}: {found} of {self._target} groups informative after "
+                                  f"allocator.max_rounds={self.max_rounds} rounds (the prompts are all solved or all failed); "
+                                  f"raise max_rounds, or allocator.on_max_rounds=train trains on the {found} found")
             keep = keep_first(informative, target=self._target)
             return Allocation(counts=nothing, priority=torch.ones(num), keep=keep, metrics={
                 "alloc/informative_groups": float(found),

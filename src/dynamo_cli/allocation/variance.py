@@ -66,6 +66,7 @@ class TagPool:
     rate: Tensor  # Σ k / Σ G: the tag's success rate
     variance: Tensor  # Σ SS / Σ dof: the tag's pooled *within-prompt* Bernoulli variance
     has_evidence: Tensor  # bool, Σ dof > 0; a tag without evidence lends nothing (prior weight 0)
+    sums: tuple[Tensor, Tensor, Tensor, Tensor]  # (Σ k, Σ G, Σ SS, Σ dof): what `prior_without_self` subtracts from
 
 
 def tag_pool(*, successes: Tensor, attempts: Tensor, tag_ids: Tensor, num_tags: int) -> TagPool:
@@ -78,7 +79,22 @@ def tag_pool(*, successes: Tensor, attempts: Tensor, tag_ids: Tensor, num_tags: 
     ss, dof = sum_of_squares(successes=k, attempts=g)
     bins = torch.where(tag_ids >= 0, tag_ids, num_tags)  # untagged rows go to an extra bin, dropped below
     tk, tg, tss, tdof = (torch.bincount(bins, weights=v, minlength=num_tags + 1)[:num_tags] for v in (k, g, ss, dof))
-    return TagPool(rate=tk / tg.clamp(min=1e-12), variance=tss / tdof.clamp(min=1e-12), has_evidence=tdof > 0)
+    return TagPool(rate=tk / tg.clamp(min=1e-12), variance=tss / tdof.clamp(min=1e-12), has_evidence=tdof > 0,
+                   sums=(tk, tg, tss, tdof))
+
+
+def prior_without_self(*, pool: TagPool, tag_ids: Tensor, own_successes: Tensor, own_attempts: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Each prompt's tag prior from the *other* prompts of its tag: the pooled sums minus the prompt's own (k, G, SS,
+    dof), which the pool holds when the prompt is stored under that tag. Otherwise a prompt's evidence enters its
+    estimate twice, once as itself and once through m pseudo-observations of a pool it is part of: a tag of one prompt
+    would lend that prompt its own rate. tag_ids (P,) long (-1: untagged); own_* (P,) the prompt's stored (decayed)
+    statistics (0 for a prompt not stored). Returns (p_tag (P,), V_tag (P,), lends (P,) bool: the rest has Σ dof > 0)."""
+    ids = tag_ids.clamp(min=0)
+    own_ss, own_dof = sum_of_squares(successes=own_successes, attempts=own_attempts)
+    tk, tg, tss, tdof = (total[ids] - own for total, own in zip(pool.sums, (own_successes.double(), own_attempts.double(),
+                                                                             own_ss, own_dof), strict=True))
+    lends = (tag_ids >= 0) & (tdof > 1e-9)  # the sums are float64 of decayed counts: a rest of 0 may round to ±1e-16
+    return tk / tg.clamp(min=1e-12), tss / tdof.clamp(min=1e-12), lends
 
 
 def shrunk_estimates(
@@ -247,7 +263,10 @@ class VarianceAllocator(HistoryAllocator):
         tag_ids[missing] = torch.tensor([self._tag_index.get(tags[i], -1) for i in missing], dtype=torch.long)
         pool = tag_pool(successes=self._successes, attempts=self._attempts, tag_ids=self._tag_of,
                         num_tags=len(self._tag_index))
-        ids = tag_ids.clamp(min=0)
-        lends = (tag_ids >= 0) & pool.has_evidence[ids]  # (P,)
+        # a stored prompt is in its tag's pool: it borrows from the others only (an unseen one's own statistics are 0)
+        stored = self._gather(self._tag_of, rows, missing=-1) >= 0
+        own_k = torch.where(stored, self._gather(self._successes, rows), 0.0)
+        own_g = torch.where(stored, self._gather(self._attempts, rows), 0.0)
+        rate, variance, lends = prior_without_self(pool=pool, tag_ids=tag_ids, own_successes=own_k, own_attempts=own_g)
         strength = torch.where(lends, torch.full_like(zeros, self.prior_strength), zeros)
-        return torch.where(lends, pool.rate[ids], zeros), torch.where(lends, pool.variance[ids], zeros), strength
+        return torch.where(lends, rate, zeros), torch.where(lends, variance, zeros), strength

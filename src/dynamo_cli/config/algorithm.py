@@ -60,9 +60,16 @@ class AlgorithmConfig:
     # | gae (PPO: a critic, critic=separate|shared)
     advantage: str = "grpo"
     positive_weight: float = 0.1  # W-REINFORCE's λ: weight of correct samples' +1 (the paper's 0.1); other estimators ignore it
-    eps_low: float = 0.2  # PPO clip: ratio >= 1 - eps_low
-    eps_high: float = 0.28  # PPO clip: ratio <= 1 + eps_high (Clip-Higher; the paper's value, stated, not hidden)
-    loss_agg: str = "token_mean"  # token_mean | seq_mean
+    # the policy term (algo/terms/): ppo_clip (PPO-clip with eps_low/eps_high) | gspo (sequence-level, length-normalised
+    # ratio, arXiv 2507.18071) | cispo (clipped stop-gradient IS weight on a REINFORCE token loss, arXiv 2506.13585)
+    policy_loss: str = "ppo_clip"
+    eps_low: float = 0.2  # clip: ratio >= 1 - eps_low (1: no lower bound, CISPO's choice)
+    eps_high: float = 0.28  # clip: ratio <= 1 + eps_high (Clip-Higher; the paper's value, stated, not hidden)
+    # dual-clip (ppo_clip): where A < 0 the token loss is capped at -c A (verl's clip_ratio_c, its default 3); null: off
+    clip_ratio_c: Optional[float] = None
+    # token_mean | seq_mean | seq_mean_token_sum_norm (Dr. GRPO: token sums over a constant length, the rollouts'
+    # max_new_tokens) | group_mean (each prompt's rows averaged, then the prompts: every prompt weighs the same)
+    loss_agg: str = "token_mean"
     ppo_epochs: int = 1  # passes over each step's rollouts
     mini_batches: int = 1  # optimiser updates per epoch (the step's rollouts are split into this many)
     micro_batch_size: Any = "auto"  # sequences per forward/backward (gradient accumulation inside a mini-batch); auto: fit memory
@@ -85,12 +92,17 @@ class AlgorithmConfig:
     def __post_init__(self) -> None:
         from dynamo_cli.algo.advantages.base import ESTIMATORS  # each registered where it is implemented
         from dynamo_cli.algo.importance import LEVELS
-        from dynamo_cli.algo.terms.base import AGGREGATIONS
+        from dynamo_cli.algo.terms.base import AGGREGATIONS, POLICY_LOSSES
 
         one_of("algorithm.advantage", self.advantage, tuple(ESTIMATORS.names()))
+        one_of("algorithm.policy_loss", self.policy_loss, tuple(POLICY_LOSSES.names()))
         check(0 < self.positive_weight <= 1, f"algorithm.positive_weight={self.positive_weight} must be in (0, 1]")
-        check(0 < self.eps_low < 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1)")
+        check(0 < self.eps_low <= 1, f"algorithm.eps_low={self.eps_low} must be in (0, 1]")
         positive("algorithm.eps_high", self.eps_high)
+        if self.clip_ratio_c is not None:
+            check(self.clip_ratio_c > 1, f"algorithm.clip_ratio_c={self.clip_ratio_c} must be > 1 (or null: no dual-clip)")
+            check(self.policy_loss == "ppo_clip", f"algorithm.clip_ratio_c={self.clip_ratio_c} is PPO-clip's dual-clip; "
+                  f"algorithm.policy_loss={self.policy_loss} has no such cap: set clip_ratio_c=null or policy_loss=ppo_clip")
         one_of("algorithm.loss_agg", self.loss_agg, AGGREGATIONS)
         positive("algorithm.ppo_epochs", self.ppo_epochs)
         positive("algorithm.mini_batches", self.mini_batches)

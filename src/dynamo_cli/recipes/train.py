@@ -127,7 +127,8 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     update = PolicyUpdate(trainables=trainables, loss=build_loss(cfg), modulator=modulator, dp=dp, ppo_epochs=cfg.algorithm.ppo_epochs,
                           mini_batches=cfg.algorithm.mini_batches, micro_batch_size=plan.training,
                           modulator_scope=cfg.modulator.scope, temperature=cfg.rollout.temperature, reuse_forward=separate_pass is None,
-                          guard=NonFiniteGuard(max_in_a_row=cfg.trainer.max_skipped_steps), value_function=critic)
+                          guard=NonFiniteGuard(max_in_a_row=cfg.trainer.max_skipped_steps), value_function=critic,
+                          off_policy=cfg.rollout.one_step_off_policy)
 
     # ---------------------------------------------------------------- resume, logs
     resumable = dict(dp=dp, trainables=trainables, allocator=allocator, sampler=sampler, guard=update.guard, schedule=schedule)

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from dynamo_cli.rollout.trajectory import Trajectories
 
 # Trajectories' (N, L) per-token fields over the response region
-RESPONSE_FIELDS = ("loss_mask", "advantages", "old_logprobs", "old_entropy", "ref_logprobs", "values", "returns", "extra_mask")
+RESPONSE_FIELDS = ("loss_mask", "advantages", "old_logprobs", "old_entropy", "ref_logprobs", "values", "returns", "extra_mask",
+                   "policy_mask", "rollout_logprobs")
 
 
 def padding_waste(*, real: float, total: float) -> float:

@@ -35,6 +35,10 @@ class Trajectories:
     values: Optional[Tensor] = None  # (N, L) V_old: the critic's values at collection (PPO + GAE), else None
     returns: Optional[Tensor] = None  # (N, L) the critic's regression targets G_t = A_t + V_t, set by a value-based `estimate`
     extra_mask: Optional[Tensor] = None  # (N, L) bool: tokens a modulator's extra loss term acts on (KL-Cov), set in `update`
+    # (N, L) bool: the tokens the policy term trains on, where a modulator dropped some (Fork Tokens, Clip-Cov), set in
+    # `update`; None: loss_mask. Every other term, and every denominator, keeps loss_mask
+    policy_mask: Optional[Tensor] = None
+    row_weight: Optional[Tensor] = None  # (N,) algorithm.loss_agg=group_mean: each row's weight in its mini-batch's loss, set in `update`
     turns: Optional[Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the response region; None: one turn
     rollout_logprobs: Optional[Tensor] = None  # (N, L) log μ the rollout engine reported for its samples (vLLM), for algorithm.rollout_is
 

@@ -76,6 +76,20 @@ def tag_ranks(tags: list[str], *, order: list[str] | None) -> Tensor:
     return torch.tensor([position[t] for t in tags], dtype=torch.long)
 
 
+def success_order_rates(*, successes: Tensor, attempts: Tensor, tag_rank: Tensor) -> Tensor:
+    """order=success's sort key: a prompt with rollouts its running rate (k+1)/(G+2); an unseen one its tag's, the
+    Laplace rate of the tag's pooled counts, so it ranks among the seen prompts of its level; an unseen one whose tag
+    has no rollouts yet -1, after every rate (then the tag order and the tie-break rank them). Without any rollouts the
+    order is the tag order. (Every unseen prompt at 0.5 put the hard levels' unseen prompts above any seen prompt solved
+    less than half the time.) successes, attempts (N,) float64; tag_rank (N,) long. Returns (N,) float64."""
+    seen = attempts > 0
+    tags = int(tag_rank.max()) + 1 if len(tag_rank) else 0
+    tag_k = torch.zeros(tags, dtype=torch.float64).index_add_(0, tag_rank, successes.double())
+    tag_g = torch.zeros(tags, dtype=torch.float64).index_add_(0, tag_rank, attempts.double())
+    tag_rate = torch.where(tag_g > 0, laplace_rate(successes=tag_k, attempts=tag_g), -1.0)  # (T,)
+    return torch.where(seen, laplace_rate(successes=successes, attempts=attempts), tag_rate[tag_rank])
+
+
 def curriculum_order(*, tag_rank: Tensor, tie_break: Tensor, success_rate: Tensor | None = None) -> Tensor:
     """Indices of the pool, easiest first. Sort keys, most significant first: the success rate (descending;
     only for the online order), the tag rank (ascending), then `tie_break` (a seeded random permutation rank,
@@ -119,7 +133,8 @@ class CurriculumSampler:
 
     def ordering(self) -> Tensor:
         """The pool's indices, easiest first, as the next step would see them."""
-        rate = laplace_rate(successes=self.successes, attempts=self.attempts) if self.order == "success" else None
+        rate = (success_order_rates(successes=self.successes, attempts=self.attempts, tag_rank=self.tag_rank)
+                if self.order == "success" else None)
         return curriculum_order(tag_rank=self.tag_rank, tie_break=self.tie_break, success_rate=rate)
 
     def unlocked(self, step: int, *, per_step: int) -> int:

@@ -1,9 +1,15 @@
 """update: PPO epochs x mini-batches x micro-batches over the Loss, stepping every Trainable per mini-batch.
 
     for each epoch: shuffle rows; split into exactly `mini_batches` mini-batches (tensor_split)
-        modulator (once per mini-batch: token advantages, loss mask, extra terms)
+        modulator (once per mini-batch: token advantages, the policy term's mask, extra terms)
         for each micro-batch: forward -> ModelOutputs -> Loss (algo/terms.py) -> backward (accumulate)
         clip + optimiser + scheduler step of every trainable (during a critic's warm-up: the critic's only)
+
+The modulator reads the *current* policy's entropy and log-probs. With modulator.scope=mini_batch|sequence they come
+from a no-grad forward over the mini-batch before its loss (except where the policy is still the rollout policy:
+the first mini-batch of an on-policy step); with scope=micro_batch each micro-batch is shaped from its own training
+forward (detached), as the reference does: no extra forward at all. A token the modulator drops leaves the policy
+term only (Trajectories.policy_mask); KL, entropy bonus, value loss and every denominator keep the loss mask.
 
 A mini-batch is every process's chunk of the same index; its loss is a mean over the *global* mini-batch
 (token or sequence counts summed over processes) and the engine averages gradients over processes, so each
@@ -16,7 +22,7 @@ import time
 
 import torch
 
-from dynamo_cli.algo.terms.base import Loss
+from dynamo_cli.algo.terms.base import Loss, group_row_weights, loss_counts
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.models.trainable import Trainable
 from dynamo_cli.modulation.base import TokenShaping
@@ -52,7 +58,7 @@ def scope_index(size: int, *, scope: str, micro_batch_size: int) -> torch.Tensor
 class PolicyUpdate:
     def __init__(self, *, trainables: list[Trainable], loss: Loss, modulator: Modulator, dp: DataParallel, ppo_epochs: int,
                  mini_batches: int, micro_batch_size: int, modulator_scope: str, temperature: float, reuse_forward: bool,
-                 guard: NonFiniteGuard | None = None, value_function=None):
+                 guard: NonFiniteGuard | None = None, value_function=None, off_policy: bool = False):
         self.trainables, self.loss, self.modulator, self.dp = trainables, loss, modulator, dp
         self.value_function = value_function  # models/critic.py's SeparateCritic | SharedCritic with a "critic" trainable, else None
         self.guard = guard or NonFiniteGuard(max_in_a_row=0)  # the recipe passes trainer.max_skipped_steps; alone: any skip stops
@@ -60,6 +66,11 @@ class PolicyUpdate:
         self.modulator_scope, self.temperature = modulator_scope, temperature
         # True: the batch's old_logprobs / old_entropy are rollout_stats.deferred buffers this update fills (collect skipped them)
         self.reuse_forward = reuse_forward
+        # rollout.one_step_off_policy: the batch was sampled by the weights before the last update, so its old_logprobs /
+        # old_entropy are never the current policy's, not even before this step's first optimiser step
+        self.off_policy = off_policy
+        # scope=micro_batch: each micro-batch is shaped from its own training forward (no separate no-grad pass)
+        self.modulate_in_forward = modulator_scope == "micro_batch" and modulator.needs_policy_stats
 
     @property
     def policy(self) -> Trainable:
@@ -76,21 +87,29 @@ class PolicyUpdate:
         active = [t for t in self.trainables if step <= t.solo_steps] or self.trainables  # a critic's warm-up: it trains alone
         grad_norm_sums = {t.name: 0.0 for t in self.trainables}
         sums = dict.fromkeys(self.loss.metric_names(), 0.0)
-        modulate_seconds, updates = 0.0, 0
+        modulate_seconds, updates, shapings = 0.0, 0, 0
         tokens_real, tokens_fed = 0, 0  # token positions of the policy forwards: real, all (train/padding_waste)
         modulation_metrics: dict[str, float] = {}
         distributions: dict[str, list[torch.Tensor]] = {}
 
-        def shape(mb: Trajectories, *, first: bool) -> TokenShaping:
-            nonlocal modulate_seconds
-            t0 = time.perf_counter()
-            shaping = self.shape(mb, first=first, generator=generator)
-            modulate_seconds += time.perf_counter() - t0
+        def record(shaping: TokenShaping, seconds: float) -> TokenShaping:
+            nonlocal modulate_seconds, shapings
+            modulate_seconds, shapings = modulate_seconds + seconds, shapings + 1
             for key, value in shaping.metrics.items():
                 modulation_metrics[key] = modulation_metrics.get(key, 0.0) + value
             for key, value in shaping.distributions.items():
                 distributions.setdefault(key, []).append(value.cpu())
             return shaping
+
+        def shape(mb: Trajectories, *, first: bool) -> TokenShaping:
+            t0 = time.perf_counter()
+            shaping = self.shape(mb, first=first, generator=generator)
+            return record(shaping, time.perf_counter() - t0)
+
+        def shape_micro(micro: Trajectories, *, logprobs: torch.Tensor, entropy: torch.Tensor) -> TokenShaping:
+            t0 = time.perf_counter()
+            shaping = self.shape_micro(micro, logprobs=logprobs, entropy=entropy, generator=generator)
+            return record(shaping, time.perf_counter() - t0)
 
         for epoch in range(self.ppo_epochs):
             order = torch.randperm(len(batch), generator=generator)
@@ -98,12 +117,18 @@ class PolicyUpdate:
             fuse_first = self.reuse_forward and epoch == 0 and self.fill_rollout_stats(batch, parts)
             for mb_index, rows in enumerate(parts):
                 mb = batch.select(rows)
-                # before shaping: a token a modulator drops leaves the denominator alone. At least 1: with
-                # algorithm.mask_truncated a mini-batch of truncated completions has no loss token and adds 0
-                num_tokens, num_seqs = max(int(dp.sum(int(mb.loss_mask.sum()))), 1), int(dp.sum(len(mb)))
+                # before shaping: a token a modulator drops leaves the denominators alone. A row without loss tokens (a
+                # group DAPO/GRESO dropped, a masked truncation) counts in neither. At least 1: with algorithm.mask_truncated
+                # a mini-batch of truncated completions has no loss token and adds 0
+                tokens, sequences = loss_counts(mb.loss_mask)
+                num_tokens, num_seqs = max(int(dp.sum(tokens)), 1), max(int(dp.sum(sequences)), 1)
+                if self.loss.mode == "group_mean":
+                    mb = mb.replace(row_weight=self.group_weights(mb, mb.loss_mask.any(1)))
                 fused = fuse_first and mb_index == 0  # its forward gives the rollout policy's statistics
-                # a modulator that reads them shapes after that forward (one micro-batch, see fill_rollout_stats)
-                shaping = None if fused and self.modulator.needs_policy_stats else shape(mb, first=(epoch, mb_index) == (0, 0))
+                # a modulator that reads them shapes after that forward (one micro-batch, see fill_rollout_stats); with
+                # scope=micro_batch every micro-batch is shaped after its own forward
+                from_forward = self.modulate_in_forward or (fused and self.modulator.needs_policy_stats)
+                shaping = None if from_forward else shape(mb, first=(epoch, mb_index) == (0, 0) and not self.off_policy)
                 starts = range(0, len(mb), self.micro_batch_size)
                 loss_finite = True
                 for start in starts:
@@ -112,26 +137,37 @@ class PolicyUpdate:
                     with contextlib.ExitStack() as stack:  # gradients cross processes once per mini-batch
                         for t in self.trainables:
                             stack.enter_context(dp.accumulate(t.model, sync=start == starts[-1]))
-                        if fused:
+                        out = None
+                        if fused or self.modulate_in_forward:
                             out, entropy = self.forward(trim_padding(mb.select(part), window).to(dp.device),
                                                         extra=() if shaping is None else shaping.extra_terms,
                                                         train_policy=self.policy in active, rollout_stats=True)
-                            stats = dict(logprobs=pad_response(out.logprobs.detach(), mb.loss_mask.shape[1]),
-                                         entropy=pad_response(entropy, mb.loss_mask.shape[1]))
-                            rollout_stats.record(batch, rows[part], **stats)
-                            rollout_stats.record(mb, part, **stats)
+                            if fused:  # the rollout policy's statistics of these rows: the buffers collect left
+                                stats = dict(logprobs=pad_response(out.logprobs.detach(), mb.loss_mask.shape[1]),
+                                             entropy=pad_response(entropy, mb.loss_mask.shape[1]))
+                                rollout_stats.record(batch, rows[part], **stats)
+                                rollout_stats.record(mb, part, **stats)
+                        micro = trim_padding(mb.select(part), window).to(dp.device)
+                        if self.modulate_in_forward:
+                            micro_shaping = shape_micro(micro, logprobs=out.logprobs.detach(), entropy=entropy)
+                        else:
                             if shaping is None:
                                 shaping = shape(mb, first=True)
-                                if any(self.loss.needs(what, shaping.extra_terms) != self.loss.needs(what) for what in ("entropy", "values")):
-                                    # an extra term reads what the forward did not compute: again with it (no modulator today)
-                                    out = self.forward(trim_padding(mb.select(part), window).to(dp.device), extra=shaping.extra_terms,
-                                                       train_policy=self.policy in active)
-                        shaped = mb.replace(advantages=shaping.advantages, loss_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
-                        micro = trim_padding(shaped.select(part), window).to(dp.device)
+                            micro_shaping = None
+                        extra = (micro_shaping or shaping).extra_terms
+                        if out is not None and any(self.loss.needs(what, extra) != self.loss.needs(what) for what in ("entropy", "values")):
+                            # an extra term reads what the forward did not compute: again with it (no modulator today)
+                            out = None
+                        if micro_shaping is not None:
+                            micro = micro.replace(advantages=micro_shaping.advantages, policy_mask=micro_shaping.loss_mask,
+                                                  extra_mask=micro_shaping.extra_mask)
+                        else:
+                            shaped = mb.replace(advantages=shaping.advantages, policy_mask=shaping.loss_mask, extra_mask=shaping.extra_mask)
+                            micro = trim_padding(shaped.select(part), window).to(dp.device)
                         tokens_real, tokens_fed = tokens_real + int(micro.attention_mask.sum()), tokens_fed + micro.attention_mask.numel()
-                        if not fused:
-                            out = self.forward(micro, extra=shaping.extra_terms, train_policy=self.policy in active)
-                        loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=shaping.extra_terms)
+                        if out is None:
+                            out = self.forward(micro, extra=extra, train_policy=self.policy in active)
+                        loss, metrics = self.loss(micro, out, num_tokens=num_tokens, num_sequences=num_seqs, extra=extra)
                         dp.backward(loss * dp.world_size)  # the engine averages over processes; the global mean wants their sum
                     loss_finite = loss_finite and bool(torch.isfinite(loss.detach()))  # a CPU-GPU sync, like the metrics'
                     for key, value in metrics.items():
@@ -152,15 +188,24 @@ class PolicyUpdate:
             prefix = "train/" if t is self.policy else f"train/{t.name}_"
             metrics[f"{prefix}grad_norm"] = grad_norm_sums[t.name] / updates
             metrics[f"{prefix}lr"] = t.scheduler.get_last_lr()[0]
-        metrics.update(dp.mean({k: v / updates for k, v in modulation_metrics.items()}))
+        metrics.update(dp.mean({k: v / max(shapings, 1) for k, v in modulation_metrics.items()}))  # the mean over its calls
         metrics["time/modulate_s"] = modulate_seconds
         metrics["train/padding_waste"] = padding_waste(real=dp.sum(tokens_real), total=dp.sum(tokens_fed))
         metrics["train/skipped_steps"] = self.guard.skipped
         return metrics, {k: dp.gather_rows(torch.cat(v)) for k, v in distributions.items()}
 
+    def group_weights(self, mb: Trajectories, carries: torch.Tensor) -> torch.Tensor:
+        """group_mean's (n,) row weights over the whole mini-batch (every process's rows: a prompt's rollouts may sit on
+        several): 1 / (P n_g) for a row with loss tokens, 0 for one without (algo/terms/base.py group_row_weights)."""
+        prompts = self.dp.gather_rows(mb.prompt_index[carries].cpu())  # (n_global,) the prompt of each row with loss
+        size = max(int(prompts.max()) + 1 if len(prompts) else 0, int(mb.prompt_index.max()) + 1 if len(mb) else 0)
+        counts = torch.bincount(prompts, minlength=size)
+        return group_row_weights(prompt_index=mb.prompt_index.cpu(), carries_loss=carries.cpu(), group_counts=counts).float()
+
     def shape(self, mb: Trajectories, *, first: bool, generator: torch.Generator) -> TokenShaping:
         """The modulator's view of a mini-batch, with the *current* policy's entropy and log-probs when it needs
-        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch.
+        them: the policy has moved since the rollouts, except before the first mini-batch of the first epoch of an
+        on-policy step (`first`; under one_step_off_policy the rollouts' statistics are one update old even there).
         `generator`: the step's, for a modulator that draws tokens at random (Clip-Cov)."""
         device, modulator = self.dp.device, self.modulator
         if modulator.needs_policy_stats and not first:
@@ -174,12 +219,21 @@ class PolicyUpdate:
                          logprobs=logprobs_now, old_logprobs=mb.old_logprobs.to(device), scope_sync=scope_sync, generator=generator,
                          scope_index=scope_index(len(mb), scope=self.modulator_scope, micro_batch_size=self.micro_batch_size).to(device))
 
+    def shape_micro(self, micro: Trajectories, *, logprobs: torch.Tensor, entropy: torch.Tensor,
+                    generator: torch.Generator) -> TokenShaping:
+        """scope=micro_batch: the modulator's view of one micro-batch (already on the device, padding trimmed) from its
+        own training forward's detached log-probs and entropies, the micro-batch one normalisation scope (the
+        reference: the min/max over the micro-batch; selections over its tokens). Rank-local: no collective."""
+        return self.modulator(advantages=micro.advantages, mask=micro.loss_mask, entropy=entropy, logprobs=logprobs,
+                              old_logprobs=micro.old_logprobs, scope_sync=None, generator=generator,
+                              scope_index=torch.zeros(len(micro), dtype=torch.long, device=micro.advantages.device))
+
     def fill_rollout_stats(self, batch: Trajectories, parts: list[torch.Tensor]) -> bool:
         """Before the first optimiser step: the rollout policy's statistics of the rows the first mini-batch's
         forward will not give, by a no-grad pass. Returns whether that forward gives its own rows' statistics: not
         when the modulator reads them before the loss and the mini-batch spans several micro-batches (their graphs
         would all have to be held at once), then the pass covers every row, as the separate pass did."""
-        fuse = not self.modulator.needs_policy_stats or len(parts[0]) <= self.micro_batch_size
+        fuse = not self.modulator.needs_policy_stats or self.modulate_in_forward or len(parts[0]) <= self.micro_batch_size
         rest = torch.cat([*parts[1:], torch.empty(0, dtype=torch.long)]) if fuse else torch.cat(parts)
         if len(rest):
             rest_rows = batch.select(rest)

@@ -141,9 +141,9 @@ def test_micro_batch_scope_modulates_from_the_training_forward_without_another_p
     for scope in ("micro_batch", "mini_batch"):
         model = tiny()
         b = rows(ids, prompt_index=[0, 0, 1, 1, 2, 2, 3, 3], advantages=[1.0, -1.0] * 4, model=model)
-        count = [0]
-        model.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1))
+        forwards = []
+        model.register_forward_hook(lambda *_, seen=forwards: seen.append(1))
         update_of(model, loss=pg("token_mean"), modulator=dynamo, scope=scope, mini_batches=2, micro_batch_size=2)(
             b, generator=torch.Generator().manual_seed(0), step=1)
-        calls[scope] = count[0]
+        calls[scope] = len(forwards)
     assert calls == {"micro_batch": 4, "mini_batch": 6}

@@ -7,11 +7,17 @@ from torch import Tensor
 from dynamo_cli.algo.terms.base import TERMS, Weighted
 from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
+KL_CLAMP = 10.0  # verl's low_var_kl: the per-token estimate is clamped to [-10, 10]
+
 
 def kl_k3(*, logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
-    """Schulman's k3 estimator of KL(pi || pi_ref): exp(d) - d - 1 with d = log pi_ref - log pi. (N, L), >= 0."""
-    d = ref_logprobs - logprobs
-    return torch.exp(d) - d - 1
+    """Schulman's k3 estimator of KL(pi || pi_ref): exp(d) - d - 1 with d = log pi_ref - log pi. (N, L), in [0, 10].
+
+    As verl's low_var_kl: d is clamped to [-20, 20] before exp and the estimate to [-10, 10] (it is >= 0, so at 10):
+    one token the policy made far less likely than the reference (d = 12: e^12 ≈ 1.6e5) would otherwise outweigh
+    the rest of the batch's KL and its gradient (exp(d) - 1) with it; past the clamp that token passes none."""
+    d = (ref_logprobs - logprobs).clamp(-20.0, 20.0)
+    return (torch.exp(d) - d - 1).clamp(-KL_CLAMP, KL_CLAMP)
 
 
 class ReferenceKL:
