@@ -37,7 +37,7 @@ _WORDS_FOLLOW = re.compile(r"\s*[,;]|\s+[A-Za-z]{2,}")
 
 ANSWER_TYPES = ("integer", "rational", "expression")
 FALLBACKS = ("none", "last_number")  # what to take when there is no \boxed{} and no answer cue
-RULES = ("boxed", "answer_cue", "last_number", "none")  # how the answer was found, strongest first
+RULES = ("boxed", "answer_cue", "bare_answer", "last_number", "none")  # how the answer was found, strongest first
 # Verdicts that no answer extraction decided: task=code's tests run on the program, a user's task.reward function
 RULES += ("program", "reward_fn")
 
@@ -116,6 +116,15 @@ def _after_answer_cue(text: str) -> str | None:
     if m and (m.end() == len(sentence) or _WORDS_FOLLOW.match(sentence, m.end())):
         return m.group()
     return sentence if len(sentence) <= SYMBOLIC_MAX_CHARS else None
+
+
+def _bare_answer(text: str) -> str | None:
+    """The whole completion when it is nothing but a number ("204", "$204$", "**-3/4**", "204."): an answer with no
+    cue around it. A number inside prose is not one ("I get 204 apples"): there the last number is as often an echo
+    of the question as an answer."""
+    m = _MARKUP.match(text.strip())
+    inner = m.group(1).strip() if m else ""
+    return inner if _NUMBER_FULL.fullmatch(inner) or _TEX_FRACTION.fullmatch(inner) else None
 
 
 def _last_number(text: str) -> str | None:
@@ -233,6 +242,7 @@ def judge(completion: str, reference: str, *, answer_type: str, fallback: str) -
     Rules, strongest first; the first that finds an answer decides, right or wrong:
     boxed: every \\boxed{} must hold the answer ("\\boxed{203} or \\boxed{204}" is hedging: 0), and
       more than BOXED_MAX of them score 0; answer_cue: what follows the last "the answer is"/"answer:";
+    bare_answer: without that fallback, a completion that is nothing but a number ("204", "$204$");
     last_number: the last number, only with fallback="last_number" (in chat it would be a number
       echoed from the question as often as an answer). Raises only VerifierTimeout (a symbolic check past its deadline).
     """
@@ -249,6 +259,8 @@ def judge(completion: str, reference: str, *, answer_type: str, fallback: str) -
     rule = "answer_cue"
     if found is None and fallback == "last_number":
         found, rule = _last_number(tail), "last_number"
+    elif found is None:
+        found, rule = _bare_answer(tail), "bare_answer"
     if found is None:
         return Verdict(0.0, "none", None)
     return Verdict(float(answer_matches(found, reference, answer_type)), rule, found)

@@ -178,6 +178,18 @@ def test_chat_takes_no_number_echoed_from_the_question():
     assert chat_last.judge(text, PLUS) == Verdict(1.0, "last_number", "8")
 
 
+@pytest.mark.parametrize("completion, expected", [
+    ("204", Verdict(1.0, "bare_answer", "204")),  # the completion is the answer: it scores in chat too
+    ("$204$", Verdict(1.0, "bare_answer", "204")),
+    ("**204**.", Verdict(1.0, "bare_answer", "204")),
+    (" 203\n", Verdict(0.0, "bare_answer", "203")),  # found, and wrong
+    ("I count 204 apples", Verdict(0.0, "none", None)),  # a number inside prose still does not score
+    ("68*3", Verdict(0.0, "none", None)),  # an expression is not a bare answer
+])
+def test_chat_scores_a_completion_that_is_exactly_the_answer(completion, expected):
+    assert math_task(format="chat").judge(completion, TIMES) == expected
+
+
 def test_plain_keeps_the_last_number_on_its_first_line():
     task = math_task(format="plain")
     assert task.answer_fallback == "last_number" and math_task(format="chat").answer_fallback == "none"
