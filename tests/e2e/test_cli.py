@@ -17,7 +17,7 @@ from conftest import dynamo
          "task.answer_type='number' is not allowed; choose one of: integer, rational, expression"),
         (["train", "--multirun", "allocator=uniform,varience"], "allocator=varience is not an option"),
         # an optional group (experiment) is checked too: Hydra itself would skip the typo and run the defaults
-        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: clip_cov, clip_higher, curriculum, dapo, dynamo,"),
+        (["train", "experiment=dynamoo"], "experiment=dynamoo is not an option of experiment; choose one of: cispo, clip_cov, clip_higher, curriculum, dapo, dynamo,"),
         (["sft", "trainer.stepz=3"], "trainer.stepz is not a config key"),
         (["frobnicate"], "unknown command 'frobnicate'"),
     ],
