@@ -9,6 +9,7 @@ keyword of the classes: its default and its check live in the schema, once.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import itemgetter
@@ -80,7 +81,7 @@ def count_metrics(counts: Tensor) -> dict[str, float]:
     }
 
 
-class HistoryAllocator:
+class HistoryAllocator(ABC):
     """Each prompt's success history, which every allocator keeps (for its decisions, logs, the live table and the
     alloc/history_coverage metric) and saves in checkpoints; subclasses implement `allocate`.
 
@@ -104,8 +105,9 @@ class HistoryAllocator:
         # history of 10^6). Rows never move once assigned, so it stays valid until an id is added or the state loaded.
         self._looked_up: tuple[list[str], Tensor] | None = None
 
+    @abstractmethod
     def allocate(self, prompt_ids: list[str], *, tags: list[str] | None = None) -> Allocation:
-        raise NotImplementedError
+        """(P,) counts for the step's prompts: each allocator's own rule over the shared history."""
 
     def update(self, prompt_ids: list[str], *, successes: Tensor, attempts: Tensor, tags: list[str] | None = None) -> None:
         """Add this step's per-prompt counts (duplicates in prompt_ids accumulate); `tags` aligned with prompt_ids."""

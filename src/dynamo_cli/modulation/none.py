@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dynamo_cli.modulation.base import MODULATORS, ModulatorConfig, ScopeSync, TokenShaping
+from dynamo_cli.modulation.base import MODULATORS, ModulatorConfig, TokenShaping
 
 
 @dataclass
@@ -22,17 +22,6 @@ class NoModulator:
 
     needs_policy_stats = False
 
-    def __call__(
-        self,
-        *,
-        advantages: Tensor,
-        mask: Tensor,
-        entropy: Tensor | None = None,
-        logprobs: Tensor | None = None,
-        old_logprobs: Tensor | None = None,
-        scope_index: Tensor | None = None,
-        scope_sync: ScopeSync | None = None,
-        generator: torch.Generator | None = None,
-    ) -> TokenShaping:
+    def __call__(self, *, advantages: Tensor, mask: Tensor, **policy_stats) -> TokenShaping:  # reads no policy statistics
         mask = mask.bool()
         return TokenShaping(advantages=torch.where(mask, advantages, 0.0).detach(), loss_mask=mask)
