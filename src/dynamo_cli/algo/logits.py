@@ -1,4 +1,5 @@
-"""Entropy and log-probs from logits, in float32 whatever the logits' dtype."""
+"""Entropy and log-probs from logits, in float32 whatever the logits' dtype, and outside any autocast region (under
+mixed precision the model's matmuls run in bfloat16; these reductions over the vocabulary must not)."""
 from __future__ import annotations
 
 import torch
@@ -6,11 +7,12 @@ from torch import Tensor
 
 
 def _rowwise(fn, logits: Tensor, *args: Tensor) -> Tensor:
-    """Apply fn in float32; half-precision logits go one sequence at a time, since upcasting the whole
+    """Apply fn in float32 with autocast off; half-precision logits go one sequence at a time, since upcasting the whole
     (N, L, V) tensor at once would double peak memory."""
-    if logits.dim() < 2 or logits.dtype in (torch.float32, torch.float64):
-        return fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), *args)
-    return torch.stack([fn(row.float(), *(a[i] for a in args)) for i, row in enumerate(logits)])
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        if logits.dim() < 2 or logits.dtype in (torch.float32, torch.float64):
+            return fn(logits.to(torch.promote_types(logits.dtype, torch.float32)), *args)
+        return torch.stack([fn(row.float(), *(a[i] for a in args)) for i, row in enumerate(logits)])
 
 
 def _entropy(logits: Tensor) -> Tensor:

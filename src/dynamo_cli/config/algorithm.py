@@ -18,6 +18,10 @@ class OptimConfig:
     schedule: str = "constant"  # after warm-up: constant | cosine | linear
     min_lr_ratio: float = 0.0  # cosine/linear decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    # float32: the weights and AdamW's moments stay float32 and model.dtype is the autocast dtype of the forwards (as TRL and
+    # verl train); model: the weights are held and updated in model.dtype itself (half the memory, but a bf16 weight
+    # ignores any update below half its ulp: ~6e-5 at |w| = 0.02, so lr 1e-6 changes almost nothing)
+    master_weights: str = "float32"
 
     def __post_init__(self) -> None:
         positive("optim.lr", self.lr)
@@ -29,6 +33,7 @@ class OptimConfig:
         one_of("optim.schedule", self.schedule, SCHEDULES)
         check(0 <= self.min_lr_ratio <= 1, f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         positive("optim.grad_clip", self.grad_clip, strict=False)
+        one_of("optim.master_weights", self.master_weights, ("float32", "model"))
 
 
 @dataclass
@@ -82,10 +87,15 @@ class AlgorithmConfig:
     gamma: float = 1.0
     lam: float = 1.0
     kl_in_reward: float = 0.0  # gae: β of a per-token reward −β (log π_old − log π_ref) (InstructGPT-style PPO); 0 = off
-    # truncated importance sampling of the rollout engine's samples (algo/importance.py; needs rollout=vllm, whose log-probs
-    # differ from the trainer's): none | token (min(π_old/μ, cap) per token) | sequence (min(Π π_old/μ, cap) per sequence)
+    # truncated importance sampling of the rollout engine's samples (algo/importance.py: the engine's log-probs μ differ from
+    # the trainer's π_old: vLLM's kernels, or hf generating from a bf16 copy): none | token (min(π_old/μ, cap) per token)
+    # | sequence (min(Π π_old/μ, cap) per sequence)
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0  # C, the truncation of the importance weights (TIS's default)
+    # masked importance sampling (verl's rollout correction): none | token (a token whose π_old/μ leaves rollout_mask_bounds
+    # gets no loss) | sequence (a sequence whose Π π_old/μ leaves them gets none)
+    rollout_mask: str = "none"
+    rollout_mask_bounds: list[float] = field(default_factory=lambda: [0.5, 2.0])  # [lo, hi] of the ratios kept
     # log π_old and entropies from the first mini-batch's training forward, not a separate pass, where exact (docs/scaling.md "Speed")
     reuse_forward: bool = True
 
@@ -114,5 +124,9 @@ class AlgorithmConfig:
         positive("algorithm.kl_in_reward", self.kl_in_reward, strict=False)
         one_of("algorithm.rollout_is", self.rollout_is, LEVELS)
         check(self.rollout_is_cap >= 1, f"algorithm.rollout_is_cap={self.rollout_is_cap} must be >= 1")
+        one_of("algorithm.rollout_mask", self.rollout_mask, LEVELS)
+        bounds = list(self.rollout_mask_bounds)
+        check(len(bounds) == 2 and 0 < bounds[0] <= 1 <= bounds[1],
+              f"algorithm.rollout_mask_bounds={bounds} must be [lo, hi] with 0 < lo <= 1 <= hi")
         check(self.kl_in_reward == 0 or self.advantage == "gae",
                f"algorithm.kl_in_reward={self.kl_in_reward} needs algorithm.advantage=gae (a group estimator has no per-token reward)")

@@ -33,7 +33,12 @@ class ModelConfig:
 
     name: str = MISSING  # label used in logs and run names
     path: Optional[str] = None  # a local Hugging Face checkpoint dir; when set it replaces the option's source
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    # float32 | bfloat16 | float16: the compute dtype. Training keeps float32 master weights and runs the forwards under
+    # autocast in this dtype (optim.master_weights); eval and export hold the weights in it
+    dtype: str = "float32"
+    # recompute each decoder layer's activations in the backward instead of keeping them: ~1/num_layers of the
+    # activation memory for ~1/3 more compute (runtime/resources.py plans with it)
+    gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
@@ -45,6 +50,12 @@ class ModelConfig:
                 or os.path.isfile(os.path.join(self.path, "adapter_config.json")),
                 f"model.path={self.path!r} holds no config.json: not a Hugging Face checkpoint",
             )
+
+
+def check_training_precision(model: ModelConfig) -> None:
+    """sft and train: float16 needs loss scaling (its gradients underflow), which is not built; bfloat16 has float32's range."""
+    check(model.dtype != "float16", "model.dtype=float16 cannot train: float16 gradients need loss scaling (a gradient scaler), "
+          "which is not built; use model.dtype=bfloat16 (the same memory, float32's exponent range)")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dynamo_cli.config.algorithm import AlgorithmConfig, OptimConfig
 from dynamo_cli.config.base import check, check_batch_size, one_of, positive
 from dynamo_cli.config.eval import EvalSettings
 from dynamo_cli.config.logger import LoggerConfig
-from dynamo_cli.config.model import ModelConfig
+from dynamo_cli.config.model import ModelConfig, check_training_precision
 
 
 # ---------------------------------------------------------------------------------------- recipes
@@ -114,6 +114,10 @@ class SFTConfig(RunConfig):
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: SFTTrainerConfig = field(default_factory=SFTTrainerConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_training_precision(self.model)
+
 
 @dataclass
 class TrainConfig(RunConfig):
@@ -133,6 +137,7 @@ class TrainConfig(RunConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_training_precision(self.model)
         max_length, buffer = self.algorithm.overlong_penalty.resolved(self.max_new_tokens)
         check(buffer <= max_length, f"algorithm.overlong_penalty.buffer={buffer} must be <= its max_length={max_length}")
         for part in (self.task, self.sampler, self.allocator, self.modulator, self.rollout, self.critic):

@@ -36,32 +36,47 @@ class RolloutConfig(GroupConfig):
         check(not self.one_step_off_policy or run.critic.name == "none",
               f"rollout.one_step_off_policy=true with critic={run.critic.name}: the critic's V_old would be read while the update "
               "trains it; use critic=none or one_step_off_policy=false")
+        from dynamo_cli.config.task import EnvironmentTaskConfig
+
+        correction = next((f"algorithm.{key}={value}" for key in ("rollout_is", "rollout_mask")
+                           if (value := getattr(run.algorithm, key)) != "none"), None)
+        check(correction is None or not isinstance(run.task, EnvironmentTaskConfig),
+              f"{correction} with task={run.task.name}: a multi-turn episode's engine reports no log-probs for its turns; "
+              "use rollout_is=none and rollout_mask=none")
 
 
 @dataclass
 class HFRolloutConfig(RolloutConfig):
-    """Batched generation with a KV cache in the training process, on the policy itself (rollout/hf.py)."""
+    """Batched generation with a KV cache in the training process, on the policy itself, or on a copy of it in model.dtype
+    under mixed precision (rollout/hf.py)."""
 
     name: str = "hf"
 
-    def check_run(self, run) -> None:
-        super().check_run(run)
-        check(run.algorithm.rollout_is == "none",
-              f"algorithm.rollout_is={run.algorithm.rollout_is} corrects the rollout engine's log-probs against the trainer's; "
-              f"rollout={self.name} samples with the trainer's own model and reports none: use rollout=vllm or rollout_is=none")
+
+def vllm_logprobs_mode(*, temperature: float, top_p: float) -> Optional[str]:
+    """The vLLM `logprobs_mode` whose sampled-token log-probs are the trainer's log-softmax(logits / temperature), without
+    top-p: raw_logprobs (before any processing) at temperature 1, processed_logprobs (after temperature and top-p) at top_p 1.
+    None: no mode compares like with like (the engine's would be renormalised after top-p, the trainer's are not)."""
+    if temperature == 1.0:
+        return "raw_logprobs"
+    if top_p == 1.0:
+        return "processed_logprobs"
+    return None
 
 
 @dataclass
 class VLLMRolloutConfig(RolloutConfig):
-    """Generation with vLLM in the training process, on the same GPU; the policy's weights are copied into
-    vLLM after every update (rollout/vllm.py). Needs `pip install 'dynamo-cli[vllm]'` and CUDA."""
+    """Generation with vLLM in the training process, one engine per GPU (vLLM's external launcher: each rank's engine on its
+    own device); the policy's weights are copied into vLLM after every update (rollout/vllm.py). Needs the `vllm` extra
+    (pinned, see docs/scaling.md) and CUDA."""
 
     name: str = "vllm"
     gpu_memory_utilization: float = 0.3  # share of the GPU vLLM takes for weights + KV cache; the rest trains
     enforce_eager: bool = False  # True: no CUDA graphs (starts faster, generates slower)
-    max_model_len: Optional[int] = None  # None: longest prompt + max_new_tokens
+    max_model_len: Optional[int] = None  # None: the pool's longest prompt + max_new_tokens
     # vLLM's sleep mode between generation and training: 0 off; 1 weights to host memory + KV cache freed; 2 both freed
-    # (the next weight sync reloads them: the cheaper one when, as here, every step syncs)
+    # (the next weight sync reloads them: the cheaper one when, as here, every step syncs). It wakes as TRL does: torch's
+    # cache emptied, the weights woken and synced, then the KV cache
     sleep_level: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +88,11 @@ class VLLMRolloutConfig(RolloutConfig):
 
     def check_run(self, run) -> None:
         super().check_run(run)
+        correction = next((f"algorithm.{key}={value}" for key in ("rollout_is", "rollout_mask")
+                           if (value := getattr(run.algorithm, key)) != "none"), None)
+        check(correction is None or vllm_logprobs_mode(temperature=self.temperature, top_p=self.top_p) is not None,
+              f"{correction} with rollout.temperature={self.temperature} and rollout.top_p={self.top_p}: vLLM reports log-probs "
+              "before the temperature or after top-p, neither comparable with the trainer's; set temperature=1 or top_p=1")
         check(not self.one_step_off_policy,
               f"rollout.one_step_off_policy=true is built for rollout=hf only (a background thread on a copy of the weights); "
               f"rollout={self.name} would need its engine to generate during the update: use rollout=hf or one_step_off_policy=false")

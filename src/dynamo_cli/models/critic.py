@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from dynamo_cli.config.algorithm import OptimConfig
 from dynamo_cli.config.critic import NoCriticConfig, SeparateCriticConfig, SharedCriticConfig
 from dynamo_cli.errors import DynamoError
+from dynamo_cli.models import precision
 from dynamo_cli.models.optim import make_optimizer
 from dynamo_cli.models.trainable import Trainable
 from dynamo_cli.registry import Registry
@@ -40,12 +41,13 @@ def make_critic(policy: torch.nn.Module, device: torch.device, *, resume_from: O
 
     from dynamo_cli.models.load import is_peft_model
 
-    if resume_from is not None:
-        return AutoModelForTokenClassification.from_pretrained(Path(resume_from) / "critic").to(device)
+    if resume_from is not None:  # it computes as the policy does (mixed precision: models/precision.py)
+        return precision.mark(AutoModelForTokenClassification.from_pretrained(Path(resume_from) / "critic").to(device),
+                              precision.marked_dtype(policy))
     base = policy.get_base_model() if is_peft_model(policy) else policy  # under LoRA: the base weights, all trainable
     config = copy.deepcopy(base.config)
     config.num_labels, config.classifier_dropout = 1, 0.0
-    critic = AutoModelForTokenClassification.from_config(config, dtype=base.dtype)
+    critic = precision.mark(AutoModelForTokenClassification.from_config(config, dtype=base.dtype), precision.marked_dtype(policy))
     prefix = critic.base_model_prefix + "."
     trunk = {key[len(prefix):].replace(".base_layer.", "."): value for key, value in base.state_dict().items()
              if key.startswith(prefix) and "lora_" not in key}
@@ -57,7 +59,8 @@ def completion_values(critic: torch.nn.Module, *, input_ids: torch.Tensor, atten
                       prompt_width: int) -> torch.Tensor:
     """(N, L) V(s_t) before each response token t: the head at the position that predicts token t, the same
     alignment as the policy's log-probs (policy.completion_token_stats). Differentiable."""
-    out = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
+    with precision.autocast(critic):
+        out = critic(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask))
     return out.logits[:, prompt_width - 1:-1, 0].float()  # (N, L)
 
 

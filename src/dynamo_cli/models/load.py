@@ -21,6 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from dynamo_cli.config.base import ConfigError
 from dynamo_cli.config.model import GGUFModelConfig, LoraConfig, ModelConfig, TinyModelConfig
+from dynamo_cli.errors import warn
+from dynamo_cli.models import precision
 from dynamo_cli.runtime import atomic
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -31,7 +33,7 @@ TINY_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}assistant: {% endif %}"
 )
 BASE_DIR = "base"  # in a run's checkpoints dir: the base of its LoRA adapters when no other dir holds it
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = precision.DTYPES
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -107,18 +109,24 @@ def convert_gguf(cfg: GGUFModelConfig) -> Path:
     return atomic.write_dir(target, write)
 
 
-def load_policy(cfg: ModelConfig, device: torch.device, *,
-                resume_from: Optional[Path] = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
+def load_policy(cfg: ModelConfig, device: torch.device, *, resume_from: Optional[Path] = None,
+                master_weights: Optional[str] = None) -> tuple[torch.nn.Module, PreTrainedTokenizerFast]:
     """The policy and its tokenizer, from `resume_from` (a checkpoint of this run), else `model.path`,
     else the option's own source.
+
+    `master_weights` (training: optim.master_weights): the weights are held in float32 ("float32") and the forwards
+    autocast to model.dtype (models/precision.py), or held in model.dtype ("model"). None (eval, export): held in
+    model.dtype, no autocast. `model.gradient_checkpointing` is switched on here when training.
 
     A LoRA checkpoint given as `model.path` is merged into its base: it becomes the starting policy, and
     with `model.lora.enabled` a fresh adapter (B = 0, an identity) goes on top. So the adapter-disabled
     model is always the starting policy, which makes it the KL reference for free (`reference_policy`).
     Only a resume keeps a saved adapter as it is, trainable, on the same base.
     """
-    dtype = DTYPES[cfg.dtype]
+    dtype = DTYPES[cfg.dtype] if master_weights is None else precision.weights_dtype(cfg.dtype, master_weights)
     if resume_from is not None:
+        if note := precision.checkpoint_note(saved_dtype(resume_from), dtype):
+            warn(note)
         model, tokenizer = load_checkpoint(str(resume_from), dtype=dtype, merge=not cfg.lora.enabled)
     elif cfg.path is not None:
         model, tokenizer = load_checkpoint(cfg.path, dtype=dtype, merge=True)
@@ -132,9 +140,36 @@ def load_policy(cfg: ModelConfig, device: torch.device, *,
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    if master_weights is not None and cfg.gradient_checkpointing:
+        enable_checkpointing(model)
     if cfg.lora.enabled and not is_peft_model(model):
         model = add_lora(model, cfg.lora)
-    return model.to(device), tokenizer
+    autocast = None if master_weights is None else precision.autocast_dtype(cfg.dtype, master_weights)
+    return precision.mark(model.to(device), autocast), tokenizer
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute every decoder layer in the backward (active in train mode only). Non-reentrant: it works under autocast
+    and FSDP2 and with inputs that need no gradient. transformers 5 renamed the switch; both spellings are served."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def saved_dtype(path: str | Path) -> Optional[str]:
+    """The dtype a checkpoint's weights were saved in, as its config.json (or its LoRA base's) records it; None if unsaid."""
+    path = Path(path)
+    config = path / "config.json"
+    if not config.is_file() and is_lora_checkpoint(path):
+        with contextlib.suppress(ConfigError):
+            config = lora_base_path(path) / "config.json"
+    if not config.is_file():
+        return None
+    recorded = json.loads(config.read_text())
+    value = recorded.get("dtype", recorded.get("torch_dtype"))
+    return value if isinstance(value, str) else None
 
 
 def is_lora_checkpoint(path: str | Path) -> bool:
@@ -221,13 +256,15 @@ class AdapterDisabled(torch.nn.Module):
         return out
 
 
-def reference_policy(model: torch.nn.Module, *, cfg: ModelConfig, device: torch.device, resumed: bool) -> torch.nn.Module:
+def reference_policy(model: torch.nn.Module, *, cfg: ModelConfig, device: torch.device, resumed: bool,
+                     master_weights: Optional[str] = None) -> torch.nn.Module:
     """The starting policy, frozen, for the KL term. Under LoRA: the base with the adapter disabled
     (load_policy makes the adapter start as an identity), which costs no memory. Otherwise a copy of
-    the policy, or, after a resume, the starting policy loaded again from `cfg`."""
+    the policy, or, after a resume, the starting policy loaded again from `cfg`, held and computed as the policy is
+    (`master_weights`), so that the KL is 0 before the first update."""
     if is_peft_model(model):
         return AdapterDisabled(model)
-    start = load_policy(cfg, device)[0] if resumed else copy.deepcopy(model)
+    start = load_policy(cfg, device, master_weights=master_weights)[0] if resumed else copy.deepcopy(model)
     return start.eval().requires_grad_(False)
 
 

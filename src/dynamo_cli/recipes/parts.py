@@ -91,10 +91,20 @@ def build_episodes(task, *, engine, policy, tokenizer):
     return EPISODES.build(task, task=task, generate=engine.generate, policy=policy, tokenizer=tokenizer)
 
 
-def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, longest_sequence: int):
-    """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update."""
+def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, longest_sequence: int, dp):
+    """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update.
+
+    Under mixed precision rollout=hf generates from a copy of the weights in model.dtype (`generation_dtype`), except where
+    the policy's own forward already computes in it: FSDP2's gathered parameters, and the one-step-off-policy behaviour copy
+    (generated on under autocast, so that no second copy is refreshed while the background collect reads it). vLLM holds
+    its weights in model.dtype, on this process's GPU (`local_rank`)."""
+    from dynamo_cli.models import precision
+
+    copy_dtype = precision.autocast_dtype(cfg.model.dtype, cfg.optim.master_weights)
     return ROLLOUT_ENGINES.build(cfg.rollout, policy=policy, tokenizer=tokenizer, longest_sequence=longest_sequence, seed=cfg.seed,
-                                 logprobs=cfg.algorithm.rollout_is != "none")
+                                 generation_dtype=None if dp.sharded or cfg.rollout.one_step_off_policy else copy_dtype,
+                                 model_dtype=cfg.model.dtype, rank=dp.rank, world_size=dp.world_size,
+                                 local_rank=(dp.device.index or 0) if dp.device.type == "cuda" else 0)
 
 
 def behaviour_policy(cfg: TrainConfig, policy):

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from dynamo_cli.config.recipes import SFTConfig
-from dynamo_cli.errors import DynamoError
+from dynamo_cli.errors import DynamoError, warn
+from dynamo_cli.models import precision
 from dynamo_cli.models.load import count_parameters, load_policy
 from dynamo_cli.models.optim import make_optimizer
 from dynamo_cli.recipes.parts import build_task
@@ -44,7 +45,8 @@ def collate(examples: list[tuple[list[int], list[int], list[bool]]], pad_id: int
 
 def completion_loss_sum(model, ids, mask, labels) -> torch.Tensor:
     """Summed next-token cross-entropy over completion tokens (the caller divides by the batch's count)."""
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
+    with precision.autocast(model):  # model.dtype over float32 masters (models/precision.py)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask)).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100, reduction="sum")
 
 
@@ -66,7 +68,9 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
     console = make_console(cfg.logger, quiet=not dp.is_main)
     device = dp.device
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_policy(cfg.model, device)
+    if cfg.optim.master_weights == "model" and cfg.model.dtype != "float32":
+        warn(precision.PURE_BF16_WARNING.format(dtype=cfg.model.dtype))
+    model, tokenizer = load_policy(cfg.model, device, master_weights=cfg.optim.master_weights)
     train_problems, test_problems = task.train_problems(), task.test_problems()
     test_problems = eval_subset(test_problems, cfg.eval.max_problems)
     examples = tokenize_demonstrations(task, train_problems, tokenizer)
@@ -80,7 +84,8 @@ def sft(cfg: SFTConfig, session: RunSession) -> None:
     longest = max(len(p) + len(c) for p, c, _ in examples)
     plan = plan_batch_sizes(model, device, generation=None, training=cfg.trainer.micro_batch_size, prompt_tokens=0,
                             new_tokens=longest, most_generation=1, most_training=cfg.trainer.batch_size // dp.world_size,
-                            memory_fraction=cfg.memory_fraction)  # logits over every position: all "completion"
+                            memory_fraction=cfg.memory_fraction,  # logits over every position: all "completion"
+                            micro_batch_key="trainer.micro_batch_size")
     micro_batch_size = plan.training
     max_new_tokens = cfg.eval_max_new_tokens
     eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=max_new_tokens,

@@ -17,9 +17,11 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from dynamo_cli.algo.importance import step_mismatch
 from dynamo_cli.algo.terms.base import build_loss
 from dynamo_cli.config.recipes import TrainConfig
-from dynamo_cli.errors import DynamoError, Preempted
+from dynamo_cli.errors import DynamoError, Preempted, warn
+from dynamo_cli.models import precision
 from dynamo_cli.models.critic import critic_trainables
 from dynamo_cli.models.load import count_parameters, load_policy, reference_policy
 from dynamo_cli.models.optim import make_optimizer
@@ -80,33 +82,41 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     torch.manual_seed(cfg.seed)
 
     # ---------------------------------------------------------------- the parts, each chosen once from the config
-    model, tokenizer = load_policy(cfg.model, device, resume_from=resume_from)
-    reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None)
-                 if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
-    critic = parts.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value function (critic=separate|shared) or None
-    total, trainable = count_parameters(model)
+    if cfg.optim.master_weights == "model" and cfg.model.dtype != "float32":
+        warn(precision.PURE_BF16_WARNING.format(dtype=cfg.model.dtype))
     task = parts.build_task(cfg.task)
     train_problems = prompt_pool(task.train_problems(), cfg.trainer.prompt_pool)
     test_problems = eval_subset(task.test_problems(), cfg.eval.max_problems)
+    # vLLM takes its share of the GPU first (it checks its share against the memory free when it starts): the policy
+    # waits on the host until the engine holds it, then moves to its device
+    model, tokenizer = load_policy(cfg.model, torch.device("cpu") if cfg.rollout.name == "vllm" else device,
+                                   resume_from=resume_from, master_weights=cfg.optim.master_weights)
+    prompt_tokens = longest_prompt(tokenizer, task, train_problems)  # the whole pool's: vLLM's max_model_len
+    if cfg.rollout.one_step_off_policy and dp.sharded:
+        raise DynamoError("rollout.one_step_off_policy=true under FSDP2: generating on gathered weights while the update runs "
+                          "on the sharded ones is not built; use conf/accelerate/ddp.yaml or one_step_off_policy=false")
+    behaviour = parts.behaviour_policy(cfg, model)  # what samples: the policy, or (one-step-off-policy) a copy of it
+    try:  # the generator (the policy, a copy of it in model.dtype, or vLLM), before the batch plan sees what memory is left
+        engine = parts.build_rollout_engine(cfg, behaviour, tokenizer, longest_sequence=prompt_tokens + cfg.max_new_tokens, dp=dp)
+    except VLLMUnavailable as error:
+        raise DynamoError(str(error)) from error
+    model.to(device)  # nothing to move unless vLLM went first
+    reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None,
+                                  master_weights=cfg.optim.master_weights)
+                 if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
+    critic = parts.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value function (critic=separate|shared) or None
+    total, trainable = count_parameters(model)
     sampler = parts.build_sampler(cfg, problems=train_problems)  # a curriculum orders the pool by its tags
     allocator, modulator = parts.build_allocator(cfg), parts.build_modulator(cfg)
     estimate = parts.build_estimator(cfg, dp)  # dp: GAE whitens its advantages over every process's tokens
     updates_per_step = cfg.algorithm.ppo_epochs * cfg.algorithm.mini_batches
     optimizer, scheduler = make_optimizer(model, cfg.optim, total_steps=cfg.trainer.steps * updates_per_step)
     rollouts_per_rank = P * cfg.rollout.n // dp.world_size
-    prompt_tokens = longest_prompt(tokenizer, task, train_problems)
-    if cfg.rollout.one_step_off_policy and dp.sharded:
-        raise DynamoError("rollout.one_step_off_policy=true under FSDP2: generating on gathered weights while the update runs "
-                          "on the sharded ones is not built; use conf/accelerate/ddp.yaml or one_step_off_policy=false")
-    behaviour = parts.behaviour_policy(cfg, model)  # what samples: the policy, or (one-step-off-policy) a copy of it
-    try:  # the generator (the policy itself, or vLLM holding a copy), before the batch plan sees what memory is left
-        engine = parts.build_rollout_engine(cfg, behaviour, tokenizer, longest_sequence=prompt_tokens + cfg.max_new_tokens)
-    except VLLMUnavailable as error:
-        raise DynamoError(str(error)) from error
     plan = plan_batch_sizes(  # `auto` batch sizes from the memory free now (before the optimiser allocates its state)
         model, device, generation=cfg.rollout.max_batch_size, training=cfg.algorithm.micro_batch_size,
         prompt_tokens=prompt_tokens, new_tokens=cfg.max_new_tokens, most_generation=rollouts_per_rank,
-        most_training=-(-rollouts_per_rank // cfg.algorithm.mini_batches), memory_fraction=cfg.memory_fraction)
+        most_training=-(-rollouts_per_rank // cfg.algorithm.mini_batches), memory_fraction=cfg.memory_fraction,
+        shards=dp.world_size if dp.sharded else 1)  # FSDP2: this rank's share of the state, once sharded
     eval_plan = plan_eval_batch(model, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=cfg.eval_max_new_tokens,
                                 device=device, memory_fraction=cfg.memory_fraction, world_size=dp.world_size)
     model, optimizer = dp.prepare(model, optimizer, micro_batch_size=plan.training)  # DDP / DeepSpeed ZeRO-2; nothing with one process
@@ -150,10 +160,14 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
         console.print(f"log pi_old by a separate pass: {separate_pass}")
     console.print(f"eval {eval_plan.note}")
 
+    # eval generates with the rollout engine (vLLM, or hf's copy in model.dtype); under FSDP2 and one-step-off-policy the
+    # engine's weights are not the current policy's (gathered per generation; one update behind): eval on the policy
+    eval_engine = None if dp.sharded or cfg.rollout.one_step_off_policy else engine
+
     def test_eval(progress: EvalProgress) -> dict[str, Any]:
         with dp.full_weights(model), progress:  # FSDP2: eval is rank-local, on the gathered weights
             return evaluate(policy, tokenizer, task, test_problems, settings=cfg.eval, max_new_tokens=cfg.eval_max_new_tokens,
-                            seed=cfg.seed, batch_size=eval_plan.generation, dp=dp, progress=progress)
+                            seed=cfg.seed, batch_size=eval_plan.generation, dp=dp, engine=eval_engine, progress=progress)
 
     def run_eval(step: int, progress: EvalProgress) -> dict[str, Any]:
         result = test_eval(progress)
@@ -187,8 +201,10 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
             t0 = time.perf_counter()  # 4. modulate and update the policy (and the critic)
             update_metrics, distributions = update(step_data.batch.replace(advantages=advantages, returns=returns), step=step,
                                                    generator=torch.Generator().manual_seed(stream_seed(cfg.seed, step, dp.rank)))
-            engine.sync(policy)  # vLLM: copy the new weights in (hf: nothing, it generates with the policy)
+            engine.sync(policy)  # vLLM, hf's copy in model.dtype: the new weights in (hf on the policy itself: nothing)
             update_seconds = time.perf_counter() - t0
+            # the engine's log-probs against the trainer's log pi_old, which the update has filled: every step, corrected or not
+            update_metrics.update(step_mismatch(step_data.batch, cfg.algorithm, gather_objects=dp.gather_objects))
             schedule.settle()  # one-step-off-policy: the next step's batch is in before logs, eval and checkpoints
 
             # 5. log, dump, eval, checkpoint

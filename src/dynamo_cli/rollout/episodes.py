@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dynamo_cli.models import precision
 from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.dialogue import between_text
-from dynamo_cli.rollout.hf import Rollouts, _generate_chunk, stream_seed
+from dynamo_cli.rollout.hf import Rollouts, _generate_chunk, end_token_ids, stream_seed
 from dynamo_cli.tasks.answers import RULES
 from dynamo_cli.verify.verifiers import DEFAULT_TIMEOUT, VerifierTimeout, Watchdog, guarded, warn_counts
 
@@ -134,14 +135,15 @@ class MultiTurnEpisodes:
         segments: list[list[Segment]] = [[] for _ in rows]
         used, turns = [0] * n, [0] * n
         rewards, finished = [0.0] * n, [False] * n
-        eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+        eos_ids, pad_id = end_token_ids(tokenizer, model), tokenizer.pad_token_id
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         env_seconds, active = 0.0, list(range(n))
         timeout = getattr(task.verifier, "timeout", DEFAULT_TIMEOUT)
         faults, first = {"rollout/reward_errors": 0.0, "rollout/reward_timeouts": 0.0}, None
-        with Watchdog(timeout) as watchdog:  # the main thread's second layer; elsewhere the deadline alone
+        # the watchdog: the main thread's second layer, elsewhere the deadline alone; autocast: mixed precision (models/precision.py)
+        with Watchdog(timeout) as watchdog, precision.autocast(model):
             for turn in range(task.max_turns):
                 if not active:
                     break
@@ -151,14 +153,14 @@ class MultiTurnEpisodes:
                 for start in range(0, len(active), max_batch_size):
                     chunk = active[start:start + max_batch_size]
                     prefixes = [encoded[rows[r]] + [t for ids, _ in segments[r] for t in ids] for r in chunk]
-                    _, completion, mask, _, _ = _generate_chunk(  # (ids, completion, mask, finished, engine tokens)
-                        model, prefixes, pad_id=pad_id, eos_id=eos_id, max_new_tokens=max(limits[r] for r in chunk),
+                    generated = _generate_chunk(
+                        model, prefixes, pad_id=pad_id, eos_ids=eos_ids, max_new_tokens=max(limits[r] for r in chunk),
                         temperature=temperature, top_p=top_p, seed=turn_seed, streams=streams[chunk], device=device)
-                    completion, mask = completion.cpu(), mask.cpu()
+                    completion, mask = generated.completion.cpu(), generated.completion_mask.cpu()
                     t0 = time.perf_counter()
                     for b, r in enumerate(chunk):
                         ids = completion[b][mask[b]].tolist()[:limits[r]]  # a row may have less budget left than the chunk
-                        ended = bool(ids) and ids[-1] == eos_id
+                        ended = bool(ids) and ids[-1] in eos_ids
                         text = tokenizer.decode(ids, skip_special_tokens=True)
                         segments[r].append((ids, True))
                         used[r] += len(ids)

@@ -1,7 +1,13 @@
-"""Generation only: prompts × counts -> completions (token ids, masks, text). No rewards here.
+"""Generation only: prompts × counts -> completions (token ids, masks, text, the engine's log-probs). No rewards here.
 
 A hand-written sampling loop over a KV cache rather than `model.generate`, for two reasons: sampling is
-counter-based, and the loop stops as soon as every sequence in a chunk has emitted EOS.
+counter-based, and the loop stops as soon as every sequence in a chunk has emitted an end token. The end tokens are
+the tokenizer's EOS and every `eos_token_id` of the model's generation_config (Qwen2.5-Instruct has two), the same
+set vLLM stops on (`end_token_ids`), so neither engine appends an end token it never sampled.
+
+Each sampled token's log-prob under the distribution it was drawn from (log-softmax of the logits at the temperature,
+before top-p, as the trainer computes π_old) is reported with the rollouts: log μ for algorithm.rollout_is/rollout_mask
+and the rollout/trainer mismatch logged every step (algo/importance.py).
 
 Counter-based sampling: the uniform number that picks token t of rollout r is a hash of (seed, r, t).
 A rollout's randomness therefore does not depend on which other rollouts share its batch, on the
@@ -10,14 +16,17 @@ exactly, a resume needs no RNG state, and 1 process and N processes sample the s
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, fields
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
+from dynamo_cli.algo.logits import logprobs_from_logits
 from dynamo_cli.config.rollout import HFRolloutConfig
+from dynamo_cli.models import precision
 from dynamo_cli.rollout.engines import ROLLOUT_ENGINES
 
 
@@ -32,7 +41,9 @@ class Rollouts:
     prompt_width: int  # Tp: completions start at this column
     texts: list[str]  # decoded completions, special tokens removed
     finished: torch.Tensor  # (N,) bool: the completion ended with EOS (False: cut at max_new_tokens)
-    logprobs: torch.Tensor | None = None  # (N, Tc) the engine's own log-prob of each sampled token (vLLM, for algorithm.rollout_is)
+    # (N, Tc) the engine's own log-prob of each sampled token, at the sampling temperature (NaN where it reported none);
+    # None when it reported none at all (greedy decoding)
+    logprobs: torch.Tensor | None = None
     # (real, all) token positions the engine's forwards processed: all - real is padding (rollout/padding_waste). None: unknown
     engine_tokens: tuple[int, int] | None = None
     # multi-turn rollouts (episodes.MultiTurnEpisodes): the completion holds policy and environment tokens
@@ -126,6 +137,22 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_p: float, unifo
     return token.clamp(max=probs.shape[-1] - 1)
 
 
+def end_token_ids(tokenizer, model=None) -> tuple[int, ...]:
+    """The tokens that end a completion: the tokenizer's EOS and every eos_token_id of the model's generation_config
+    (an int or a list), sorted. vLLM stops on the same set (it reads generation_config too)."""
+    ends = {tokenizer.eos_token_id}
+    config = getattr(model, "generation_config", None)
+    recorded = getattr(config, "eos_token_id", None)
+    ends.update([recorded] if isinstance(recorded, int) else list(recorded or ()))
+    return tuple(sorted(e for e in ends if e is not None))
+
+
+def sampled_logprobs(logits: torch.Tensor, tokens: torch.Tensor, *, temperature: float) -> torch.Tensor:
+    """(B, V) logits, (B,) sampled tokens -> (B,) log-softmax(logits / temperature)[token] in float32: the log-prob the
+    token was drawn with before top-p, which is what the trainer's π_old is computed as (rollout/policy_stats.py)."""
+    return logprobs_from_logits(logits.float() / temperature, tokens)
+
+
 def cache_kwarg(model) -> str:
     """transformers 5.2x calls the KV cache `cache`; earlier releases `past_key_values`."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -136,9 +163,18 @@ def cache_of(output):
     return output.cache if getattr(output, "cache", None) is not None else output.past_key_values
 
 
+class Chunk(NamedTuple):
+    prompt_ids: torch.Tensor  # (B, Tp) left-padded
+    completion: torch.Tensor  # (B, Tc) pad after a row's end
+    completion_mask: torch.Tensor  # (B, Tc) bool: tokens up to and including the end token
+    finished: torch.Tensor  # (B,) bool: ended with an end token
+    engine_tokens: tuple[int, int]  # (real, all) token positions the forwards processed
+    logprobs: torch.Tensor | None  # (B, Tc) float32 log-prob of each sampled token (0 after a row's end); None when greedy
+
+
 @torch.no_grad()
-def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int,
-                    temperature: float, top_p: float, seed: int | None, streams: torch.Tensor, device: torch.device):
+def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_ids: tuple[int, ...], max_new_tokens: int,
+                    temperature: float, top_p: float, seed: int | None, streams: torch.Tensor, device: torch.device) -> Chunk:
     width = max(len(p) for p in prompt_ids)
     ids = torch.full((len(prompt_ids), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -154,13 +190,18 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     active = torch.arange(len(prompt_ids), device=device)  # (A,) rows still decoding: a finished row leaves the batch
     real, slots = sum(map(len, prompt_ids)), ids.numel()  # token positions fed to the model: real ones, all
-    tokens = []
+    ends = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    tokens, logprobs = [], []
+    sampling = seed is not None and temperature > 0
     for t in range(max_new_tokens):
         uniforms = None if seed is None else counter_uniforms(seed, streams[active.cpu()], t)
         sampled = sample_next(logits, temperature=temperature, top_p=top_p, uniforms=uniforms).to(device)  # (A,)
         token = torch.full((len(prompt_ids),), pad_id, dtype=torch.long, device=device).index_copy_(0, active, sampled)
         tokens.append(token)
-        finished |= token == eos_id
+        if sampling:  # (B,) the engine's log μ of each token: 0 for rows that already ended
+            logprobs.append(torch.zeros(len(prompt_ids), device=device).index_copy_(
+                0, active, sampled_logprobs(logits, sampled, temperature=temperature)))
+        finished |= torch.isin(token, ends)
         if t == max_new_tokens - 1 or bool(finished.all()):  # a CPU-GPU sync per token: cheap next to the forward
             break
         going = ~finished[active]  # (A,)
@@ -175,10 +216,10 @@ def _generate_chunk(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: 
         next_position = next_position + 1
         real, slots = real + len(active), slots + len(active)
     completion = torch.stack(tokens, dim=1)  # (B, Tc)
-    # a token counts if no EOS came strictly before it (the EOS itself counts: the policy chose to stop)
-    eos_seen = (completion == eos_id).long().cumsum(-1)
-    completion_mask = (eos_seen - (completion == eos_id).long()) == 0
-    return ids, completion, completion_mask, finished, (real, slots)
+    # a token counts if no end token came strictly before it (the end token itself counts: the policy chose to stop)
+    is_end = torch.isin(completion, ends).long()
+    completion_mask = (is_end.cumsum(-1) - is_end) == 0
+    return Chunk(ids, completion, completion_mask, finished, (real, slots), torch.stack(logprobs, dim=1) if sampling else None)
 
 
 def _pad_right(tensors: list[torch.Tensor], value) -> torch.Tensor:
@@ -200,7 +241,8 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
     `seed=None` or `temperature=0` decodes greedily. Rows come out grouped by prompt, in prompt order.
     Row r draws its tokens from the counter stream (seed, streams[r]); streams default to 0..N-1. A caller
     that generates a share of a larger batch passes the rows' ids in that batch, so the share samples what
-    it would have sampled as part of the whole.
+    it would have sampled as part of the whole. A model marked for mixed precision (models/precision.py) generates
+    under autocast; the rollout engine generates from a copy held in model.dtype instead (`PolicyRollouts`).
     """
     prompt_index = torch.repeat_interleave(torch.arange(len(prompts)), counts.cpu())  # (N,)
     streams = torch.arange(len(prompt_index)) if streams is None else streams.cpu().long()
@@ -211,25 +253,28 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    eos_ids = end_token_ids(tokenizer, model)
     encoded = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     # several chunks: bucket the rows by prompt length (less left padding); one chunk keeps its order
     order = torch.arange(len(prompt_index))
     if len(prompt_index) > max_batch_size:
         order = torch.sort(torch.tensor([len(encoded[i]) for i in prompt_index.tolist()]), stable=True).indices
     chunks = []
-    for start in range(0, len(prompt_index), max_batch_size):
-        rows = order[start:start + max_batch_size]
-        chunks.append(_generate_chunk(
-            model, [encoded[i] for i in prompt_index[rows].tolist()], pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
-            streams=streams[rows], device=device,
-        ))
+    with precision.autocast(model):  # one region: autocast casts each weight once and caches it for the whole loop
+        for start in range(0, len(prompt_index), max_batch_size):
+            rows = order[start:start + max_batch_size]
+            chunks.append(_generate_chunk(
+                model, [encoded[i] for i in prompt_index[rows].tolist()], pad_id=tokenizer.pad_token_id, eos_ids=eos_ids,
+                max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                streams=streams[rows], device=device,
+            ))
     model.train(was_training)
     back = torch.empty_like(order).index_copy_(0, order, torch.arange(len(order)))  # chunk row j is row order[j]
-    prompt_ids = _pad_left([c[0].cpu() for c in chunks], tokenizer.pad_token_id)[back]
-    completion = _pad_right([c[1].cpu() for c in chunks], tokenizer.pad_token_id)[back]
-    completion_mask = _pad_right([c[2].cpu() for c in chunks], False)[back]
-    finished = torch.cat([c[3].cpu() for c in chunks])[back]
+    prompt_ids = _pad_left([c.prompt_ids.cpu() for c in chunks], tokenizer.pad_token_id)[back]
+    completion = _pad_right([c.completion.cpu() for c in chunks], tokenizer.pad_token_id)[back]
+    completion_mask = _pad_right([c.completion_mask.cpu() for c in chunks], False)[back]
+    finished = torch.cat([c.finished.cpu() for c in chunks])[back]
+    logprobs = None if chunks[0].logprobs is None else _pad_right([c.logprobs.cpu() for c in chunks], 0.0)[back]
     input_ids = torch.cat([prompt_ids, completion], dim=1)
     # from lengths, not `!= pad`: for some tokenizers (SmolLM) pad == EOS, which a prompt may contain
     prompt_mask = _prompt_mask(encoded, prompt_index, prompt_ids.shape[1])
@@ -237,7 +282,7 @@ def generate(model, tokenizer, prompts: list[str], *, counts: torch.Tensor, max_
     texts = tokenizer.batch_decode(torch.where(completion_mask, completion, tokenizer.pad_token_id), skip_special_tokens=True)
     return Rollouts(prompt_index=prompt_index, input_ids=input_ids, attention_mask=attention_mask,
                     completion_mask=completion_mask, prompt_width=prompt_ids.shape[1], texts=texts, finished=finished,
-                    engine_tokens=(sum(c[4][0] for c in chunks), sum(c[4][1] for c in chunks)))
+                    logprobs=logprobs, engine_tokens=(sum(c.engine_tokens[0] for c in chunks), sum(c.engine_tokens[1] for c in chunks)))
 
 
 def _prompt_mask(encoded: list[list[int]], prompt_index: torch.Tensor, width: int) -> torch.Tensor:
@@ -249,11 +294,12 @@ def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_
                             completions: list[list[int]], finished: list[bool],
                             logprobs: list[list[float]] | None = None) -> Rollouts:
     """Rollouts from plain token lists, for engines that return them (vLLM): row r answers
-    encoded_prompts[prompt_index[r]] with completions[r]. A finished completion ends with EOS (added if the
-    engine left it out); an unfinished one was cut at the length limit. The layout is `generate`'s.
-    `logprobs[r]`: the engine's log-prob of each token of completions[r] (an added EOS gets NaN: unknown)."""
-    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    completions = [c + [eos_id] if done and (not c or c[-1] != eos_id) else list(c) for c, done in zip(completions, finished, strict=True)]
+    encoded_prompts[prompt_index[r]] with completions[r], exactly the tokens the engine sampled: a finished completion
+    ends with the end token the engine stopped on (vLLM keeps it), an unfinished one was cut at the length limit; no
+    token is added. The layout is `generate`'s. `logprobs[r]`: the engine's log-prob of each token of completions[r]
+    (NaN past the ones it reported)."""
+    pad_id = tokenizer.pad_token_id
+    completions = [list(c) for c in completions]
     width = max((len(encoded_prompts[i]) for i in prompt_index.tolist()), default=0)
     length = max((len(c) for c in completions), default=0)
     rows = len(completions)
@@ -269,31 +315,50 @@ def rollouts_from_token_ids(tokenizer, encoded_prompts: list[list[int]], prompt_
             completion_mask[r, :len(tokens)] = True
     attention_mask = torch.cat([_prompt_mask(encoded_prompts, prompt_index, width), completion_mask.long()], dim=1)
     texts = tokenizer.batch_decode(torch.where(completion_mask, completion, pad_id), skip_special_tokens=True)
-    sampled_logprobs = None
+    engine_logprobs = None
     if logprobs is not None:
-        sampled_logprobs = torch.zeros((rows, length))
+        engine_logprobs = torch.zeros((rows, length))
         for r, values in enumerate(logprobs):
-            row = list(values) + [float("nan")] * (int(completion_mask[r].sum()) - len(values))  # an EOS added above
-            sampled_logprobs[r, :len(row)] = torch.tensor(row, dtype=torch.float32)
+            row = list(values) + [float("nan")] * (int(completion_mask[r].sum()) - len(values))
+            engine_logprobs[r, :len(row)] = torch.tensor(row, dtype=torch.float32)
     return Rollouts(prompt_index=prompt_index, input_ids=torch.cat([prompt_ids, completion], dim=1), attention_mask=attention_mask,
                     completion_mask=completion_mask, prompt_width=width, texts=texts,
-                    finished=torch.tensor(finished, dtype=torch.bool), logprobs=sampled_logprobs)
+                    finished=torch.tensor(finished, dtype=torch.bool), logprobs=engine_logprobs)
+
+
+def generation_copy(policy: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen copy of `policy` with its parameters in `dtype`, built parameter by parameter (no full-precision copy on the
+    way), unmarked for autocast: it computes in `dtype` itself."""
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False) for p in policy.parameters()}
+    return precision.mark(copy.deepcopy(policy, memo).eval(), None)
+
+
+@torch.no_grad()
+def copy_weights(target: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Every parameter of `source` into the same parameter of `target` (a `generation_copy` of it), cast on the way."""
+    for to, weight in zip(target.parameters(), source.parameters(), strict=True):
+        to.copy_(weight.detach())
 
 
 @ROLLOUT_ENGINES.register("hf", schema=HFRolloutConfig)
 class PolicyRollouts:
-    """rollout=hf: generation on the policy itself, in this process (`generate`)."""
+    """rollout=hf: generation in this process (`generate`), on the policy itself, or, under mixed precision
+    (`generation_dtype`: model.dtype over float32 master weights), on a copy held in that dtype, as vLLM would hold it:
+    each `sync` after an update copies the new weights into it (a LoRA adapter included, the base untouched)."""
 
-    def __init__(self, policy, tokenizer):
+    def __init__(self, policy, tokenizer, *, generation_dtype: torch.dtype | None = None):
         self.policy, self.tokenizer = policy, tokenizer
+        self.generator = policy if generation_dtype is None else generation_copy(policy, generation_dtype)
 
     def generate(self, prompts: list[str], *, counts: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
-                 seed: int | None, streams: torch.Tensor, max_batch_size: int) -> Rollouts:
-        return generate(self.policy, self.tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=temperature,
+                 seed: int | None, max_batch_size: int, streams: torch.Tensor | None = None) -> Rollouts:
+        return generate(self.generator, self.tokenizer, prompts, counts=counts, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_p=top_p, seed=seed, streams=streams, max_batch_size=max_batch_size)
 
     def release(self) -> None:
-        """Nothing to free: the generator is the policy."""
+        """Nothing to free: the generator lives with the policy."""
 
     def sync(self, policy) -> None:
-        """Nothing to copy: the generator is the policy."""
+        """The policy's new weights into the generation copy; nothing to do when the generator is the policy."""
+        if self.generator is not self.policy:
+            copy_weights(self.generator, policy)

@@ -6,6 +6,7 @@ from typing import NamedTuple
 import torch
 
 from dynamo_cli.algo.logits import entropy_from_logits, logprobs_from_logits
+from dynamo_cli.models import precision
 from dynamo_cli.rollout.hf import position_ids_from_mask
 
 
@@ -22,9 +23,10 @@ def completion_forward(model, *, input_ids: torch.Tensor, attention_mask: torch.
     torch.no_grad() for old/reference log-probs. `detached_entropy` (with with_entropy=False): the entropy anyway,
     without a graph (the rollout policy's, read off a training forward)."""
     completion_width = input_ids.shape[1] - prompt_width
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
-                logits_to_keep=completion_width + 1, output_hidden_states=with_hidden)
-    logits = out.logits[:, :-1].float() / temperature  # (N, Tc, V): position t predicts token t + 1
+    with precision.autocast(model):  # model.dtype over float32 masters (models/precision.py); nothing otherwise
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask),
+                    logits_to_keep=completion_width + 1, output_hidden_states=with_hidden)
+    logits = out.logits[:, :-1].float() / temperature  # (N, Tc, V): position t predicts token t + 1, in float32
     logprobs = logprobs_from_logits(logits, input_ids[:, prompt_width:])
     entropy = entropy_from_logits(logits) if with_entropy else None
     if entropy is None and detached_entropy:

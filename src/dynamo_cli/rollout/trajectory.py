@@ -40,7 +40,9 @@ class Trajectories:
     policy_mask: Optional[Tensor] = None
     row_weight: Optional[Tensor] = None  # (N,) algorithm.loss_agg=group_mean: each row's weight in its mini-batch's loss, set in `update`
     turns: Optional[Tensor] = None  # (N, K, 2) long [start, end) of each policy turn in the response region; None: one turn
-    rollout_logprobs: Optional[Tensor] = None  # (N, L) log μ the rollout engine reported for its samples (vLLM), for algorithm.rollout_is
+    # (N, L) log μ the rollout engine reported for its samples (hf and vLLM; None when it reported none): algorithm.rollout_is,
+    # rollout_mask and the rollout/trainer mismatch logged every step (algo/importance.py)
+    rollout_logprobs: Optional[Tensor] = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -69,7 +71,8 @@ class Trajectories:
     def from_rollouts(cls, rollouts) -> "Trajectories":
         """Single- or multi-turn rollouts: the loss mask is the policy's tokens, environment tokens are read only."""
         return cls(input_ids=rollouts.input_ids, attention_mask=rollouts.attention_mask, loss_mask=rollouts.policy_tokens,
-                   prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width, turns=rollouts.turns)
+                   prompt_index=rollouts.prompt_index, prompt_width=rollouts.prompt_width, turns=rollouts.turns,
+                   rollout_logprobs=rollouts.logprobs)
 
 
 @dataclass

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as torch_dist
 
-from dynamo_cli.errors import DynamoError
+from dynamo_cli.errors import DynamoError, warn
 from dynamo_cli.models.optim import clip_gradients
 from dynamo_cli.runtime import fsdp
 
@@ -37,6 +38,32 @@ def shard_counts(counts: torch.Tensor, *, lo: int, hi: int) -> torch.Tensor:
     ends = counts.cumsum(0)
     starts = ends - counts
     return (ends.clamp(min=lo, max=hi) - starts.clamp(min=lo, max=hi)).clamp(min=0)
+
+
+def device_problem(device: str, *, cuda: bool, torch_version: str, env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """(one line, fatal) when the device asked for cannot be had: `device=cuda[:N]` without CUDA is an error; `device=auto`
+    without CUDA under a launch of several processes that is not a CPU config starts N gloo CPU processes, which is said.
+    (None, False) otherwise."""
+    if device.startswith("cuda") and not cuda:
+        return (f"device={device} but torch {torch_version} sees no CUDA device (a CPU build of torch, or no GPU visible): "
+                "install torch's CUDA build or choose device=cpu"), True
+    processes = int(env.get("WORLD_SIZE", "1"))
+    if device == "auto" and not cuda and processes > 1 and env.get("ACCELERATE_USE_CPU", "false").lower() != "true":
+        return (f"device=auto: torch {torch_version} sees no CUDA device, so the {processes} processes of this launch run on "
+                "CPU over gloo; install torch's CUDA build to use the GPUs, or say device=cpu"), False
+    return None, False
+
+
+def parameter_fingerprint(parameter: torch.Tensor, *, chunk: int = 1 << 22) -> torch.Tensor:
+    """(2,) float64 [sum, sum of squares] of a parameter, accumulated chunk by chunk: the float64 temporaries are one chunk
+    (32 MiB), not a float64 copy of the whole tensor (a 7B model's embedding would take 8.7 GB)."""
+    flat = parameter.detach().reshape(-1)
+    total = torch.zeros(2, dtype=torch.float64, device=flat.device)
+    with torch.no_grad():
+        for part in flat.split(chunk):
+            wide = part.double()
+            total += torch.stack([wide.sum(), wide.square().sum()])
+    return total
 
 
 class ShardedEngineError(DynamoError):
@@ -61,9 +88,15 @@ class DataParallel:
 
         `device=cpu` (or `auto` without CUDA) runs on CPU with the gloo backend: the way to test several
         processes on a laptop (conf/accelerate/cpu_ddp.yaml, see docs/scaling.md). The recipes put the model on
-        `self.device` themselves (accelerate's device placement is off), so a single process can use cuda:N."""
+        `self.device` themselves (accelerate's device placement is off), so a single process can use cuda:N.
+        `device=cuda` without CUDA stops; `auto` landing on CPU under a GPU launch config says so (`device_problem`)."""
         from accelerate import Accelerator
 
+        problem, fatal = device_problem(device, cuda=torch.cuda.is_available(), torch_version=torch.__version__, env=os.environ)
+        if problem and fatal:
+            raise DynamoError(problem)
+        if problem:
+            warn(problem)
         cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
         accelerator = Accelerator(cpu=cpu, device_placement=False)
         parallel = cls(accelerator)
@@ -171,6 +204,9 @@ class DataParallel:
             if is_peft_model(model):
                 raise ShardedEngineError("model.lora.enabled=true under FSDP2: LoRA trains few parameters, whose state "
                                          "fits every rank: use conf/accelerate/ddp.yaml (FSDP2 is for full-parameter training)")
+            from dynamo_cli.models import precision
+
+            fsdp.check_launch_config(os.environ, compute_dtype=precision.marked_dtype(model))
             names = {id(p): name for name, p in model.named_parameters()}
             self._shard(model)
             fsdp.rebind_optimizer(optimizer, names_before=names, model=model)
@@ -180,10 +216,15 @@ class DataParallel:
         return self.accelerator.prepare(model, optimizer)
 
     def _shard(self, module) -> None:
+        """Shard `module`; under mixed precision FSDP2's MixedPrecisionPolicy takes over from autocast (its mark removed)."""
         from torch.distributed.device_mesh import init_device_mesh
 
+        from dynamo_cli.models import precision
+
         mesh = init_device_mesh(self.device.type, (self.world_size,))
-        self._units[id(module)] = fsdp.shard(module, mesh=mesh, reshard_layers=fsdp.reshard_after_forward())
+        policy = fsdp.mixed_precision_policy(precision.marked_dtype(module))
+        self._units[id(module)] = fsdp.shard(module, mesh=mesh, reshard_layers=fsdp.reshard_after_forward(), mp_policy=policy)
+        precision.mark(module, None)
 
     def prepare_frozen(self, module):
         """A module that never trains (the KL reference): sharded like the policy under FSDP2, as it is otherwise."""
@@ -296,9 +337,7 @@ class DataParallel:
         if self.sharded:  # one copy of each weight, split over the ranks: only the allocations can disagree
             gathered = self.gather_objects(allocation_counts.cpu())
             return {"dist/replica_alloc_diff": float(max(int((g - allocation_counts.cpu()).abs().max()) for g in gathered))}
-        with torch.no_grad():
-            fingerprint = torch.stack([torch.stack([p.double().sum(), p.double().square().sum()])
-                                       for p in self.unwrap(model).parameters()]).cpu()
+        fingerprint = torch.stack([parameter_fingerprint(p) for p in self.unwrap(model).parameters()]).cpu()
         gathered = self.gather_objects((fingerprint, allocation_counts.cpu()))
         param_diff = max(float((g[0] - fingerprint).abs().max()) for g in gathered)
         alloc_diff = max(int((g[1] - allocation_counts.cpu()).abs().max()) for g in gathered)

@@ -16,6 +16,13 @@ and micro-batches (stages.update.check_batch_layout), hence the same sequence of
 Checkpoints: the full weights gathered to rank 0 and written as a plain Hugging Face model (loadable without
 dynamo, and what a resume loads before sharding again), plus the optimiser's shards in torch.distributed.checkpoint
 format under `<checkpoint>/optimizer_shards/` (one file per rank: no rank ever holds the whole optimiser state).
+
+Mixed precision (model.dtype=bfloat16 over float32 masters, models/precision.py): every unit gets a MixedPrecisionPolicy,
+as verl's FSDP2 workers do: the shards (masters) and AdamW's state stay float32, the all-gather casts the parameters to
+bfloat16 for the forwards and backward, and gradients are reduce-scattered in float32. So no autocast runs under FSDP2:
+the gathered parameters are already in the compute dtype, for training and for generation alike.
+
+The launch config's keys: `check_launch_config` honours or refuses each one dynamo could be asked to act on.
 """
 from __future__ import annotations
 
@@ -49,19 +56,68 @@ def layer_classes(model: torch.nn.Module) -> set[type]:
     return {type(m) for m in model.modules() if type(m).__name__ in names}
 
 
-def shard(model: torch.nn.Module, *, mesh, reshard_layers: bool) -> list[tuple[torch.nn.Module, bool]]:
+def check_launch_config(env: Mapping[str, str], *, compute_dtype: torch.dtype | None) -> None:
+    """Each key of an FSDP2 launch config (accelerate exports them as environment variables) honoured or refused, in one
+    line: fsdp_version and fsdp_reshard_after_forward are honoured (`requested_fsdp_version`, `reshard_after_forward`);
+    fsdp_auto_wrap_policy honoured as TRANSFORMER_BASED_WRAP (one unit per decoder layer, `shard`); fsdp_state_dict_type
+    honoured as SHARDED_STATE_DICT (the optimiser's shards; the weights are also written whole); mixed_precision honoured
+    as the bf16 that model.dtype=bfloat16 already asks for (`mixed_precision_policy`). The rest are refused unless off:
+    they would change what each rank holds or loads in ways not built here. `compute_dtype`: the model's autocast dtype."""
+    from dynamo_cli.runtime.distributed import ShardedEngineError
+
+    def refuse(key: str, value: str, why: str) -> None:
+        raise ShardedEngineError(f"{key}: {value} in the FSDP2 launch config: {why}")
+
+    wrap = env.get("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+    if wrap != "TRANSFORMER_BASED_WRAP":
+        refuse("fsdp_auto_wrap_policy", wrap, "dynamo shards one unit per decoder layer; use TRANSFORMER_BASED_WRAP")
+    if "FSDP_TRANSFORMER_CLS_TO_WRAP" in env:
+        refuse("fsdp_transformer_layer_cls_to_wrap", env["FSDP_TRANSFORMER_CLS_TO_WRAP"],
+               "dynamo wraps the model's own decoder layers (its _no_split_modules); remove the key")
+    state = env.get("FSDP_STATE_DICT_TYPE", "SHARDED_STATE_DICT")
+    if state != "SHARDED_STATE_DICT":
+        refuse("fsdp_state_dict_type", state, "checkpoints hold the full weights plus the optimiser's shards; use SHARDED_STATE_DICT")
+    for key, name, why in (
+        ("FSDP_OFFLOAD_PARAMS", "fsdp_offload_params", "CPU offload is not built (generation gathers the full weights on the GPU); "
+                                                      "use more GPUs, model.lora.enabled=true or model.gradient_checkpointing=true"),
+        ("FSDP_CPU_RAM_EFFICIENT_LOADING", "fsdp_cpu_ram_efficient_loading",
+         "every rank loads the whole model on its host before sharding; set it to false"),
+        ("FSDP_ACTIVATION_CHECKPOINTING", "fsdp_activation_checkpointing",
+         "activation checkpointing is model.gradient_checkpointing=true; set this to false"),
+    ):
+        if env.get(key, "false").lower() == "true":
+            refuse(name, "true", why)
+    mixed = env.get("ACCELERATE_MIXED_PRECISION", "no")
+    if mixed not in ("no", "bf16") or (mixed == "bf16" and compute_dtype != torch.bfloat16):
+        refuse("mixed_precision", mixed, "dynamo's mixed precision is model.dtype=bfloat16 (float32 masters, bf16 compute); "
+               "set mixed_precision: 'no' and choose model.dtype")
+
+
+def mixed_precision_policy(compute_dtype: torch.dtype | None):
+    """FSDP2's policy for float32 masters computing in `compute_dtype`: parameters gathered in it, gradients reduced in
+    float32 (verl's choice: a bf16 reduce-scatter over many ranks loses the small gradients). None: no policy."""
+    if compute_dtype is None:
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+
+
+def shard(model: torch.nn.Module, *, mesh, reshard_layers: bool, mp_policy=None) -> list[tuple[torch.nn.Module, bool]]:
     """fully_shard every decoder layer, then the root (embeddings, final norm, tied head). In place: the module stays
     the same object, its parameters become DTensor shards. Returns each unit with its reshard-after-forward setting.
-    The root keeps its weights until the backward (torch's default for the root: they are needed first there)."""
+    The root keeps its weights until the backward (torch's default for the root: they are needed first there).
+    `mp_policy`: `mixed_precision_policy`'s, on every unit (None: compute in the weights' dtype)."""
     from torch.distributed.fsdp import fully_shard
 
+    precision = {"mp_policy": mp_policy} if mp_policy is not None else {}
     classes = layer_classes(model)
     units = []
     for module in list(model.modules()):
         if type(module) in classes:
-            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_layers)
+            fully_shard(module, mesh=mesh, reshard_after_forward=reshard_layers, **precision)
             units.append((module, reshard_layers))
-    fully_shard(model, mesh=mesh, reshard_after_forward=False)
+    fully_shard(model, mesh=mesh, reshard_after_forward=False, **precision)
     units.append((model, False))
     return units
 

@@ -10,7 +10,7 @@ import torch
 from dynamo_cli.algo.pass_at_k import pass_at_k
 from dynamo_cli.config.eval import EvalSettings
 from dynamo_cli.rollout.episodes import EPISODES
-from dynamo_cli.rollout.hf import generate, stream_seed
+from dynamo_cli.rollout.hf import PolicyRollouts, generate, stream_seed
 from dynamo_cli.runtime.resources import BatchPlan, longest_prompt, plan_batch_sizes
 from dynamo_cli.tasks.answers import RULES
 
@@ -77,19 +77,21 @@ def episodes_by_batch(episodes, problems: list, prompts: list[str], *, counts: l
 
 @torch.no_grad()
 def evaluate(model, tokenizer, task, problems, *, settings: EvalSettings, max_new_tokens: int, seed: int,
-             batch_size: int, dp=None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+             batch_size: int, dp=None, engine=None, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Sampling is counter-based on (seed, problem, sample): the result does not depend on batch sizes or on
     how many processes share the work. With `dp` (several processes) each rank generates for its share of
-    the problems and every rank returns the whole result. `progress(done, total)`: called as this rank's sequences are
-    generated and judged (tracking/tracker.py EvalProgress), after each batch."""
+    the problems and every rank returns the whole result. `engine`: the run's rollout engine (protocols.RolloutEngine:
+    vLLM, or rollout=hf's copy in model.dtype) generates instead of `model`'s own loop. `progress(done, total)`: called
+    as this rank's sequences are generated and judged (tracking/tracker.py EvalProgress), after each batch."""
     lo, hi = dp.shard(len(problems)) if dp is not None else (0, len(problems))
     mine = problems[lo:hi]
     prompts = [task.prompt_text(p, tokenizer) for p in mine]
     # a completion judged by the task, or (an environment task) a dialogue with it: rollout/episodes.py EPISODES
-    episodes = EPISODES.build(task, task=task, generate=partial(generate, model, tokenizer), policy=model, tokenizer=tokenizer)
-    # batch by batch where that changes nothing: single-turn on rollout/hf.py's generate (a dialogue batches its running
-    # turns); elsewhere all rows in one call, with progress at its end
-    by_batch = task.interaction == "single_turn"
+    generator = engine.generate if engine is not None else partial(generate, model, tokenizer)
+    episodes = EPISODES.build(task, task=task, generate=generator, policy=model, tokenizer=tokenizer)
+    # batch by batch where that changes nothing: single-turn on rollout/hf.py's generate (vLLM schedules its own batches and
+    # seeds; a dialogue batches its running turns); elsewhere all rows in one call, with progress at its end
+    by_batch = task.interaction == "single_turn" and (engine is None or isinstance(engine, PolicyRollouts))
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if by_batch and prompts else []
     n = settings.n_samples
     done, total = 0, len(mine) * (1 + n)

@@ -112,3 +112,29 @@ def test_an_empty_share_generates_nothing_without_error():
     empty = generate(None, build_char_tokenizer(), [], counts=torch.zeros(0, dtype=torch.long), max_new_tokens=4,
                      temperature=1.0, top_p=1.0, seed=1, max_batch_size=8)
     assert len(empty) == 0 and empty.texts == [] and empty.input_ids.shape == (0, 0)
+
+
+def test_a_device_that_cannot_be_had_is_said_in_one_line():
+    from dynamo_cli.runtime.distributed import device_problem
+
+    gpu_launch = {"WORLD_SIZE": "4", "ACCELERATE_USE_CPU": "False"}
+    problem, fatal = device_problem("cuda", cuda=False, torch_version="2.13.0+cpu", env={})
+    assert fatal and problem == ("device=cuda but torch 2.13.0+cpu sees no CUDA device (a CPU build of torch, or no GPU visible): "
+                                 "install torch's CUDA build or choose device=cpu")
+    assert device_problem("cuda:1", cuda=False, torch_version="2.13.0+cpu", env={})[1]
+    problem, fatal = device_problem("auto", cuda=False, torch_version="2.13.0+cpu", env=gpu_launch)
+    assert not fatal and problem.startswith("device=auto: torch 2.13.0+cpu sees no CUDA device, so the 4 processes of this launch run on CPU")
+    assert device_problem("auto", cuda=False, torch_version="2.13.0+cpu", env={"WORLD_SIZE": "1"}) == (None, False)  # one process
+    assert device_problem("auto", cuda=False, torch_version="x", env={**gpu_launch, "ACCELERATE_USE_CPU": "true"}) == (None, False)
+    assert device_problem("cpu", cuda=False, torch_version="x", env=gpu_launch) == (None, False)  # asked for: cpu_ddp.yaml
+    assert device_problem("cuda", cuda=True, torch_version="x", env=gpu_launch) == (None, False)
+
+
+def test_the_replica_fingerprint_needs_no_float64_copy_and_is_the_float64_sums():
+    from dynamo_cli.runtime.distributed import parameter_fingerprint
+
+    weight = torch.randn(1000, 37, dtype=torch.bfloat16)
+    chunked = parameter_fingerprint(weight, chunk=999)  # 38 chunks of at most 999 values
+    whole = torch.stack([weight.double().sum(), weight.double().square().sum()])
+    assert chunked.dtype == torch.float64 and torch.allclose(chunked, whole, rtol=1e-12)
+    assert torch.equal(parameter_fingerprint(weight, chunk=999), chunked)  # the same order every time: replicas compare exactly

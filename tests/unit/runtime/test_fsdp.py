@@ -144,3 +144,34 @@ def test_model_fits_arithmetic_by_hand():
     llama8 = mf.MODELS[2]
     assert mf.state_bytes(llama8, engine="fsdp2", dtype_bytes=2, world_size=8) == 2 * mf.llama_params(llama8) * (1 + 3 / 8)
     assert mf.smallest_gpu(0.8 * 40e9) == "40 GB" and mf.smallest_gpu(0.8 * 40e9 + 1) == "80 GB" and mf.smallest_gpu(1e12) == "none"
+
+
+def test_every_key_of_the_fsdp2_launch_config_is_honoured_or_refused_in_one_line():
+    from dynamo_cli.runtime.distributed import ShardedEngineError
+
+    exported = {**FSDP2_ENV, "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_OFFLOAD_PARAMS": "false",
+                "FSDP_CPU_RAM_EFFICIENT_LOADING": "false", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT",
+                "FSDP_ACTIVATION_CHECKPOINTING": "false", "ACCELERATE_MIXED_PRECISION": "no"}
+    fsdp.check_launch_config(exported, compute_dtype=None)  # conf/accelerate/fsdp2.yaml as shipped
+    fsdp.check_launch_config({**exported, "ACCELERATE_MIXED_PRECISION": "bf16"}, compute_dtype=torch.bfloat16)  # the same ask
+    refusals = {
+        "FSDP_AUTO_WRAP_POLICY": ("SIZE_BASED_WRAP", "fsdp_auto_wrap_policy: SIZE_BASED_WRAP in the FSDP2 launch config: dynamo shards"),
+        "FSDP_TRANSFORMER_CLS_TO_WRAP": ("LlamaDecoderLayer", "fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer in the FSDP2"),
+        "FSDP_STATE_DICT_TYPE": ("FULL_STATE_DICT", "fsdp_state_dict_type: FULL_STATE_DICT in the FSDP2 launch config"),
+        "FSDP_OFFLOAD_PARAMS": ("true", "fsdp_offload_params: true in the FSDP2 launch config: CPU offload is not built"),
+        "FSDP_CPU_RAM_EFFICIENT_LOADING": ("true", "fsdp_cpu_ram_efficient_loading: true in the FSDP2 launch config"),
+        "FSDP_ACTIVATION_CHECKPOINTING": ("true", "fsdp_activation_checkpointing: true .* is model.gradient_checkpointing=true"),
+        "ACCELERATE_MIXED_PRECISION": ("bf16", "mixed_precision: bf16 in the FSDP2 launch config: dynamo's mixed precision is model.dtype"),
+    }
+    for key, (value, message) in refusals.items():
+        with pytest.raises(ShardedEngineError, match=message) as refused:
+            fsdp.check_launch_config({**exported, key: value}, compute_dtype=None)
+        assert "\n" not in str(refused.value)
+    with pytest.raises(ShardedEngineError, match="mixed_precision: fp16"):
+        fsdp.check_launch_config({**exported, "ACCELERATE_MIXED_PRECISION": "fp16"}, compute_dtype=torch.bfloat16)
+
+
+def test_mixed_precision_gives_fsdp2_a_policy_of_bf16_compute_and_float32_reduce():
+    policy = fsdp.mixed_precision_policy(torch.bfloat16)
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert fsdp.mixed_precision_policy(None) is None

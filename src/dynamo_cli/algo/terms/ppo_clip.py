@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dynamo_cli.algo.importance import RolloutCorrected
+from dynamo_cli.algo.importance import rollout_correction
 from dynamo_cli.algo.terms.base import POLICY_LOSSES, TERMS, Weighted, policy_tokens
 from dynamo_cli.rollout.trajectory import ModelOutputs, Trajectories
 
@@ -73,6 +73,4 @@ def ppo_clip(*, algorithm) -> PPOClip:
 @TERMS.register("policy_loss")
 def policy_loss(cfg) -> Weighted:
     term = POLICY_LOSSES.build(cfg)  # algorithm.policy_loss: ppo_clip | gspo | cispo
-    if cfg.algorithm.rollout_is != "none":
-        term = RolloutCorrected(term, level=cfg.algorithm.rollout_is, cap=cfg.algorithm.rollout_is_cap)
-    return Weighted(term, 1.0)
+    return Weighted(rollout_correction(term, cfg.algorithm), 1.0)  # rollout_is / rollout_mask, when on
