@@ -156,6 +156,22 @@ def write_run(path: Path, *, allocator: str, modulator: str, seed: int, curve: l
     return path
 
 
+def write_synthetic_sweep(runs: Path) -> Path:
+    """grpo x 3 seeds (final pass@1 0.5, 0.6, 0.7) and dynamo x 3 seeds of which seed 2 crashed at step 5."""
+    curves = {("uniform", "none"): [[0.4, 0.45, 0.5], [0.4, 0.55, 0.6], [0.4, 0.65, 0.7]],
+              ("variance", "dynamo"): [[0.4, 0.6, 0.7], [0.4, 0.7, 0.8], [0.4, 0.5, 0.5]]}
+    job = 0
+    for seed in range(3):
+        for (allocator, modulator), per_seed in curves.items():
+            write_run(runs / str(job), allocator=allocator, modulator=modulator, seed=seed, curve=per_seed[seed],
+                      finished=not (modulator == "dynamo" and seed == 2), tokens_per_rollout=3 if allocator == "uniform" else 2)
+            job += 1
+    wandb_files = runs / "0" / "wandb" / "offline-run-1" / "files"  # W&B's own config.yaml is not a run
+    wandb_files.mkdir(parents=True)
+    (wandb_files / "config.yaml").write_text(yaml.safe_dump({"allocator": {"value": {"name": "uniform"}}, "seed": {"value": 0}}))
+    return runs
+
+
 # ---------------------------------------------------------------------------------- composition
 def presets() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
@@ -174,3 +190,4 @@ needs_bubblewrap = pytest.mark.skipif(shutil.which("bwrap") is None and os.envir
 needs_reasoning_gym = pytest.mark.skipif(
     importlib.util.find_spec("reasoning_gym") is None and os.environ.get("CI") != "true",
     reason="reasoning-gym is not installed: make reasoning-gym (pip install -e '.[reasoning_gym]'); CI installs it")
+

@@ -18,7 +18,7 @@ def test_run_all_quick_runs_every_bench_and_writes_its_section(sft_checkpoint, t
                             "--results", str(page)])
     assert [r.name for r in results] == ["a. Gradient variance", "b. Sample efficiency", "c. Overhead", "d. Rollout engine",
                                          "e. Memory estimate behind auto batch sizes", "f. Speed against the baseline",
-                                         "g. One-step-off-policy against on-policy"]
+                                         "g. One-step-off-policy against on-policy", "h. Allocation at realistic sizes"]
     for result in results:
         for value in result.ratios.values():  # a ratio, or n/a when the quick checkpoint gives no signal
             assert value is None or (math.isfinite(value) and value >= 0)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from conftest import dynamo
-from helpers import presets
+from helpers import presets, write_synthetic_sweep
 
 from dynamo_cli.cli import CONF_DIR
 from dynamo_cli.config.base import ConfigError
@@ -20,6 +20,11 @@ TINY_TRAIN = ["trainer.steps=1", "trainer.prompts_per_step=4", "rollout.n=2", "a
 
 TINY_PRESET = ["trainer.prompts_per_step=4", "rollout.n=2", "eval.max_problems=8", "eval.n_samples=2", "eval.ks=[1,2]",
                "task.num_train=500", "logger=none", "trainer.save_every=0", "algorithm.mini_batches=1"]
+
+
+@pytest.fixture
+def synthetic_sweep(tmp_path):
+    return write_synthetic_sweep(tmp_path / "runs")
 
 
 def test_aggregate_cli_reports_the_crashed_member(synthetic_sweep, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import write_run
+from helpers import write_run, write_synthetic_sweep
 
 from dynamo_cli.cli import register_resolvers
 from dynamo_cli.config.store import register_schemas
@@ -33,20 +33,7 @@ register_resolvers()
 # ------------------------------------------------------------------------------------ CI maths
 @pytest.fixture
 def synthetic_sweep(tmp_path) -> Path:
-    """grpo x 3 seeds (final pass@1 0.5, 0.6, 0.7) and dynamo x 3 seeds of which seed 2 crashed at step 5."""
-    runs = tmp_path / "runs"
-    curves = {("uniform", "none"): [[0.4, 0.45, 0.5], [0.4, 0.55, 0.6], [0.4, 0.65, 0.7]],
-              ("variance", "dynamo"): [[0.4, 0.6, 0.7], [0.4, 0.7, 0.8], [0.4, 0.5, 0.5]]}
-    job = 0
-    for seed in range(3):
-        for (allocator, modulator), per_seed in curves.items():
-            write_run(runs / str(job), allocator=allocator, modulator=modulator, seed=seed, curve=per_seed[seed],
-                      finished=not (modulator == "dynamo" and seed == 2), tokens_per_rollout=3 if allocator == "uniform" else 2)
-            job += 1
-    wandb_files = runs / "0" / "wandb" / "offline-run-1" / "files"  # W&B's own config.yaml is not a run
-    wandb_files.mkdir(parents=True)
-    (wandb_files / "config.yaml").write_text(yaml.safe_dump({"allocator": {"value": {"name": "uniform"}}, "seed": {"value": 0}}))
-    return runs
+    return write_synthetic_sweep(tmp_path / "runs")
 
 
 def test_t_quantiles_match_tables():
