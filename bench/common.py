@@ -109,8 +109,9 @@ def variance_allocator(n: int):
 
         return ALLOCATORS.build(VarianceAllocatorConfig(), n=n)
     except ImportError:
-        from dynamo_cli.config import VarianceAllocatorConfig
         from dynamo_cli.builders import allocator_from_config
+
+        from dynamo_cli.config import VarianceAllocatorConfig
 
         return allocator_from_config(VarianceAllocatorConfig(), n=n)
 

@@ -28,7 +28,8 @@ from dynamo_cli.registry import Registry
 from dynamo_cli.rollout.dialogue import between_text
 from dynamo_cli.rollout.hf import Rollouts, _generate_chunk, end_token_ids, stream_seed
 from dynamo_cli.tasks.answers import RULES
-from dynamo_cli.verify.verifiers import DEFAULT_TIMEOUT, VerifierTimeout, Watchdog, guarded, warn_counts
+from dynamo_cli.verify.deadline import DEFAULT_TIMEOUT, VerifierTimeout
+from dynamo_cli.verify.verifiers import Watchdog, guarded, warn_counts
 
 # what one rollout of a prompt is, chosen by the task's `interaction`: single_turn | environment
 EPISODES = Registry("episode runner", key=lambda task: task.interaction)

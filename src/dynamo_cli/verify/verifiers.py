@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from dynamo_cli.tasks.answers import Verdict
-from dynamo_cli.verify.deadline import DEFAULT_TIMEOUT, VerifierTimeout, deadline, time_left  # noqa: F401 - re-exported
+from dynamo_cli.verify.deadline import VerifierTimeout, deadline, time_left
 from dynamo_cli.verify.deadline import is_set as _deadline_set
 
 log = logging.getLogger(__name__)
