@@ -101,7 +101,9 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     except VLLMUnavailable as error:
         raise DynamoError(str(error)) from error
     model.to(device)  # nothing to move unless vLLM went first
-    reference = (reference_policy(model, cfg=cfg.model, device=device, resumed=resume_from is not None,
+    # built on what collect scores with: under LoRA the reference is that module with its adapter switched off, and
+    # the one-step-off-policy collect switches it in its own thread while the update trains the policy
+    reference = (reference_policy(behaviour, cfg=cfg.model, device=device, resumed=resume_from is not None,
                                   master_weights=cfg.optim.master_weights)
                  if cfg.algorithm.kl_coef > 0 or cfg.algorithm.kl_in_reward > 0 else None)
     critic = parts.build_critic(cfg, model, device=device, resume_from=resume_from)  # the value function (critic=separate|shared) or None
