@@ -9,7 +9,8 @@ DYNAMO=${DYNAMO:-.venv/bin/dynamo}
 PY=${PY:-.venv/bin/python}
 SEEDS=${SEEDS:-0}
 # one torch thread unless told otherwise: results are deterministic for a given seed *and thread count* (float sums
-# in another order move a 1000-step SFT a long way), so the default reproduces docs/demo.json exactly
+# in another order move a 1000-step SFT a long way), so the default reproduces docs/demo.json exactly on the CPU it was
+# made on; another CPU's kernels sum in another order, and its SFT can land elsewhere (README says how far)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 out=outputs/demo/$(date +%Y-%m-%d_%H-%M-%S)
 mkdir -p "$out"

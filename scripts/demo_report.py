@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import sys
 from pathlib import Path
 
@@ -58,6 +60,7 @@ def summarise(out: Path) -> dict:
         "commit": recorded["commit"],
         "command": f'make demo SEEDS="{" ".join(map(str, seeds))}"' + args,
         "torch_threads": int(recorded["threads"]),
+        "machine": machine(),  # the SFT's outcome depends on the CPU (demo.sh runs this report right after the runs)
         "test_problems": first_eval["overall"]["problems"],
         "eval_samples": first_eval["n_samples"],
         "rl_steps": config["trainer"]["steps"],
@@ -70,6 +73,14 @@ def summarise(out: Path) -> dict:
         "per_seed": per_seed,
         "gain": gains,
     }
+
+
+def machine() -> str:
+    """This machine's CPU model and core count, e.g. "AMD EPYC, 2 cores"."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def _yaml(path: Path) -> dict:
@@ -86,8 +97,8 @@ def readme_block(summary: dict) -> str:
     """The README's demo section body: the headline, a per-level table (seed mean) and the per-seed gains."""
     seeds = summary["per_seed"]
     n = len(seeds)
-    lines = [START, "", f"Measured by `{summary['command']}` at commit `{summary['commit']}` on this 2-core CPU machine with "
-             f"{summary['torch_threads']} torch thread(s): "
+    lines = [START, "", f"Measured by `{summary['command']}` at commit `{summary['commit']}` on "
+             f"{summary.get('machine') or 'a CPU the run did not record'} with {summary['torch_threads']} torch thread(s): "
              f"SFT {summary['seconds']['sft']} s; SFT + one RL seed with its two evals {summary['seconds']['one_seed']} s "
              f"end to end. RL: {summary['rl_steps']} steps of {summary['rollouts_per_step']} rollouts over a pool of "
              f"{summary['prompt_pool']} prompts. Test set: {summary['test_problems']} held-out problems, sampled pass@1 "
