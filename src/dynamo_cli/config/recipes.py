@@ -196,6 +196,7 @@ class SweepPresetConfig:
     launcher: str = "basic"  # basic: one run after another | joblib: `jobs` runs in parallel local processes | slurm: SLURM jobs
     jobs: int = 1  # parallel runs under launcher=joblib
     metric: str = "pass@1"  # test metric of the curves and rollouts-to-target: pass@1 (sampled) | greedy_pass1
+    baseline: str = "grpo"  # the method (row label) every other is contrasted with, paired by seed
     target: Optional[float] = None  # rollouts-to-target threshold; None: 90% of the way from the start to the best final mean
     results: Optional[str] = "docs/results.md"  # generated page whose sweep section is rewritten; None: leave it alone
 

@@ -40,12 +40,16 @@ def aggregate(runs_dir: Path, *, out_dir: Path, preset: SweepPresetConfig, comma
     rows = summarise(runs)
     columns = summary_columns(rows)
     cells = [summary_cells(r) for r in rows]
-    contrasts = paired_contrasts(runs, metric)
+    contrasts = paired_contrasts(runs, metric, baseline=preset.baseline)
     target = preset.target if preset.target is not None else default_target(runs, metric)
     targets = rollouts_to_target(runs, metric=metric, target=target) if target is not None else []
     interval_of = (lambda r: r.greedy) if metric == "greedy_pass1" else (lambda r: r.pass1)
     findings = prose.findings(rows, contrasts, metric_label=f"test {metric}", interval_of=interval_of,
                               start=initial_value(runs, metric))
+    methods = [r.method.split(" @ ")[0] for r in rows]
+    if rows and preset.baseline not in methods:
+        findings.append(f"No paired contrasts: the baseline {preset.baseline!r} (sweep.baseline) is not among the methods "
+                        f"({', '.join(methods)}).")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = []

@@ -1,4 +1,4 @@
-"""Each method against the baseline (GRPO), paired by seed: same seed = same prompt order and eval draws."""
+"""Each method against the baseline (GRPO, or the sweep preset's `baseline`), paired by seed: same seed = same prompt order and eval draws."""
 from __future__ import annotations
 
 from collections.abc import Sequence

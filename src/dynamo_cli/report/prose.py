@@ -19,7 +19,8 @@ MDD_TARGET = 0.03  # the difference the ablation is sized to detect: 3 points of
 def findings(rows: Sequence[MethodSummary], contrasts: Sequence[Contrast], *, metric_label: str,
              interval_of=lambda row: row.pass1, start: float | None = None) -> list[str]:
     """Short factual sentences generated from the numbers: who has the highest mean, whether CIs overlap,
-    whether DynaMO is the best, each method against GRPO paired by seed, and the gain over the start."""
+    whether DynaMO is the best, each method against the baseline (GRPO unless the preset names another) paired by
+    seed, and the gain over the start."""
     scored = [r for r in rows if interval_of(r).n > 0]
     if not scored:
         return ["No run finished, so there is nothing to compare."]

@@ -251,3 +251,11 @@ def test_runs_are_named_by_what_varies_across_the_sweep(tmp_path):
     assert [r.method for r in find_runs(tmp_path / "ablation")] == ["grpo", "allocation only"]
 
 
+def test_a_preset_names_the_baseline_of_its_paired_contrasts(synthetic_sweep, tmp_path):
+    """sweep.baseline: a sweep without GRPO (modulation_scope contrasts its two paths) still gets paired contrasts; a
+    baseline that is not among the methods says so instead of leaving the contrasts out silently."""
+    for baseline, expected in [("dynamo", "grpo − dynamo, paired by seed (2 seeds): -0.200 ± 0.000"),
+                               ("ppo", "No paired contrasts: the baseline 'ppo' (sweep.baseline) is not among the methods (grpo, dynamo).")]:
+        cfg, _ = sweep_recipe.compose(["sweep=ablation", "sweep.results=null", f"sweep.baseline={baseline}"])
+        aggregate(synthetic_sweep, out_dir=tmp_path / baseline, preset=cfg.sweep, command="test")
+        assert expected in (tmp_path / baseline / "summary.md").read_text()
