@@ -26,12 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from dynamo_cli.config.task import ReasoningGymTaskConfig
-from dynamo_cli.errors import DynamoError
 from dynamo_cli.tasks.answers import BOXED_MAX, TAIL_CHARS, Verdict, _after_answer_cue, _boxed_answers, _last_number
 from dynamo_cli.tasks.base import TASKS, Problem, Task, TaskError, check_answer_rules, check_format, stable_unit
 from dynamo_cli.verify.reasoning_gym_worker import encode_entry
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
-from dynamo_cli.verify.worker import JsonWorker
+from dynamo_cli.verify.worker import WorkerSlots
 
 INSTALL = "pip install -e '.[reasoning_gym]' (or: make reasoning-gym)"
 TEST_CANDIDATES = 4  # a generator's test split looks at most this many times num_test_per_dataset items past its training ones
@@ -217,13 +216,8 @@ class ReasoningGymVerifier:
 
     def __init__(self, task: ReasoningGymTask, *, workers: int, timeout: float):
         self.task, self.timeout = task, timeout
-        self.argv = [*WORKER_ARGV, json.dumps(task.specs)]
-        with ThreadPoolExecutor(workers) as pool:  # started now, side by side: a worker that cannot start fails the run here
-            self.slots: list[JsonWorker | None] = list(pool.map(lambda _: self._start(), range(workers)))
+        self.slots = WorkerSlots([*WORKER_ARGV, json.dumps(task.specs)], what="reasoning-gym scoring", count=workers)
         self.lock = threading.Lock()  # one batch at a time (the collect thread and the main thread's eval share the workers)
-
-    def _start(self) -> JsonWorker:
-        return JsonWorker(self.argv, what="reasoning-gym scoring")
 
     def __call__(self, completions: list[str], problems: list) -> Verification:
         with self.lock:
@@ -262,17 +256,10 @@ class ReasoningGymVerifier:
         return out
 
     def _score(self, slot: int, request: dict) -> tuple[float, str | None]:
-        """(reward, None), or (0, "timeout" | an error line), restarting the slot's worker when it hung or died."""
-        try:
-            if self.slots[slot] is None:
-                self.slots[slot] = self._start()
-            reply = self.slots[slot].ask(request, self.timeout)
-        except TimeoutError:
-            self._drop(slot)
-            return 0.0, "timeout"
-        except (EOFError, OSError, ValueError, DynamoError) as error:  # died, broken pipe, garbled reply, no restart
-            self._drop(slot)
-            return 0.0, f"{type(error).__name__}: {error}"
+        """(reward, None), or (0, "timeout" | an error line); the slot's worker is restarted when it hung or died."""
+        reply, fault = self.slots.ask(slot, request, self.timeout)
+        if fault is not None:
+            return 0.0, fault
         if "error" in reply:
             return 0.0, reply["error"]
         value = reply.get("score")
@@ -280,19 +267,5 @@ class ReasoningGymVerifier:
             return 0.0, f"score_answer returned {value!r}, not a finite number"
         return reward_of(float(value), partial_credit=self.task.partial_credit), None
 
-    def _drop(self, slot: int) -> None:
-        worker, self.slots[slot] = self.slots[slot], None
-        if worker is not None:
-            worker.kill()
-
     def close(self) -> None:
-        for slot, worker in enumerate(self.slots):
-            if worker is not None:
-                worker.close()
-            self.slots[slot] = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        self.slots.close()

@@ -32,7 +32,7 @@ from typing import Any
 from dynamo_cli.errors import DynamoError
 from dynamo_cli.tasks.answers import Verdict
 from dynamo_cli.verify.verifiers import FAULT, Verification, warn_faults
-from dynamo_cli.verify.worker import JsonWorker, die_with_parent
+from dynamo_cli.verify.worker import WorkerSlots, die_with_parent
 
 
 def resolve(spec: str) -> str:
@@ -114,7 +114,7 @@ class UserReward:
         self.spec, self.batched, self.timeout = resolve(spec), batched, timeout
         load_reward(self.spec, batched=batched, shown=spec)  # here first: a bad path or signature fails before any worker starts
         self.argv = [sys.executable, "-m", "dynamo_cli.verify.user_reward", self.spec, "batched" if batched else "single"]
-        self.slots: list[JsonWorker | None] = [JsonWorker(self.argv, what="task.reward") for _ in range(workers)]  # started now: fail at start
+        self.slots = WorkerSlots(self.argv, what="task.reward", count=workers)  # started now: fail at start
         self.lock = threading.Lock()
 
     def __call__(self, completions: list[str], problems: list) -> Verification:
@@ -156,16 +156,9 @@ class UserReward:
     def _run(self, slot: int, completions: list[str], problems: list[dict]) -> tuple[list, str | None]:
         """(rewards, None) or ([None]*n, "timeout" | an error line), restarting the slot's worker when it hung or died."""
         failed = [None] * len(completions)
-        try:
-            if self.slots[slot] is None:
-                self.slots[slot] = JsonWorker(self.argv, what="task.reward")
-            reply = self.slots[slot].ask({"completions": completions, "problems": problems}, self.timeout)
-        except TimeoutError:
-            self._drop(slot)
-            return failed, "timeout"
-        except (EOFError, OSError, ValueError, DynamoError) as error:  # died, broken pipe, garbled reply, no restart
-            self._drop(slot)
-            return failed, f"{type(error).__name__}: {error}"
+        reply, fault = self.slots.ask(slot, {"completions": completions, "problems": problems}, self.timeout)
+        if fault is not None:
+            return failed, fault
         if "error" in reply:
             return failed, reply["error"]
         rewards = reply.get("rewards")
@@ -176,22 +169,8 @@ class UserReward:
             return failed, f"returned a non-finite or non-number reward {bad[0]!r}"
         return [float(r) for r in rewards], None
 
-    def _drop(self, slot: int) -> None:
-        worker, self.slots[slot] = self.slots[slot], None
-        if worker is not None:
-            worker.kill()
-
     def close(self) -> None:
-        for slot, worker in enumerate(self.slots):
-            if worker is not None:
-                worker.close()
-            self.slots[slot] = None
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
+        self.slots.close()
 
 
 def serve(spec: str, batched: bool) -> None:

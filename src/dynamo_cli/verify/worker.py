@@ -2,7 +2,8 @@
 
 What runs in a worker may hang or die (a user's reward, a sympy check): the caller waits on the pipe with `select`,
 which works in any thread, and a worker past its deadline is killed with its process group (SIGKILL), so nothing it
-started outlives it. Used by task.reward (verify/user_reward.py) and the symbolic answer checks (verify/symbolic.py).
+started outlives it. Used by task.reward (verify/user_reward.py), task=reasoning_gym's scoring and the symbolic answer
+checks (verify/symbolic.py).
 """
 from __future__ import annotations
 
@@ -87,6 +88,57 @@ class JsonWorker:
                 return
         self.proc.stdout.close()
 
+
+
+class WorkerSlots:
+    """`count` workers of one command, each slot used by one thread at a time; a worker that ran past its deadline, died
+    or answered garbage is killed, and the slot starts a fresh one on its next request. Used by task.reward and
+    task=reasoning_gym's scoring."""
+
+    def __init__(self, argv: list[str], *, what: str, count: int):
+        self.argv, self.what = argv, what
+        with ThreadPoolExecutor(count) as pool:  # started now, side by side: a worker that cannot start fails the run here
+            starts = [pool.submit(JsonWorker, argv, what=what) for _ in range(count)]
+        failed = [s.exception() for s in starts if s.exception() is not None]
+        if failed:  # the others are not left running
+            for start in starts:
+                if start.exception() is None:
+                    start.result().kill()
+            raise failed[0]
+        self.workers: list[JsonWorker | None] = [start.result() for start in starts]
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def ask(self, slot: int, request: dict, timeout: float) -> tuple[dict | None, str | None]:
+        """(the reply, None), or (None, "timeout" | an error line) when the slot's worker hung, died or broke its pipe."""
+        try:
+            if self.workers[slot] is None:
+                self.workers[slot] = JsonWorker(self.argv, what=self.what)
+            return self.workers[slot].ask(request, timeout), None
+        except TimeoutError:
+            self._drop(slot)
+            return None, "timeout"
+        except (EOFError, OSError, ValueError, DynamoError) as error:  # died, broken pipe, garbled reply, no restart
+            self._drop(slot)
+            return None, f"{type(error).__name__}: {error}"
+
+    def _drop(self, slot: int) -> None:
+        worker, self.workers[slot] = self.workers[slot], None
+        if worker is not None:
+            worker.kill()
+
+    def close(self) -> None:
+        for slot, worker in enumerate(self.workers):
+            if worker is not None:
+                worker.close()
+            self.workers[slot] = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
 def die_with_parent() -> None:
     """Linux: the kernel SIGKILLs this worker when its parent dies (the thread that started it: _SPAWNER's), even
