@@ -70,6 +70,9 @@ def test_train_smoke_changes_parameters_and_writes_everything(sft_checkpoint, tm
     first = records[0]  # step 0: the eval before RL and the batch sizes chosen
     assert first["step"] == 0 and first["resources/train_micro_batch"] == 16  # set explicitly in TRAIN_SMALL
     assert first["resources/generation_batch"] == 32  # auto: the whole step's 8 x 4 rollouts fit at once
+    before_rl = json.loads((tmp_path / "eval_before.json").read_text())  # the starting policy, kept beside eval.json
+    assert before_rl["overall"]["greedy"] == first["eval/greedy_pass1"]
+    assert [p["id"] for p in before_rl["problems"]] == [p["id"] for p in json.loads((tmp_path / "eval.json").read_text())["problems"]]
 
 
 # every token-level baseline and overlong option (docs/methods.md "Baselines"): (overrides, a metric only that option writes)

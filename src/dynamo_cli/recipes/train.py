@@ -183,6 +183,8 @@ def train(cfg: TrainConfig, session: RunSession) -> None:
     last_eval = None
     if totals["step"] == 0:
         first = run_eval(0, EvalProgress(console))
+        if dp.is_main:  # the same problems, seed and settings as eval.json: before and after side by side, per problem
+            write_json_atomically(run_dir / "eval_before.json", first)
         console.print(f"before RL: test greedy pass@1 {first['overall']['greedy']:.3f}")
 
     with TrainView(console, total=cfg.trainer.steps, start=totals["step"], rows=cfg.trainer.live_rows,
