@@ -51,6 +51,9 @@ class HFRolloutConfig(RolloutConfig):
     under mixed precision (rollout/hf.py)."""
 
     name: str = "hf"
+    # with a LoRA adapter: generate (and evaluate) on a copy with the adapter merged into the weights, refreshed after each
+    # update; one more copy of the base weights in memory for ~1.5x faster generation on CPU; false: through the adapter
+    merge_lora: bool = True
 
 
 def vllm_logprobs_mode(*, temperature: float, top_p: float) -> Optional[str]:

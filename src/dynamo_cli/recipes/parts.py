@@ -94,15 +94,16 @@ def build_episodes(task, *, engine, policy, tokenizer):
 def build_rollout_engine(cfg: TrainConfig, policy, tokenizer, *, longest_sequence: int, dp):
     """The rollout backend: `generate(prompts, counts=..., ...) -> Rollouts` and `sync(policy)` after each update.
 
-    Under mixed precision rollout=hf generates from a copy of the weights in model.dtype (`generation_dtype`), except where
-    the policy's own forward already computes in it: FSDP2's gathered parameters, and the one-step-off-policy behaviour copy
-    (generated on under autocast, so that no second copy is refreshed while the background collect reads it). vLLM holds
+    rollout=hf generates from a copy of the weights under mixed precision (in model.dtype: `generation_dtype`) and with LoRA
+    (the adapter merged in: rollout.merge_lora), except where the policy itself is the thing to generate on (`copy_allowed`
+    False): FSDP2's gathered parameters, and the one-step-off-policy behaviour copy (generated on under autocast, so that
+    no second copy is refreshed while the background collect reads it). vLLM holds
     its weights in model.dtype, on this process's GPU (`local_rank`)."""
     from dynamo_cli.models import precision
 
     copy_dtype = precision.autocast_dtype(cfg.model.dtype, cfg.optim.master_weights)
     return ROLLOUT_ENGINES.build(cfg.rollout, policy=policy, tokenizer=tokenizer, longest_sequence=longest_sequence, seed=cfg.seed,
-                                 generation_dtype=None if dp.sharded or cfg.rollout.one_step_off_policy else copy_dtype,
+                                 generation_dtype=copy_dtype, copy_allowed=not (dp.sharded or cfg.rollout.one_step_off_policy),
                                  model_dtype=cfg.model.dtype, rank=dp.rank, world_size=dp.world_size,
                                  local_rank=(dp.device.index or 0) if dp.device.type == "cuda" else 0)
 

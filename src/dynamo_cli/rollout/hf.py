@@ -340,15 +340,60 @@ def copy_weights(target: torch.nn.Module, source: torch.nn.Module) -> None:
         to.copy_(weight.detach())
 
 
+def lora_layers(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The LoRA-adapted layers of a peft policy by their name in the plain model (no `base_model.model.` prefix)."""
+    if not hasattr(policy, "get_base_model"):
+        return {}
+    return {name: module for name, module in policy.get_base_model().named_modules()
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer")}
+
+
+def merged_copy(policy: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A frozen plain model (no adapter modules) in `dtype` whose weights are the LoRA policy's with the adapter merged
+    in, W + (alpha / r)·B·A per adapted layer; the policy keeps its separate base and adapter."""
+    merged = copy.deepcopy(policy).merge_and_unload()
+    for p in merged.parameters():
+        p.requires_grad_(False)
+    return precision.mark(merged.to(dtype).eval(), None)
+
+
+@torch.no_grad()
+def copy_merged_weights(target: torch.nn.Module, policy: torch.nn.Module) -> None:
+    """The LoRA policy's current weights, adapter merged, into a `merged_copy` of it, cast on the way."""
+    adapted = lora_layers(policy)
+    for name, module in adapted.items():
+        weight = module.base_layer.weight.detach().clone()
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                weight += module.get_delta_weight(adapter)
+        target.get_submodule(name).weight.copy_(weight)
+    targets = dict(target.named_parameters())
+    for name, param in policy.get_base_model().named_parameters():  # the rest: embeddings, norms, modules_to_save
+        plain = name.replace(".base_layer", "")
+        if "lora_" not in name and plain.rsplit(".", 1)[0] not in adapted and plain in targets:
+            targets[plain].copy_(param.detach())
+
+
 @ROLLOUT_ENGINES.register("hf", schema=HFRolloutConfig)
 class PolicyRollouts:
-    """rollout=hf: generation in this process (`generate`), on the policy itself, or, under mixed precision
-    (`generation_dtype`: model.dtype over float32 master weights), on a copy held in that dtype, as vLLM would hold it:
-    each `sync` after an update copies the new weights into it (a LoRA adapter included, the base untouched)."""
+    """rollout=hf: generation in this process (`generate`), on the policy itself, or on a copy of it, as vLLM would hold
+    it: under mixed precision (`generation_dtype`: model.dtype over float32 master weights) a copy in that dtype; with a
+    LoRA adapter and rollout.merge_lora a plain copy with the adapter merged into the weights (each forward then skips
+    the adapter's two extra matmuls per layer, which at generation's small batches cost as much as the layer itself).
+    Each `sync` after an update copies the new weights into the copy (a LoRA adapter included, the base untouched).
+    `copy_allowed` False (FSDP2's sharded policy, the one-step-off-policy behaviour copy): generate on the policy."""
 
-    def __init__(self, policy, tokenizer, *, generation_dtype: torch.dtype | None = None):
+    def __init__(self, policy, tokenizer, *, generation_dtype: torch.dtype | None = None, merge_lora: bool = False,
+                 copy_allowed: bool = True):
         self.policy, self.tokenizer = policy, tokenizer
-        self.generator = policy if generation_dtype is None else generation_copy(policy, generation_dtype)
+        self.merged = merge_lora and copy_allowed and bool(lora_layers(policy))
+        if self.merged:
+            dtype = generation_dtype or next(p for p in policy.parameters()).dtype
+            self.generator = merged_copy(policy, dtype)
+        elif generation_dtype is not None and copy_allowed:
+            self.generator = generation_copy(policy, generation_dtype)
+        else:
+            self.generator = policy
 
     def generate(self, prompts: list[str], *, counts: torch.Tensor, max_new_tokens: int, temperature: float, top_p: float,
                  seed: int | None, max_batch_size: int, streams: torch.Tensor | None = None) -> Rollouts:
@@ -360,5 +405,7 @@ class PolicyRollouts:
 
     def sync(self, policy) -> None:
         """The policy's new weights into the generation copy; nothing to do when the generator is the policy."""
-        if self.generator is not self.policy:
+        if self.merged:
+            copy_merged_weights(self.generator, policy)
+        elif self.generator is not self.policy:
             copy_weights(self.generator, policy)

@@ -243,3 +243,44 @@ def test_under_mixed_precision_the_hf_engine_generates_from_a_copy_in_model_dtyp
     assert all(torch.equal(g, p.to(torch.bfloat16)) for g, p in zip(engine.generator.parameters(), model.parameters(), strict=True))
     same = PolicyRollouts(model, tokenizer)  # float32: the policy itself generates, sync has nothing to do
     assert same.generator is model
+
+
+def test_with_lora_the_hf_engine_generates_from_a_merged_copy_that_sync_refreshes():
+    """rollout.merge_lora: a plain copy with W + (alpha / r)·B·A in each adapted layer generates what the policy would
+    (the same logits to float rounding, the same greedy tokens); sync brings an update's adapter in; the policy's base
+    and adapter stay as they were."""
+    from dynamo_cli.config.model import LoraConfig
+    from dynamo_cli.models.load import add_lora
+    from dynamo_cli.rollout.hf import PolicyRollouts
+
+    base, tokenizer = _tiny()
+    policy = add_lora(base, LoraConfig(enabled=True, r=4, alpha=8, dropout=0.0))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0, which would make any copy of the base look merged
+                p.normal_(0, 0.1)
+    base_before = {k: v.clone() for k, v in policy.get_base_model().state_dict().items()}
+    engine = PolicyRollouts(policy, tokenizer, merge_lora=True)
+    assert engine.merged and not any("lora_" in n for n, _ in engine.generator.named_parameters())
+    assert not any(p.requires_grad for p in engine.generator.parameters())
+    ids = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+
+    def logits(model):
+        with torch.no_grad():
+            return model(**ids).logits
+
+    policy.eval()
+    assert torch.allclose(logits(engine.generator), logits(policy), atol=1e-5)
+    greedy = dict(counts=torch.ones(4, dtype=torch.long), max_new_tokens=6, temperature=0.0, top_p=1.0, seed=None, max_batch_size=4)
+    assert torch.equal(engine.generate(PROMPTS, **greedy).input_ids, generate(policy, tokenizer, PROMPTS, **greedy).input_ids)
+    with torch.no_grad():  # an update moves the adapter
+        for name, p in policy.named_parameters():
+            if "lora_A" in name:
+                p.add_(0.05)
+    assert not torch.allclose(logits(engine.generator), logits(policy), atol=1e-4)
+    engine.sync(policy)
+    assert torch.allclose(logits(engine.generator), logits(policy), atol=1e-5)
+    assert all(torch.equal(v, base_before[k]) for k, v in policy.get_base_model().state_dict().items() if "lora_" not in k)
+    assert PolicyRollouts(policy, tokenizer, merge_lora=True, copy_allowed=False).generator is policy  # FSDP2, off-policy
+    assert PolicyRollouts(policy, tokenizer, merge_lora=False).generator is policy
